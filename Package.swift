@@ -1,0 +1,111 @@
+// swift-tools-version: 6.1
+//
+// swift-hbone: the data plane of a sidecarless ("ambient") service mesh.
+// Module map and the reasons for every dependency: Docs/architecture.md, Docs/decisions.md.
+
+import PackageDescription
+
+/// Swift 6 language mode plus the strictness the NIO/gRPC family uses, so that
+/// dependency types only leak into our public API where an import says so.
+let strictSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "swift-hbone",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "MeshIdentity", targets: ["MeshIdentity"]),
+        .library(name: "Netlink", targets: ["Netlink"]),
+        .executable(name: "identity-demo", targets: ["IdentityDemo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // MARK: System libraries
+
+        /// libmnl, the minimalistic netlink library (Debian: libmnl-dev). Only `Netlink` imports it.
+        .systemLibrary(
+            name: "CMNL",
+            pkgConfig: "libmnl",
+            providers: [.apt(["libmnl-dev"])]
+        ),
+
+        // MARK: Library modules
+
+        /// A safe Swift layer over libmnl: sockets, message building, attribute parsing.
+        .target(
+            name: "Netlink",
+            dependencies: ["CMNL"],
+            swiftSettings: strictSettings
+        ),
+        /// SPIFFE identities, keys and CSRs, the embedded CA, trust bundles and the
+        /// certificate manager that rotates workload certificates.
+        .target(
+            name: "MeshIdentity",
+            dependencies: [
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
+        // MARK: Examples
+
+        .executableTarget(
+            name: "IdentityDemo",
+            dependencies: [
+                "MeshIdentity",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/identity-demo",
+            swiftSettings: strictSettings
+        ),
+
+        // MARK: Tests
+
+        /// Shared helpers for every test target: manual clock, certificate minting,
+        /// external tools (openssl), capability checks (root, netns).
+        .target(
+            name: "MeshTestSupport",
+            dependencies: [
+                "MeshIdentity",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Tests/MeshTestSupport",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MeshIdentityTests",
+            dependencies: [
+                "MeshIdentity",
+                "MeshTestSupport",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "NetlinkTests",
+            dependencies: ["Netlink", "MeshTestSupport"],
+            swiftSettings: strictSettings
+        ),
+    ]
+)

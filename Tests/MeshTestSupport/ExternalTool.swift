@@ -1,0 +1,92 @@
+public import Foundation
+
+/// The outcome of running an external program.
+public struct ToolResult: Sendable {
+    /// The exit status.
+    public let status: Int32
+    /// Standard output.
+    public let standardOutput: String
+    /// Standard error.
+    public let standardError: String
+
+    /// Output and error together (for assertion messages).
+    public var combined: String { self.standardOutput + self.standardError }
+}
+
+/// Runs independent peers and system tools (openssl, ip, iptables) from tests.
+public enum ExternalTool {
+    /// Whether `name` is on the PATH.
+    public static func isAvailable(_ name: String) -> Bool {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        return path.split(separator: ":").contains { directory in
+            FileManager.default.isExecutableFile(atPath: "\(directory)/\(name)")
+        }
+    }
+
+    /// Runs `arguments[0]` with the rest as arguments (looked up on the PATH), optionally
+    /// feeding `input` on stdin, and returns its status and output.
+    @discardableResult
+    public static func run(_ arguments: [String], input: String? = nil) throws -> ToolResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        let output = Pipe()
+        let error = Pipe()
+        let stdin = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        process.standardInput = stdin
+        try process.run()
+        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+        try stdin.fileHandleForWriting.close()
+        // Read both pipes before waiting so a chatty tool cannot block on a full pipe.
+        let outData = output.fileHandleForReading.readDataToEndOfFile()
+        let errData = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return ToolResult(
+            status: process.terminationStatus,
+            standardOutput: String(decoding: outData, as: UTF8.self),
+            standardError: String(decoding: errData, as: UTF8.self)
+        )
+    }
+}
+
+/// A temporary directory removed when the value is deinitialised.
+public final class TemporaryDirectory: Sendable {
+    /// The directory.
+    public let url: URL
+
+    /// Creates a fresh directory under the system temporary directory.
+    public init(prefix: String = "swift-hbone-test") throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        self.url = url
+    }
+
+    /// Writes `contents` to `name` inside the directory and returns its path.
+    @discardableResult
+    public func write(_ name: String, _ contents: String) throws -> String {
+        let url = self.url.appendingPathComponent(name)
+        try Data(contents.utf8).write(to: url)
+        return url.path
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(at: self.url)
+    }
+}
+
+/// What this machine lets tests do; tests that need more skip with a message naming it.
+public enum Capability {
+    /// Running as root (needed for netns, iptables, ipset).
+    public static var isRoot: Bool { geteuid() == 0 }
+
+    /// Root and `ip netns` work: the test can create network namespaces.
+    public static var canCreateNetworkNamespaces: Bool {
+        guard isRoot, ExternalTool.isAvailable("ip") else { return false }
+        let name = "hbone-probe-\(getpid())"
+        guard (try? ExternalTool.run(["ip", "netns", "add", name]))?.status == 0 else { return false }
+        _ = try? ExternalTool.run(["ip", "netns", "del", name])
+        return true
+    }
+}
