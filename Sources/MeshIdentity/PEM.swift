@@ -1,6 +1,7 @@
 public import X509
 internal import SwiftASN1
 internal import Foundation
+internal import Crypto
 
 /// PEM and DER encoding of certificates, chains, CSRs and keys, with typed errors.
 public enum PEM {
@@ -68,6 +69,8 @@ public enum PEM {
     public static func csr(_ pem: String) throws(IdentityError) -> CertificateSigningRequest {
         do {
             return try CertificateSigningRequest(pemEncoded: pem)
+        } catch CryptoKitError.incorrectParameterSize {
+            throw weakKey
         } catch {
             throw IdentityError.malformedPEM(expected: "CERTIFICATE REQUEST", detail: "\(error)")
         }
@@ -77,10 +80,16 @@ public enum PEM {
     public static func csr(der: [UInt8]) throws(IdentityError) -> CertificateSigningRequest {
         do {
             return try CertificateSigningRequest(derEncoded: der)
+        } catch CryptoKitError.incorrectParameterSize {
+            throw weakKey
         } catch {
             throw IdentityError.malformedDER(expected: "CertificationRequest", detail: "\(error)")
         }
     }
+
+    /// swift-crypto refuses to even load RSA keys below 2048 bits; say so instead of
+    /// calling a well-formed request malformed.
+    private static let weakKey = IdentityError.unsupportedKey("RSA key below 2048 bits")
 
     /// Encodes a CSR as PEM.
     public static func encode(_ csr: CertificateSigningRequest) -> String {

@@ -31,19 +31,23 @@ public struct NetlinkRequest: Sendable {
     public static let capacity = 8192
 
     private var buffer: [UInt8]
-    private var openNests: [Int] = []
     /// A short description used in error messages.
     public var summary: String
 
-    /// Starts a request of `type` (e.g. `RTM_NEWRULE`) with `flags` (``NetlinkFlags/request``
-    /// is always added) and the family-specific fixed header (e.g. a `struct fib_rule_hdr`).
+    /// Starts a request of `type` (e.g. `RTM_NEWRULE`) with `flags` and the family-specific
+    /// fixed header (e.g. a `struct fib_rule_hdr`).
+    ///
+    /// ``NetlinkFlags/request`` is always added, and ``NetlinkFlags/ack`` on every request
+    /// that is not a dump: the kernel then ends each reply with an acknowledgement
+    /// (`netlink_rcv_skb` acks when `NLM_F_ACK` is set), which is how the socket knows a
+    /// reply is complete. A dump ends with `NLMSG_DONE` instead.
     public init(type: UInt16, flags: NetlinkFlags, familyHeader: [UInt8] = [], summary: String? = nil) {
         self.buffer = [UInt8](repeating: 0, count: NetlinkRequest.capacity)
         self.summary = summary ?? "message type \(type)"
         self.buffer.withUnsafeMutableBytes { raw in
             let header = mnl_nlmsg_put_header(raw.baseAddress)!
             header.pointee.nlmsg_type = type
-            header.pointee.nlmsg_flags = flags.union(.request).rawValue
+            header.pointee.nlmsg_flags = flags.union(flags.contains(.dump) ? [.request] : [.request, .ack]).rawValue
             if !familyHeader.isEmpty {
                 let extra = mnl_nlmsg_put_extra_header(header, familyHeader.count)!
                 familyHeader.withUnsafeBytes { source in
@@ -121,14 +125,15 @@ public struct NetlinkRequest: Sendable {
         try self.put(type, bytes: [])
     }
 
-    /// Appends a nested attribute whose contents `body` writes.
+    /// An open nested attribute, closed by ``endNest(_:)``.
+    public struct Nest: Sendable {
+        fileprivate let offset: Int
+    }
+
+    /// Opens a nested attribute: attributes put until ``endNest(_:)`` go inside it.
     ///
     /// `NLA_F_NESTED` is set on `type` when `markNested` is true, as nfnetlink requires.
-    public mutating func nest(
-        _ type: UInt16,
-        markNested: Bool = false,
-        _ body: (inout NetlinkRequest) throws(NetlinkError) -> Void
-    ) throws(NetlinkError) {
+    public mutating func beginNest(_ type: UInt16, markNested: Bool = false) throws(NetlinkError) -> Nest {
         let attributeType = markNested ? type | UInt16(NLA_F_NESTED) : type
         let offset: Int? = self.buffer.withUnsafeMutableBytes { raw in
             let header = raw.baseAddress!.assumingMemoryBound(to: nlmsghdr.self)
@@ -138,10 +143,14 @@ public struct NetlinkRequest: Sendable {
         guard let offset else {
             throw NetlinkError(kind: .messageTooLarge, detail: "nest \(type) in \(self.summary)")
         }
-        try body(&self)
+        return Nest(offset: offset)
+    }
+
+    /// Closes `nest`, fixing up its length (`mnl_attr_nest_end`).
+    public mutating func endNest(_ nest: Nest) {
         self.buffer.withUnsafeMutableBytes { raw in
             let header = raw.baseAddress!.assumingMemoryBound(to: nlmsghdr.self)
-            let start = (raw.baseAddress! + offset).assumingMemoryBound(to: nlattr.self)
+            let start = (raw.baseAddress! + nest.offset).assumingMemoryBound(to: nlattr.self)
             mnl_attr_nest_end(header, start)
         }
     }
