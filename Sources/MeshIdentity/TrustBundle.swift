@@ -147,3 +147,13 @@ enum SPIFFEVerification {
         return "\(certificate.subject)"
     }
 }
+
+extension SPIFFEID {
+    /// The SPIFFE ID of an X509-SVID: its single URI SAN (SPIFFE X509-SVID §2).
+    ///
+    /// This reads the certificate only; use ``TrustBundle/verify(chain:usage:trustDomain:at:)``
+    /// to establish that the identity is trustworthy.
+    public init(certificate: Certificate) throws(IdentityError) {
+        self = try SPIFFEVerification.identity(of: certificate)
+    }
+}

@@ -1,0 +1,321 @@
+public import MeshIdentity
+public import Logging
+internal import NIOCore
+internal import NIOPosix
+internal import NIOSSL
+internal import NIOHTTP2
+internal import NIOHPACK
+internal import NIOConcurrencyHelpers
+
+/// Where and as whom to open an HBONE tunnel.
+public struct HBONETunnelTarget: Sendable, Hashable {
+    /// Our identity (in shared mode: the source pod's, impersonated by the node proxy).
+    public var source: SPIFFEID
+    /// The peer's HBONE endpoint, normally `podIP:15008`.
+    public var nextHop: HBONEAddress
+    /// The server is accepted if its SPIFFE ID is any of these (workload identity plus
+    /// the service's SANs).
+    public var expectedIdentities: [SPIFFEID]
+    /// The `:authority` of the `CONNECT`, e.g. `podIP:targetPort`.
+    public var authority: HBONEAddress
+    /// The original client IP (part of the pool key: it may be spoofed).
+    public var sourceIP: IPAddress?
+    /// `forwarded`, `baggage`, `traceparent`.
+    public var metadata: HBONERequestMetadata
+
+    /// Creates a target.
+    public init(
+        source: SPIFFEID, nextHop: HBONEAddress, expectedIdentities: [SPIFFEID], authority: HBONEAddress,
+        sourceIP: IPAddress? = nil, metadata: HBONERequestMetadata = HBONERequestMetadata()
+    ) {
+        self.source = source
+        self.nextHop = nextHop
+        self.expectedIdentities = expectedIdentities
+        self.authority = authority
+        self.sourceIP = sourceIP
+        self.metadata = metadata
+    }
+}
+
+/// Why opening a tunnel failed.
+public enum HBONEClientError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The server answered the `CONNECT` with this status.
+    case status(Int)
+    /// The TLS handshake failed or the server's identity was not accepted.
+    case handshake(String)
+    /// The TCP connect failed or timed out.
+    case connect(String)
+    /// The connection or stream closed before the response.
+    case closed
+
+    public var description: String {
+        switch self {
+        case .status(let code): return "HBONE CONNECT answered \(code)"
+        case .handshake(let detail): return "HBONE TLS handshake failed: \(detail)"
+        case .connect(let detail): return "HBONE connect failed: \(detail)"
+        case .closed: return "HBONE connection closed before the tunnel was established"
+        }
+    }
+}
+
+/// The HBONE client: a pool of mTLS HTTP/2 connections and tunnels on top of them.
+///
+/// Pool key = (source identity, expected identities, next hop, source IP) and the event
+/// loop: a tunnel's connection lives on the same event loop as the application socket it
+/// serves, so the byte pump never hops threads. Within a key, connects are single-flight
+/// and a connection carries at most ``HBONEConfiguration/HTTP2/clientMaximumStreamsPerConnection``
+/// streams. Certificates come from the ``CertificateManager`` per connection, so rotation
+/// applies to new connections.
+public final class HBONEClient: Sendable {
+    struct PoolKey: Hashable, Sendable {
+        var source: SPIFFEID
+        var expected: [SPIFFEID]
+        var nextHop: HBONEAddress
+        var sourceIP: IPAddress?
+        var eventLoop: ObjectIdentifier
+    }
+
+    struct PooledConnection: Sendable {
+        var key: PoolKey
+        var channel: any Channel
+        var multiplexer: NIOHTTP2Handler.StreamMultiplexer
+    }
+
+    private struct PoolState: Sendable {
+        var machine = PoolStateMachine<PoolKey>()
+        var connections: [PoolStateMachine<PoolKey>.ConnectionID: PooledConnection] = [:]
+        var waiters: [PoolKey: [EventLoopPromise<Void>]] = [:]
+        var connectsStarted = 0
+    }
+
+    private let certificates: CertificateManager
+    private let configuration: HBONEConfiguration
+    private let logger: Logger
+    private let group: any EventLoopGroup
+    private let contexts = TLSContextCache()
+    private let pool = NIOLockedValueBox(PoolState())
+
+    /// Creates a client that takes certificates from `certificates`.
+    public init(
+        certificates: CertificateManager,
+        configuration: HBONEConfiguration = HBONEConfiguration(),
+        logger: Logger = Logger(label: "swift-hbone.client")
+    ) {
+        self.certificates = certificates
+        self.configuration = configuration
+        self.logger = logger
+        self.group = MultiThreadedEventLoopGroup.singleton
+    }
+
+    /// Number of TLS connections this client has started (for tests and metrics).
+    public var connectionsStarted: Int { self.pool.withLockedValue { $0.connectsStarted } }
+
+    /// Number of pooled connections towards `nextHop`.
+    public func pooledConnections(to nextHop: HBONEAddress) -> Int {
+        self.pool.withLockedValue { state in state.connections.values.count { $0.key.nextHop == nextHop } }
+    }
+
+    // MARK: Opening streams
+
+    /// Opens a `CONNECT` stream for `target` on `eventLoop` and completes once the server
+    /// answered 200. The returned stream channel has its client handler removed and reads
+    /// paused (`autoRead` is off until it is spliced).
+    func openStream(_ target: HBONETunnelTarget, on eventLoop: any EventLoop) -> EventLoopFuture<(any Channel, PoolKey, Int)> {
+        let key = PoolKey(
+            source: target.source, expected: target.expectedIdentities.sorted(), nextHop: target.nextHop,
+            sourceIP: target.sourceIP, eventLoop: ObjectIdentifier(eventLoop)
+        )
+        return self.checkout(key, target: target, on: eventLoop).flatMap { (id, connection) in
+            let promise = eventLoop.makePromise(of: Void.self)
+            let handler = HBONEClientStreamHandler(target: target, response: promise)
+            return connection.multiplexer.createStreamChannel { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.pipeline.syncOperations.addHandler(handler)
+                }
+            }.flatMap { stream in
+                stream.closeFuture.whenComplete { _ in self.release(key, id) }
+                return promise.futureResult.flatMap {
+                    stream.pipeline.removeHandler(handler).map { (stream, key, id) }
+                }
+            }.flatMapErrorThrowing { error in
+                throw error
+            }
+        }
+    }
+
+    /// Opens a tunnel for `target` and splices it with the TCP channel `tcp`.
+    ///
+    /// Call on `tcp`'s event loop as soon as the channel exists (it must have `autoRead`
+    /// off and `allowRemoteHalfClosure` on). The TCP side of the pump is attached at once,
+    /// so bytes and a FIN that arrive while the tunnel is being set up are kept and sent
+    /// when the stream is open. `onClose` gets the byte counts when both directions are done.
+    func splice(
+        tcp: any Channel, target: HBONETunnelTarget, onClose: @escaping @Sendable (TunnelByteCounts) -> Void
+    ) -> EventLoopFuture<Void> {
+        let glue = TunnelGlue(onClose: onClose)
+        do {
+            try tcp.pipeline.syncOperations.addHandler(glue.tcp)
+        } catch {
+            return tcp.eventLoop.makeFailedFuture(error)
+        }
+        return self.openStream(target, on: tcp.eventLoop).flatMapThrowing { stream, _, _ in
+            try stream.pipeline.syncOperations.addHandler(glue.stream)
+            stream.setOption(.autoRead, value: true).whenComplete { _ in }
+            tcp.setOption(.autoRead, value: true).whenComplete { _ in }
+            tcp.read()
+            stream.read()
+        }
+    }
+
+    // MARK: Pool
+
+    private func checkout(
+        _ key: PoolKey, target: HBONETunnelTarget, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<(Int, PooledConnection)> {
+        enum Step { case use(Int, PooledConnection), wait(EventLoopFuture<Void>), connect }
+        let step: Step = self.pool.withLockedValue { state in
+            switch state.machine.checkout(key) {
+            case .use(let id):
+                return .use(id, state.connections[id]!)
+            case .wait:
+                let promise = eventLoop.makePromise(of: Void.self)
+                state.waiters[key, default: []].append(promise)
+                return .wait(promise.futureResult)
+            case .connect:
+                state.connectsStarted += 1
+                return .connect
+            }
+        }
+        switch step {
+        case .use(let id, let connection):
+            return eventLoop.makeSucceededFuture((id, connection))
+        case .wait(let future):
+            return future.flatMap { self.checkout(key, target: target, on: eventLoop) }
+        case .connect:
+            return self.connect(key, target: target, on: eventLoop)
+        }
+    }
+
+    private func connect(
+        _ key: PoolKey, target: HBONETunnelTarget, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<(Int, PooledConnection)> {
+        let certificate = eventLoop.makePromise(of: WorkloadCertificate.self)
+        let certificates = self.certificates
+        certificate.completeWithTask { try await certificates.certificate(for: target.source) }
+        let result = certificate.futureResult.flatMap { certificate in
+            self.makeConnection(key, certificate: certificate, target: target, on: eventLoop)
+        }
+        result.whenComplete { outcome in
+            let waiters: [EventLoopPromise<Void>] = self.pool.withLockedValue { state in
+                switch outcome {
+                case .success(let (id, connection)):
+                    state.connections[id] = connection
+                case .failure:
+                    state.machine.connectFailed(key)
+                }
+                return state.waiters.removeValue(forKey: key) ?? []
+            }
+            for waiter in waiters {
+                switch outcome {
+                case .success: waiter.succeed()
+                case .failure(let error): waiter.fail(error)
+                }
+            }
+        }
+        return result.map { id, connection in
+            connection.channel.closeFuture.whenComplete { _ in self.discard(key, id) }
+            return (id, connection)
+        }
+    }
+
+    private func makeConnection(
+        _ key: PoolKey, certificate: WorkloadCertificate, target: HBONETunnelTarget, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<(Int, PooledConnection)> {
+        let configuration = self.configuration
+        let context: NIOSSLContext
+        do {
+            context = try self.contexts.context(for: certificate, server: false)
+        } catch {
+            return eventLoop.makeFailedFuture(HBONEClientError.handshake("\(error)"))
+        }
+        let bundle = TrustBundle(roots: certificate.roots)
+        let expected = target.expectedIdentities
+        let verifyError = NIOLockedValueBox<IdentityError?>(nil)
+        let handshake = eventLoop.makePromise(of: Void.self)
+        let multiplexerBox = NIOLockedValueBox<NIOHTTP2Handler.StreamMultiplexer?>(nil)
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.connectTimeout.timeAmount)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let tls = try NIOSSLClientHandler(context: context, serverHostname: nil) { chain, verification in
+                        HBONETLS.verify(
+                            chain: chain, bundle: bundle, usage: .server, trustDomain: nil, expected: expected,
+                            promise: verification
+                        ) { result in
+                            if case .failure(let error) = result { verifyError.withLockedValue { $0 = error } }
+                        }
+                    }
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(tls)
+                    try sync.addHandler(HandshakeWatcher(promise: handshake))
+                    let multiplexer = try sync.configureHTTP2Pipeline(
+                        mode: .client,
+                        connectionConfiguration: HBONEPipeline.connectionConfiguration(configuration, server: false),
+                        streamConfiguration: HBONEPipeline.streamConfiguration(configuration)
+                    ) { stream in
+                        // Servers do not push; refuse any stream the server opens.
+                        stream.close()
+                    }
+                    multiplexerBox.withLockedValue { $0 = multiplexer }
+                    try sync.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
+                    try sync.addHandler(GoAwayWatcher())
+                }
+            }
+            .connect(host: "\(target.nextHop.ip)", port: Int(target.nextHop.port))
+            .flatMapError { error in
+                handshake.fail(error)
+                return eventLoop.makeFailedFuture(HBONEClientError.connect("\(target.nextHop): \(error)"))
+            }
+            .flatMap { channel in
+                handshake.futureResult.flatMapErrorThrowing { error in
+                    channel.close(promise: nil)
+                    if let identityError = verifyError.withLockedValue({ $0 }) {
+                        throw HBONEClientError.handshake(identityError.description)
+                    }
+                    throw HBONEClientError.handshake("\(error)")
+                }.flatMapThrowing { () throws -> (Int, PooledConnection) in
+                    guard let multiplexer = multiplexerBox.withLockedValue({ $0 }) else { throw HBONEClientError.closed }
+                    let id = self.pool.withLockedValue { state in
+                        state.machine.connected(key, maximumStreams: configuration.http2.clientMaximumStreamsPerConnection)
+                    }
+                    return (id, PooledConnection(key: key, channel: channel, multiplexer: multiplexer))
+                }
+            }
+    }
+
+    private func release(_ key: PoolKey, _ id: Int) {
+        let now = Duration.nanoseconds(Int64(NIODeadline.now().uptimeNanoseconds))
+        self.pool.withLockedValue { $0.machine.release(key, id, now: now) }
+        let timeout = self.configuration.poolIdleTimeout
+        guard let connection = self.pool.withLockedValue({ $0.connections[id] }) else { return }
+        connection.channel.eventLoop.scheduleTask(in: timeout.timeAmount) { self.evictIdle() }
+    }
+
+    private func evictIdle() {
+        let now = Duration.nanoseconds(Int64(NIODeadline.now().uptimeNanoseconds))
+        let evicted: [PooledConnection] = self.pool.withLockedValue { state in
+            state.machine.evictIdle(now: now, timeout: self.configuration.poolIdleTimeout).compactMap { _, id in
+                state.connections.removeValue(forKey: id)
+            }
+        }
+        for connection in evicted { connection.channel.close(promise: nil) }
+    }
+
+    private func discard(_ key: PoolKey, _ id: Int) {
+        self.pool.withLockedValue { state in
+            state.machine.remove(key, id)
+            state.connections[id] = nil
+        }
+    }
+}

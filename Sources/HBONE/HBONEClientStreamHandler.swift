@@ -1,0 +1,140 @@
+internal import NIOCore
+internal import NIOHTTP2
+internal import NIOHPACK
+internal import NIOTLS
+
+/// Sends one HBONE `CONNECT` and waits for the answer.
+///
+/// Request (ztunnel `create_hbone_request`; RFC 9113 §8.5): `:method CONNECT`,
+/// `:authority ip:port`, no `:scheme`/`:path`, END_STREAM not set; then `forwarded`,
+/// `baggage` and `traceparent`. Any status but 200 fails the tunnel.
+final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private let target: HBONETunnelTarget
+    private let response: EventLoopPromise<Void>
+    private var answered = false
+
+    init(target: HBONETunnelTarget, response: EventLoopPromise<Void>) {
+        self.target = target
+        self.response = response
+    }
+
+    /// The request headers for `target`.
+    static func requestHeaders(for target: HBONETunnelTarget) -> HPACKHeaders {
+        var headers = HPACKHeaders()
+        headers.add(name: ":method", value: "CONNECT")
+        headers.add(name: ":authority", value: target.authority.description)
+        if let forwarded = target.metadata.forwardedHeader { headers.add(name: "forwarded", value: forwarded) }
+        let baggage = target.metadata.baggage.headerValue
+        if !baggage.isEmpty { headers.add(name: "baggage", value: baggage) }
+        let traceParent = target.metadata.traceParent ?? .random()
+        headers.add(name: "traceparent", value: traceParent.description)
+        return headers
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.sendRequest(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.sendRequest(context: context)
+        context.fireChannelActive()
+    }
+
+    private var sent = false
+
+    private func sendRequest(context: ChannelHandlerContext) {
+        guard !self.sent else { return }
+        self.sent = true
+        let headers = Self.requestHeaders(for: self.target)
+        context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        // Hold further reads until the tunnel is spliced.
+        context.channel.setOption(.autoRead, value: false).whenComplete { _ in }
+        context.read()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.answered, case .headers(let headers) = Self.unwrapInboundIn(data) else { return }
+        self.answered = true
+        let status = headers.headers.first(name: ":status").flatMap(Int.init) ?? 0
+        if status == 200 {
+            self.response.succeed()
+        } else {
+            self.response.fail(HBONEClientError.status(status))
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !self.answered {
+            self.answered = true
+            self.response.fail(HBONEClientError.closed)
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !self.answered {
+            self.answered = true
+            self.response.fail(error)
+        }
+        context.close(promise: nil)
+    }
+}
+
+/// Completes a promise when the TLS handshake finishes (or fails / the channel closes).
+final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = Any
+
+    private let promise: EventLoopPromise<Void>
+    private var done = false
+
+    init(promise: EventLoopPromise<Void>) {
+        self.promise = promise
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event, !self.done {
+            self.done = true
+            self.promise.succeed()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !self.done {
+            self.done = true
+            self.promise.fail(error)
+        }
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !self.done {
+            self.done = true
+            self.promise.fail(HBONEClientError.closed)
+        }
+        context.fireChannelInactive()
+    }
+}
+
+/// Closes a client connection that received GOAWAY once its streams are done, so the
+/// pool never hands it out again (removal happens on close).
+final class GoAwayWatcher: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .goAway = Self.unwrapInboundIn(data).payload {
+            // nio-http2 keeps streams below lastStreamID running; closing the channel here would
+            // cut them. Mark it by closing after in-flight streams end: NIOHTTP2 closes the
+            // connection itself when the last stream finishes after GOAWAY was received.
+            context.fireUserInboundEventTriggered(HBONEGoAwayReceived())
+        }
+        context.fireChannelRead(data)
+    }
+}
+
+/// Fired on a client connection that received GOAWAY.
+struct HBONEGoAwayReceived: Sendable {}

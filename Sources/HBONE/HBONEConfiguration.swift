@@ -1,0 +1,65 @@
+/// HBONE's TLS and HTTP/2 parameters, with ztunnel's values as defaults
+/// (`src/proxy/h2/client.rs`, `src/proxy/h2/server.rs`, `src/config.rs`).
+///
+/// The flow-control defaults matter: HTTP/2's own defaults (64 KiB windows, 16 KiB
+/// frames) were measured 11× slower for tunnels on this stack, so every knob of
+/// swift-nio-http2 is set from here (initial SETTINGS, connection window, stream window,
+/// stream write watermarks).
+public struct HBONEConfiguration: Sendable, Hashable {
+    /// HTTP/2 settings and flow control.
+    public struct HTTP2: Sendable, Hashable {
+        /// SETTINGS_INITIAL_WINDOW_SIZE and the per-stream window we maintain. Default 4 MiB.
+        public var streamWindow: Int = 4 << 20
+        /// The connection window we maintain (WINDOW_UPDATE on stream 0). Default 16 MiB,
+        /// four times the stream window so one unread stream cannot stall the tunnel.
+        public var connectionWindow: Int = 16 << 20
+        /// SETTINGS_MAX_FRAME_SIZE. Default 1 MiB (RFC 9113 §6.5.2 allows up to 2^24−1).
+        public var maximumFrameSize: Int = 1 << 20
+        /// Per-stream outbound buffer high watermark: a stream stops being writable above it.
+        /// Default 8 MiB.
+        public var streamHighWatermark: Int = 8 << 20
+        /// …and becomes writable again below this. Default 4 MiB.
+        public var streamLowWatermark: Int = 4 << 20
+        /// SETTINGS_MAX_CONCURRENT_STREAMS a server advertises. Default 200.
+        public var serverMaximumConcurrentStreams: Int = 200
+        /// Most streams a client puts on one connection (capped by the server's limit). Default 100.
+        public var clientMaximumStreamsPerConnection: Int = 100
+        /// SETTINGS_MAX_HEADER_LIST_SIZE a server advertises. Default 64 KiB.
+        public var serverMaximumHeaderListSize: Int = 64 << 10
+        /// SETTINGS_MAX_HEADER_LIST_SIZE a client advertises. Default 16 KiB.
+        public var clientMaximumHeaderListSize: Int = 16 << 10
+
+        /// The defaults above.
+        public init() {}
+    }
+
+    /// Connection liveness.
+    public struct Keepalive: Sendable, Hashable {
+        /// Interval between PINGs, sent regardless of traffic. Default 10 s.
+        public var interval: Duration = .seconds(10)
+        /// A connection with no PING ACK for this long is dead. Default 20 s.
+        public var timeout: Duration = .seconds(20)
+
+        /// The defaults above.
+        public init() {}
+    }
+
+    /// HTTP/2 settings and flow control.
+    public var http2 = HTTP2()
+    /// Connection liveness.
+    public var keepalive = Keepalive()
+    /// How long a graceful shutdown waits for open tunnels after GOAWAY. Default 5 s
+    /// (ztunnel's `CONNECTION_TERMINATION_DEADLINE`).
+    public var drainDeadline: Duration = .seconds(5)
+    /// Timeout of the outer TCP connect to a peer's 15008. Default 10 s.
+    public var connectTimeout: Duration = .seconds(10)
+    /// Idle pooled connections are closed after this long. Default 5 minutes
+    /// (`POOL_UNUSED_RELEASE_TIMEOUT`).
+    public var poolIdleTimeout: Duration = .seconds(300)
+
+    /// The well-known HBONE port.
+    public static let port: UInt16 = 15008
+
+    /// The defaults above.
+    public init() {}
+}

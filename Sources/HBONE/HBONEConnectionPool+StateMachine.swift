@@ -1,0 +1,103 @@
+/// The pool's bookkeeping as a value type (ztunnel `src/proxy/pool.rs`): which
+/// connections exist per key, how many streams each carries, who is connecting.
+///
+/// Rules:
+/// - A connection is reused while it carries fewer than `maximumStreams` streams.
+/// - **Single flight**: while one connect for a key is in progress, further checkouts
+///   wait for it instead of connecting too, so N concurrent opens to a new key make
+///   exactly one TLS connection (ztunnel#864, fixed in #931).
+/// - When every connection of a key is full, the next checkout connects again.
+/// - Broken or GOAWAY'd connections are removed; idle ones are evicted after a timeout.
+struct PoolStateMachine<Key: Hashable & Sendable>: Sendable {
+    typealias ConnectionID = Int
+
+    enum Checkout: Equatable, Sendable {
+        /// Open a stream on this connection (its stream count was taken).
+        case use(ConnectionID)
+        /// Another checkout is connecting for this key: wait for it, then check out again.
+        case wait
+        /// Connect a new connection for this key.
+        case connect
+    }
+
+    private struct Connection: Sendable {
+        var streams: Int
+        var maximumStreams: Int
+        var idleSince: Duration?
+    }
+
+    private struct Entry: Sendable {
+        var connections: [ConnectionID: Connection] = [:]
+        var connecting = false
+    }
+
+    private var entries: [Key: Entry] = [:]
+    private var nextID: ConnectionID = 0
+
+    /// Connections currently pooled for `key`.
+    func connectionCount(for key: Key) -> Int { self.entries[key]?.connections.count ?? 0 }
+
+    /// Streams currently open on all connections of `key`.
+    func streamCount(for key: Key) -> Int { self.entries[key]?.connections.values.reduce(0) { $0 + $1.streams } ?? 0 }
+
+    mutating func checkout(_ key: Key) -> Checkout {
+        var entry = self.entries[key] ?? Entry()
+        defer { self.entries[key] = entry }
+        if let (id, _) = entry.connections.filter({ $0.value.streams < $0.value.maximumStreams })
+            .min(by: { $0.key < $1.key })
+        {
+            entry.connections[id]!.streams += 1
+            entry.connections[id]!.idleSince = nil
+            return .use(id)
+        }
+        if entry.connecting { return .wait }
+        entry.connecting = true
+        return .connect
+    }
+
+    /// The connect for `key` succeeded; the connection starts with the connector's stream.
+    mutating func connected(_ key: Key, maximumStreams: Int) -> ConnectionID {
+        self.nextID += 1
+        var entry = self.entries[key] ?? Entry()
+        entry.connecting = false
+        entry.connections[self.nextID] = Connection(streams: 1, maximumStreams: max(1, maximumStreams), idleSince: nil)
+        self.entries[key] = entry
+        return self.nextID
+    }
+
+    /// The connect for `key` failed; waiters should be failed too.
+    mutating func connectFailed(_ key: Key) {
+        self.entries[key]?.connecting = false
+        self.dropIfEmpty(key)
+    }
+
+    /// A stream on `id` ended.
+    mutating func release(_ key: Key, _ id: ConnectionID, now: Duration) {
+        guard var connection = self.entries[key]?.connections[id] else { return }
+        connection.streams = max(0, connection.streams - 1)
+        if connection.streams == 0 { connection.idleSince = now }
+        self.entries[key]!.connections[id] = connection
+    }
+
+    /// `id` closed or received GOAWAY: never hand it out again.
+    mutating func remove(_ key: Key, _ id: ConnectionID) {
+        self.entries[key]?.connections[id] = nil
+        self.dropIfEmpty(key)
+    }
+
+    /// Removes and returns connections idle since at least `timeout` before `now`.
+    mutating func evictIdle(now: Duration, timeout: Duration) -> [(Key, ConnectionID)] {
+        var evicted: [(Key, ConnectionID)] = []
+        for (key, entry) in self.entries {
+            for (id, connection) in entry.connections {
+                if let idleSince = connection.idleSince, now - idleSince >= timeout { evicted.append((key, id)) }
+            }
+        }
+        for (key, id) in evicted { self.remove(key, id) }
+        return evicted
+    }
+
+    private mutating func dropIfEmpty(_ key: Key) {
+        if let entry = self.entries[key], entry.connections.isEmpty, !entry.connecting { self.entries[key] = nil }
+    }
+}

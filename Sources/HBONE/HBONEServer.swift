@@ -1,0 +1,211 @@
+public import MeshIdentity
+public import ServiceLifecycle
+public import Logging
+internal import NIOCore
+internal import NIOPosix
+internal import NIOSSL
+internal import NIOHTTP2
+internal import NIOConcurrencyHelpers
+
+/// An HBONE server: mutual TLS 1.3 + HTTP/2 `CONNECT` on port 15008 (ztunnel's inbound).
+///
+/// Each accepted connection must present a client certificate in the server identity's
+/// trust domain (``HBONETLS``). Each `CONNECT` stream is validated (RFC 9113 §8.5:
+/// `:method CONNECT` and an `:authority`; no `:scheme`/`:path`), handed to the decision
+/// callback with the peer's identity and the parsed metadata, and then either rejected
+/// with its status or connected upstream and answered `200` — never `200` before the
+/// upstream connected. On graceful shutdown the server stops accepting, sends GOAWAY and
+/// gives open tunnels ``HBONEConfiguration/drainDeadline`` before closing them.
+public final class HBONEServer: Service, Sendable {
+    /// Decides the fate of one request.
+    public typealias Decide = @Sendable (HBONEInboundRequest) async -> HBONEDecision
+
+    /// Where the server listens and as whom.
+    public struct Configuration: Sendable {
+        /// Listen host. Default `"::"` (all addresses, IPv4 included).
+        public var host: String = "::"
+        /// Listen port. Default 15008; 0 picks a free port (tests).
+        public var port: Int = Int(HBONEConfiguration.port)
+        /// Protocol parameters.
+        public var hbone = HBONEConfiguration()
+
+        /// The defaults above.
+        public init() {}
+    }
+
+    private let configuration: Configuration
+    private let identity: SPIFFEID
+    private let certificates: CertificateManager
+    private let decide: Decide
+    private let logger: Logger
+    private let onTunnelClosed: @Sendable (HBONETunnelRecord) -> Void
+    private let group: any EventLoopGroup
+    private let contexts = TLSContextCache()
+    private let boundAddress = NIOLockedValueBox<HBONEAddress?>(nil)
+    private let boundWaiters = NIOLockedValueBox<[CheckedContinuation<HBONEAddress, any Error>]>([])
+
+    /// Creates a server presenting `identity`'s certificate from `certificates`.
+    ///
+    /// - Parameters:
+    ///   - onTunnelClosed: Called once per stream when it ends (access log, metrics).
+    public init(
+        configuration: Configuration = Configuration(),
+        identity: SPIFFEID,
+        certificates: CertificateManager,
+        logger: Logger = Logger(label: "swift-hbone.server"),
+        onTunnelClosed: @escaping @Sendable (HBONETunnelRecord) -> Void = { _ in },
+        decide: @escaping Decide
+    ) {
+        self.configuration = configuration
+        self.identity = identity
+        self.certificates = certificates
+        self.decide = decide
+        self.logger = logger
+        self.onTunnelClosed = onTunnelClosed
+        self.group = MultiThreadedEventLoopGroup.singleton
+    }
+
+    /// The address the server is bound to, once it is (waits for ``run()`` to bind).
+    public var listeningAddress: HBONEAddress {
+        get async throws {
+            if let address = self.boundAddress.withLockedValue({ $0 }) { return address }
+            return try await withCheckedThrowingContinuation { continuation in
+                let address: HBONEAddress? = self.boundAddress.withLockedValue { bound in
+                    if let bound { return bound }
+                    self.boundWaiters.withLockedValue { $0.append(continuation) }
+                    return nil
+                }
+                if let address { continuation.resume(returning: address) }
+            }
+        }
+    }
+
+    /// Binds and serves until cancelled or gracefully shut down.
+    public func run() async throws {
+        let connections = ServerConnections()
+        let channel: any Channel
+        do {
+            channel = try await ServerBootstrap(group: self.group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    connections.add(channel)
+                    return self.initializeConnection(channel)
+                }
+                .bind(host: self.configuration.host, port: self.configuration.port)
+                .get()
+        } catch {
+            self.publishBound(.failure(error))
+            throw error
+        }
+        if let local = channel.localAddress, let address = HBONEAddress(socketAddress: local) {
+            self.publishBound(.success(address))
+        }
+        self.logger.info("HBONE server listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+        await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                try? await channel.closeFuture.get()
+            } onCancel: {
+                channel.close(promise: nil)
+                connections.closeAll()
+            }
+        } onGracefulShutdown: {
+            channel.close(promise: nil)
+            connections.drain(deadline: self.configuration.hbone.drainDeadline)
+        }
+    }
+
+    private func publishBound(_ result: Result<HBONEAddress, any Error>) {
+        if case .success(let address) = result { self.boundAddress.withLockedValue { $0 = address } }
+        let waiters = self.boundWaiters.withLockedValue { waiters in
+            defer { waiters = [] }
+            return waiters
+        }
+        for waiter in waiters { waiter.resume(with: result) }
+    }
+
+    private func initializeConnection(_ channel: any Channel) -> EventLoopFuture<Void> {
+        let promise = channel.eventLoop.makePromise(of: WorkloadCertificate.self)
+        let identity = self.identity
+        let certificates = self.certificates
+        promise.completeWithTask { try await certificates.certificate(for: identity) }
+        return promise.futureResult.flatMapThrowing { certificate in
+            let context = try self.contexts.context(for: certificate, server: true)
+            let peer = NIOLockedValueBox<SPIFFEID?>(nil)
+            let bundle = TrustBundle(roots: certificate.roots)
+            let trustDomain = certificate.identity.trustDomain
+            let tls = NIOSSLServerHandler(context: context) { chain, verification in
+                HBONETLS.verify(
+                    chain: chain, bundle: bundle, usage: .client, trustDomain: trustDomain, expected: [],
+                    promise: verification
+                ) { result in
+                    if case .success(let identity) = result { peer.withLockedValue { $0 = identity } }
+                }
+            }
+            let sync = channel.pipeline.syncOperations
+            try sync.addHandler(tls)
+            let configuration = self.configuration.hbone
+            _ = try sync.configureHTTP2Pipeline(
+                mode: .server,
+                connectionConfiguration: HBONEPipeline.connectionConfiguration(configuration, server: true),
+                streamConfiguration: HBONEPipeline.streamConfiguration(configuration)
+            ) { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    guard let peerIdentity = peer.withLockedValue({ $0 }) else {
+                        throw IdentityError.missingSPIFFEID
+                    }
+                    try stream.pipeline.syncOperations.addHandler(
+                        HBONEServerStreamHandler(
+                            peerIdentity: peerIdentity,
+                            peerAddress: channel.remoteAddress.flatMap(HBONEAddress.init(socketAddress:)),
+                            localAddress: channel.localAddress.flatMap(HBONEAddress.init(socketAddress:)),
+                            configuration: configuration, decide: self.decide, logger: self.logger,
+                            onClosed: self.onTunnelClosed
+                        )
+                    )
+                }
+            }
+            try sync.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
+        }
+    }
+}
+
+/// The server's open connections, for drain and forced close.
+final class ServerConnections: Sendable {
+    private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+
+    func add(_ channel: any Channel) {
+        let key = ObjectIdentifier(channel)
+        self.channels.withLockedValue { $0[key] = channel }
+        channel.closeFuture.whenComplete { _ in
+            self.channels.withLockedValue { $0[key] = nil }
+        }
+    }
+
+    func closeAll() {
+        for channel in self.channels.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) }
+    }
+
+    /// Sends GOAWAY on every connection, then closes whatever is still open at the deadline.
+    func drain(deadline: Duration) {
+        for channel in self.channels.withLockedValue({ Array($0.values) }) {
+            channel.eventLoop.execute {
+                let goAway = HTTP2Frame(
+                    streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil)
+                )
+                channel.writeAndFlush(goAway, promise: nil)
+                channel.eventLoop.scheduleTask(in: deadline.timeAmount) { channel.close(promise: nil) }
+            }
+        }
+    }
+}
+
+extension HBONEAddress {
+    init?(socketAddress: SocketAddress) {
+        guard let ip = socketAddress.ipAddress, let port = socketAddress.port,
+            let address = IPAddress(ip), let port16 = UInt16(exactly: port)
+        else { return nil }
+        self.init(ip: address.unmapped, port: port16)
+    }
+}

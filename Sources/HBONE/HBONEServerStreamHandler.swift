@@ -1,0 +1,172 @@
+internal import NIOCore
+internal import NIOPosix
+internal import NIOHTTP2
+internal import NIOHPACK
+internal import MeshIdentity
+internal import Logging
+
+/// Serves one `CONNECT` stream: validate, decide, connect upstream, answer, splice.
+///
+/// The handler only does I/O; the order of events it enforces is RFC 9113 §8.5 and
+/// ztunnel's `serve_connect`: the request's HEADERS first; `400` for anything that is
+/// not a `CONNECT` with an `ip:port` authority; the decision; `503` if the upstream
+/// cannot be connected; `200` only after it is; error responses end the stream.
+final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private enum State {
+        case waitingForHeaders
+        case deciding
+        case connecting
+        case spliced
+        case done
+    }
+
+    private let peerIdentity: SPIFFEID
+    private let peerAddress: HBONEAddress?
+    private let localAddress: HBONEAddress?
+    private let configuration: HBONEConfiguration
+    private let decide: HBONEServer.Decide
+    private let logger: Logger
+    private let onClosed: @Sendable (HBONETunnelRecord) -> Void
+    private var state = State.waitingForHeaders
+    private var request: HBONEInboundRequest?
+    /// DATA that arrived before the tunnel was spliced (a client may send early).
+    private var early: [HTTP2Frame.FramePayload] = []
+
+    init(
+        peerIdentity: SPIFFEID, peerAddress: HBONEAddress?, localAddress: HBONEAddress?,
+        configuration: HBONEConfiguration, decide: @escaping HBONEServer.Decide, logger: Logger,
+        onClosed: @escaping @Sendable (HBONETunnelRecord) -> Void
+    ) {
+        self.peerIdentity = peerIdentity
+        self.peerAddress = peerAddress
+        self.localAddress = localAddress
+        self.configuration = configuration
+        self.decide = decide
+        self.logger = logger
+        self.onClosed = onClosed
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let payload = Self.unwrapInboundIn(data)
+        switch (self.state, payload) {
+        case (.waitingForHeaders, .headers(let headers)):
+            self.received(headers: headers.headers, endStream: headers.endStream, context: context)
+        case (.deciding, .data), (.connecting, .data):
+            self.early.append(payload)
+        default:
+            break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if self.state != .spliced && self.state != .done {
+            self.state = .done
+            self.onClosed(HBONETunnelRecord(
+                request: self.request, status: .ok, reason: "stream closed by the client before it was established",
+                bytes: TunnelByteCounts()
+            ))
+        }
+        context.fireChannelInactive()
+    }
+
+    private func received(headers: HPACKHeaders, endStream: Bool, context: ChannelHandlerContext) {
+        let method = headers.first(name: ":method") ?? ""
+        guard method == "CONNECT" else {
+            return self.respond(.badRequest, reason: "expected method CONNECT, got \(method)", context: context)
+        }
+        guard let authority = headers.first(name: ":authority"), let target = HBONEAddress(authority: authority) else {
+            return self.respond(.badRequest, reason: "no valid authority pseudo header", context: context)
+        }
+        if endStream {
+            return self.respond(.badRequest, reason: "CONNECT request ended its stream", context: context)
+        }
+        let forwarded = headers.first(name: "forwarded").map(HBONERequestMetadata.parseForwarded)
+        let metadata = HBONERequestMetadata(
+            forwardedFor: forwarded?.for, forwardedHost: forwarded?.host,
+            baggage: headers.first(name: "baggage").map { HBONERequestMetadata.Baggage(headerValue: $0) } ?? .init(),
+            traceParent: headers.first(name: "traceparent").flatMap { HBONERequestMetadata.TraceParent(headerValue: $0) }
+        )
+        let request = HBONEInboundRequest(
+            peerIdentity: self.peerIdentity, peerAddress: self.peerAddress, localAddress: self.localAddress,
+            target: target, metadata: metadata
+        )
+        self.request = request
+        self.state = .deciding
+        let promise = context.eventLoop.makePromise(of: HBONEDecision.self)
+        let decide = self.decide
+        promise.completeWithTask { await decide(request) }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        promise.futureResult.whenSuccess { decision in
+            let (handler, context) = loopBound.value
+            handler.decided(decision, context: context)
+        }
+    }
+
+    private func decided(_ decision: HBONEDecision, context: ChannelHandlerContext) {
+        guard self.state == .deciding else { return }
+        switch decision {
+        case .reject(let status, let reason):
+            self.respond(status, reason: reason, context: context)
+        case .forward(let upstream):
+            self.state = .connecting
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            ClientBootstrap(group: context.eventLoop)
+                .connectTimeout(self.configuration.connectTimeout.timeAmount)
+                .channelOption(.allowRemoteHalfClosure, value: true)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(.autoRead, value: false)
+                .connect(host: "\(upstream.ip)", port: Int(upstream.port))
+                .whenComplete { result in
+                    let (handler, context) = loopBound.value
+                    switch result {
+                    case .success(let channel):
+                        handler.connected(upstream: channel, context: context)
+                    case .failure(let error):
+                        handler.respond(.serviceUnavailable, reason: "connection failed: \(error)", context: context)
+                    }
+                }
+        }
+    }
+
+    private func connected(upstream: any Channel, context: ChannelHandlerContext) {
+        guard self.state == .connecting, context.channel.isActive else {
+            upstream.close(promise: nil)
+            return
+        }
+        self.state = .spliced
+        var headers = HPACKHeaders()
+        headers.add(name: ":status", value: "200")
+        context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        let request = self.request
+        let onClosed = self.onClosed
+        let glue = TunnelGlue { counts in
+            onClosed(HBONETunnelRecord(request: request, status: .ok, reason: nil, bytes: counts))
+        }
+        do {
+            try upstream.pipeline.syncOperations.addHandler(glue.tcp)
+            try context.pipeline.syncOperations.addHandler(glue.stream, position: .after(self))
+        } catch {
+            upstream.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        let early = self.early
+        self.early = []
+        context.pipeline.syncOperations.removeHandler(self, promise: nil)
+        for payload in early { glue.stream.channelReadDelivered(payload) }
+        upstream.setOption(.autoRead, value: true).whenComplete { _ in }
+        context.read()
+    }
+
+    private func respond(_ status: HBONEStatus, reason: String, context: ChannelHandlerContext) {
+        self.state = .done
+        self.logger.debug("HBONE request rejected", metadata: ["status": "\(status)", "reason": "\(reason)"])
+        var headers = HPACKHeaders()
+        headers.add(name: ":status", value: "\(status.code)")
+        context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
+        self.onClosed(HBONETunnelRecord(request: self.request, status: status, reason: reason, bytes: TunnelByteCounts()))
+    }
+}

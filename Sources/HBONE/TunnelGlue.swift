@@ -1,0 +1,282 @@
+internal import NIOCore
+internal import NIOHTTP2
+
+/// Bytes moved through one tunnel, per direction.
+public struct TunnelByteCounts: Sendable, Hashable {
+    /// Bytes read from the plain TCP side and written into the tunnel.
+    public var sent: Int = 0
+    /// Bytes read from the tunnel and written to the plain TCP side.
+    public var received: Int = 0
+
+    /// Zero counts.
+    public init() {}
+}
+
+/// Splices a plain TCP channel and an HTTP/2 stream channel into one byte pipe
+/// (ztunnel `src/copy.rs` `copy_bidirectional`).
+///
+/// - Half-close is propagated both ways: TCP EOF (FIN) becomes an empty DATA frame with
+///   END_STREAM; END_STREAM becomes `shutdown(SHUT_WR)` on the TCP socket once every
+///   earlier byte is written (RFC 9113 §8.5: "a TCP connection … half-closed … END_STREAM").
+/// - A reset stream or a TCP error is not propagated as a reset: the other side is shut
+///   down in order, as ztunnel does.
+/// - Back-pressure is end to end: a side is read only while its partner is writable, so a
+///   slow reader stops the writer's reads (and, on the stream side, the HTTP/2 window
+///   updates that depend on them) instead of growing buffers.
+/// - When both directions are finished, both channels are closed and `onClose` gets
+///   the byte counts.
+///
+/// The two handlers live on channels of the same event loop (a stream channel shares
+/// its parent's loop, and the TCP side is created on it), so partners call each other
+/// directly. The sides keep the glue alive (the pipelines own the sides); the glue lets
+/// go of them when the tunnel is finished, which breaks the reference cycle.
+final class TunnelGlue {
+    let tcp: TCPSide
+    let stream: StreamSide
+    private var counts = TunnelByteCounts()
+    private var tcpToStreamDone = false
+    private var streamToTCPDone = false
+    private var closed = false
+    private let onClose: (TunnelByteCounts) -> Void
+
+    init(onClose: @escaping (TunnelByteCounts) -> Void) {
+        self.onClose = onClose
+        self.tcp = TCPSide()
+        self.stream = StreamSide()
+        self.tcp.glue = self
+        self.stream.glue = self
+    }
+
+    // MARK: Events from the sides
+
+    fileprivate func tcpRead(_ buffer: ByteBuffer) {
+        self.counts.sent += buffer.readableBytes
+        self.stream.write(.data(.init(data: .byteBuffer(buffer))))
+    }
+
+    fileprivate func tcpEOF() {
+        guard !self.tcpToStreamDone else { return }
+        self.tcpToStreamDone = true
+        self.stream.write(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)), flush: true)
+        self.closeIfDone()
+    }
+
+    fileprivate func streamRead(_ buffer: ByteBuffer) {
+        self.counts.received += buffer.readableBytes
+        self.tcp.write(buffer)
+    }
+
+    fileprivate func streamEOF() {
+        guard !self.streamToTCPDone else { return }
+        self.streamToTCPDone = true
+        self.tcp.shutdownOutput()
+        self.closeIfDone()
+    }
+
+    /// The stream went away (RST_STREAM, connection loss): no more data can flow either way.
+    fileprivate func streamGone() {
+        self.streamEOF()
+        self.tcpToStreamDone = true
+        self.closeIfDone()
+    }
+
+    /// The TCP side failed or closed entirely.
+    fileprivate func tcpGone() {
+        self.tcpEOF()
+        self.streamToTCPDone = true
+        self.closeIfDone()
+    }
+
+    private func closeIfDone() {
+        guard self.tcpToStreamDone, self.streamToTCPDone, !self.closed else { return }
+        self.closed = true
+        self.tcp.closeAfterPendingWrites()
+        self.stream.close()
+        self.onClose(self.counts)
+        self.tcp.glue = nil
+        self.stream.glue = nil
+    }
+
+    /// Read gating shared by both sides: a side is read only while its partner is writable.
+    fileprivate struct ReadGate {
+        private var pendingRead = false
+
+        /// Called from `read(context:)`: returns whether to pass the read on now.
+        mutating func shouldRead(partnerWritable: Bool) -> Bool {
+            if partnerWritable { return true }
+            self.pendingRead = true
+            return false
+        }
+
+        /// The partner became writable: returns whether a held read must be issued.
+        mutating func partnerBecameWritable() -> Bool {
+            defer { self.pendingRead = false }
+            return self.pendingRead
+        }
+    }
+
+    /// The plain TCP side (application socket or upstream socket).
+    final class TCPSide: ChannelDuplexHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+
+        fileprivate var glue: TunnelGlue?
+        fileprivate var context: ChannelHandlerContext?
+        private var gate = ReadGate()
+        private var outputShut = false
+
+        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+        func read(context: ChannelHandlerContext) {
+            if self.gate.shouldRead(partnerWritable: self.glue?.stream.isWritable ?? true) { context.read() }
+        }
+
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            if context.channel.isWritable { self.glue?.stream.resumeReading() }
+            context.fireChannelWritabilityChanged()
+        }
+
+        fileprivate var isWritable: Bool { self.context?.channel.isWritable ?? true }
+
+        fileprivate func resumeReading() {
+            if self.gate.partnerBecameWritable() { self.context?.read() }
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            self.glue?.tcpRead(Self.unwrapInboundIn(data))
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            self.glue?.stream.flush()
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case ChannelEvent.inputClosed = event {
+                self.glue?.tcpEOF()
+            } else {
+                context.fireUserInboundEventTriggered(event)
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.glue?.tcpGone()
+            context.fireChannelInactive()
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            // ECONNRESET, EPIPE and friends end the connection like EOF (ztunnel swallows them).
+            context.close(promise: nil)
+        }
+
+        fileprivate func write(_ buffer: ByteBuffer) {
+            guard let context = self.context, !self.outputShut else { return }
+            context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
+        }
+
+        fileprivate func shutdownOutput() {
+            guard let context = self.context, !self.outputShut else { return }
+            self.outputShut = true
+            // Writes complete in order: the FIN goes out after every byte before it.
+            context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
+                context.close(mode: .output, promise: nil)
+            }
+        }
+
+        fileprivate func closeAfterPendingWrites() {
+            guard let context = self.context else { return }
+            context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    /// The HTTP/2 stream side (one CONNECT stream).
+    final class StreamSide: ChannelDuplexHandler {
+        typealias InboundIn = HTTP2Frame.FramePayload
+        typealias OutboundIn = HTTP2Frame.FramePayload
+        typealias OutboundOut = HTTP2Frame.FramePayload
+
+        fileprivate var glue: TunnelGlue?
+        fileprivate var context: ChannelHandlerContext?
+        private var gate = ReadGate()
+        private var endStreamSent = false
+        /// Frames written before the stream existed (the TCP side is attached first, so bytes
+        /// and a FIN that arrive while the tunnel is being set up are kept, not dropped).
+        private var pending: [HTTP2Frame.FramePayload] = []
+
+        func handlerAdded(context: ChannelHandlerContext) {
+            self.context = context
+            for payload in self.pending { context.write(Self.wrapOutboundOut(payload), promise: nil) }
+            self.pending = []
+            context.flush()
+            if self.glue == nil { context.close(promise: nil) }
+        }
+        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+        func read(context: ChannelHandlerContext) {
+            if self.gate.shouldRead(partnerWritable: self.glue?.tcp.isWritable ?? true) { context.read() }
+        }
+
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            if context.channel.isWritable { self.glue?.tcp.resumeReading() }
+            context.fireChannelWritabilityChanged()
+        }
+
+        fileprivate var isWritable: Bool { self.context?.channel.isWritable ?? true }
+
+        fileprivate func resumeReading() {
+            if self.gate.partnerBecameWritable() { self.context?.read() }
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            self.channelReadDelivered(Self.unwrapInboundIn(data))
+        }
+
+        /// Handles one inbound frame (also used to replay frames that arrived before the splice).
+        func channelReadDelivered(_ payload: HTTP2Frame.FramePayload) {
+            switch payload {
+            case .data(let data):
+                if case .byteBuffer(let buffer) = data.data, buffer.readableBytes > 0 {
+                    self.glue?.streamRead(buffer)
+                }
+                if data.endStream { self.glue?.streamEOF() }
+            case .headers(let headers):
+                // Trailers end the stream; nothing else is expected after the 200.
+                if headers.endStream { self.glue?.streamEOF() }
+            default:
+                break
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.glue?.streamGone()
+            context.fireChannelInactive()
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            // A stream error (RST_STREAM from the peer) ends the tunnel in order, like EOF.
+            self.glue?.streamGone()
+        }
+
+        fileprivate func write(_ payload: HTTP2Frame.FramePayload, flush: Bool = false) {
+            guard !self.endStreamSent else { return }
+            if case .data(let data) = payload, data.endStream { self.endStreamSent = true }
+            guard let context = self.context else {
+                self.pending.append(payload)
+                return
+            }
+            context.write(Self.wrapOutboundOut(payload), promise: nil)
+            if flush { context.flush() }
+        }
+
+        fileprivate func flush() {
+            self.context?.flush()
+        }
+
+        fileprivate func close() {
+            self.context?.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+@testable import HBONE
+import MeshIdentity
+import MeshTestSupport
+import NIOCore
+import NIOPosix
+import Testing
+
+/// Our client against our server (the pool and the splice need both ends running); the
+/// server side is covered against independent clients in ``HBONEInteropTests``.
+@Suite("HBONE client and pool", .serialized)
+struct HBONEClientTests {
+    final class Mesh: Sendable {
+        let ca: CertificateAuthority
+        let manager: CertificateManager
+        let upstream: EchoUntilEOFServer
+        let server: HBONEServer
+        let client: HBONEClient
+        let serverIdentity = spiffe("default", "httpbin")
+        let clientIdentity = spiffe("default", "sleep")
+
+        init(configuration: HBONEConfiguration = HBONEConfiguration()) async throws {
+            self.ca = try CertificateAuthority.selfSigned()
+            self.manager = CertificateManager(provider: EmbeddedCAProvider(authority: self.ca))
+            self.upstream = try await EchoUntilEOFServer()
+            var serverConfiguration = HBONEServer.Configuration()
+            serverConfiguration.host = "127.0.0.1"
+            serverConfiguration.port = 0
+            serverConfiguration.hbone = configuration
+            let upstreamPort = UInt16(self.upstream.port)
+            self.server = HBONEServer(configuration: serverConfiguration, identity: self.serverIdentity, certificates: self.manager) { _ in
+                .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: upstreamPort))
+            }
+            self.client = HBONEClient(certificates: self.manager, configuration: configuration)
+        }
+
+        func target(port: UInt16, expecting: [SPIFFEID]? = nil) -> HBONETunnelTarget {
+            HBONETunnelTarget(
+                source: self.clientIdentity, nextHop: HBONEAddress(ip: .v4(127, 0, 0, 1), port: port),
+                expectedIdentities: expecting ?? [self.serverIdentity],
+                authority: HBONEAddress(ip: .v4(127, 0, 0, 1), port: 8080)
+            )
+        }
+    }
+
+    func withMesh(_ body: (Mesh, UInt16) async throws -> Void) async throws {
+        let mesh = try await Mesh()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await mesh.manager.run() }
+            group.addTask { try await mesh.server.run() }
+            defer { group.cancelAll() }
+            try await body(mesh, try await mesh.server.listeningAddress.port)
+        }
+        await mesh.upstream.close()
+    }
+
+    @Test("a forwarder carries plain TCP through the tunnel, FIN included, many times over one pooled connection")
+    func forwarder() async throws {
+        try await self.withMesh { mesh, port in
+            let forwarder = HBONEForwarder(port: 0, client: mesh.client, target: mesh.target(port: port))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await forwarder.run() }
+                defer { group.cancelAll() }
+                try await eventually("forwarder bound") { forwarder.boundPort != nil }
+                let local = try #require(forwarder.boundPort)
+                let probe = try await offload { BlockingTCP.exchange(port: local, payload: Array("probe".utf8), timeoutSeconds: 10) }
+                #expect(String(decoding: probe.received, as: UTF8.self) == "echo:probe", "errno \(probe.errorNumber)")
+                let payload = Array((0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+                let exchange = try await offload { BlockingTCP.exchange(port: local, payload: payload) }
+                #expect(exchange.errorNumber == 0)
+                #expect(exchange.received.count == payload.count + 5)
+                #expect(exchange.received == Array("echo:".utf8) + payload, "payload differs")
+                for round in 0..<(probe.errorNumber == 0 ? 10 : 0) {
+                    let small = try await offload { BlockingTCP.exchange(port: local, payload: Array("round \(round)".utf8)) }
+                    #expect(String(decoding: small.received, as: UTF8.self) == "echo:round \(round)")
+                }
+                #expect(mesh.client.connectionsStarted <= System.coreCount, "pooled: one connection per event loop at most")
+            }
+        }
+    }
+
+    @Test("N concurrent opens to a new key make exactly one TLS connection")
+    func singleFlight() async throws {
+        try await self.withMesh { mesh, port in
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let target = mesh.target(port: port)
+            let streams = try await withThrowingTaskGroup(of: (any Channel).self) { group in
+                for _ in 0..<20 {
+                    group.addTask { try await mesh.client.openStream(target, on: loop).get().0 }
+                }
+                var streams: [any Channel] = []
+                for try await stream in group { streams.append(stream) }
+                return streams
+            }
+            #expect(streams.count == 20)
+            #expect(mesh.client.connectionsStarted == 1)
+            #expect(mesh.client.pooledConnections(to: target.nextHop) == 1)
+            for stream in streams { try? await stream.close() }
+        }
+    }
+
+    @Test("the client refuses a server whose identity is not the expected one")
+    func wrongServerIdentity() async throws {
+        try await self.withMesh { mesh, port in
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let target = mesh.target(port: port, expecting: [spiffe("default", "reviews")])
+            await #expect {
+                _ = try await mesh.client.openStream(target, on: loop).get()
+            } throws: { error in
+                guard case HBONEClientError.handshake(let detail) = error else { return false }
+                return detail.contains("spiffe://cluster.local/ns/default/sa/httpbin")
+            }
+            #expect(mesh.client.pooledConnections(to: target.nextHop) == 0)
+        }
+    }
+
+    @Test("a non-200 answer fails the tunnel with the status")
+    func statusPropagates() async throws {
+        let mesh = try await Mesh()
+        var configuration = HBONEServer.Configuration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        let denying = HBONEServer(configuration: configuration, identity: mesh.serverIdentity, certificates: mesh.manager) { _ in
+            .reject(.unauthorized, reason: "policy")
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await mesh.manager.run() }
+            group.addTask { try await denying.run() }
+            defer { group.cancelAll() }
+            let port = try await denying.listeningAddress.port
+            await #expect(throws: HBONEClientError.status(401)) {
+                _ = try await mesh.client.openStream(mesh.target(port: port), on: MultiThreadedEventLoopGroup.singleton.next()).get()
+            }
+        }
+        await mesh.upstream.close()
+    }
+}

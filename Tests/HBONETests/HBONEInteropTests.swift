@@ -1,0 +1,193 @@
+import Foundation
+import HBONE
+import MeshIdentity
+import MeshTestSupport
+import Testing
+import Synchronization
+
+/// The HBONE server against independent peers: Python's ssl (OpenSSL) + hyper-h2 as the
+/// client, `openssl s_client` for the TLS surface, and garbage on the port.
+@Suite("HBONE server interop", .serialized)
+struct HBONEInteropTests {
+    static var pythonH2Available: Bool {
+        (try? ExternalTool.run(["python3", "-c", "import h2"]))?.status == 0
+    }
+
+    static var interopScript: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Interop/hbone_client.py").path
+    }
+
+    /// A running mesh fragment: CA, certificate manager, echo upstream, HBONE server.
+    final class Fixture: Sendable {
+        let ca: CertificateAuthority
+        let manager: CertificateManager
+        let upstream: EchoUntilEOFServer
+        let server: HBONEServer
+        let serverIdentity = spiffe("default", "httpbin")
+        let records = Records()
+        let files: TemporaryDirectory
+
+        final class Records: Sendable {
+            private let storage = Mutex<[HBONETunnelRecord]>([])
+            func append(_ record: HBONETunnelRecord) { self.storage.withLock { $0.append(record) } }
+            var all: [HBONETunnelRecord] { self.storage.withLock { $0 } }
+        }
+
+        init() async throws {
+            self.ca = try CertificateAuthority.selfSigned()
+            self.manager = CertificateManager(provider: EmbeddedCAProvider(authority: self.ca))
+            self.upstream = try await EchoUntilEOFServer()
+            self.files = try TemporaryDirectory(prefix: "hbone-interop")
+            var configuration = HBONEServer.Configuration()
+            configuration.host = "127.0.0.1"
+            configuration.port = 0
+            let upstreamPort = UInt16(self.upstream.port)
+            let records = self.records
+            self.server = HBONEServer(
+                configuration: configuration, identity: self.serverIdentity, certificates: self.manager,
+                onTunnelClosed: { records.append($0) }
+            ) { request in
+                switch request.target.port {
+                case 8080: return .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: upstreamPort))
+                case 8081: return .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: 1))
+                default: return .reject(.unauthorized, reason: "denied by test policy for \(request.peerIdentity)")
+                }
+            }
+            try self.files.write("root.pem", self.ca.trustBundle.pem)
+            try self.writeClient(name: "client", identity: spiffe("default", "sleep"), authority: self.ca)
+        }
+
+        /// Writes a client certificate chain and key issued by `authority`.
+        func writeClient(name: String, identity: SPIFFEID, authority: CertificateAuthority) throws {
+            let csr = try IdentityCSR(identity: identity)
+            let chain = try authority.sign(csr.request, for: identity)
+            try self.files.write("\(name).pem", PEM.encode(Array(chain.dropLast())))
+            try self.files.write("\(name).key", PEM.encode(csr.privateKey))
+        }
+
+        func path(_ name: String) -> String { self.files.url.appendingPathComponent(name).path }
+    }
+
+    func withFixture(_ body: (Fixture, Int) async throws -> Void) async throws {
+        let fixture = try await Fixture()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await fixture.manager.run() }
+            group.addTask { try await fixture.server.run() }
+            defer { group.cancelAll() }
+            let port = Int(try await fixture.server.listeningAddress.port)
+            try await body(fixture, port)
+        }
+        await fixture.upstream.close()
+    }
+
+    func python(_ fixture: Fixture, port: Int, client: String? = "client", _ extra: [String]) async throws -> [String: Any] {
+        var arguments = ["python3", Self.interopScript, "--port", "\(port)", "--ca", fixture.path("root.pem")]
+        if let client { arguments += ["--cert", fixture.path("\(client).pem"), "--key", fixture.path("\(client).key")] }
+        let all = arguments + extra
+        let result = try await offload { try ExternalTool.run(all) }
+        let json = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
+        return try #require(json, "python said: \(result.combined)")
+    }
+
+    @Test("a Python h2 client tunnels through: TLS 1.3, ALPN h2, 200, half-close carried both ways")
+    func tunnel() async throws {
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required (scripts/install-deps installs it)")
+        try await self.withFixture { fixture, port in
+            let result = try await self.python(fixture, port: port, [
+                "--authority", "127.0.0.1:8080", "--payload", "hello through the mesh",
+                "--header", "baggage: k8s.namespace.name=default,service.name=sleep",
+                "--header", #"forwarded: for="10.0.0.9:41000""#,
+                "--header", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            ])
+            #expect(result["error"] == nil, "\(result)")
+            #expect(result["tls_version"] as? String == "TLSv1.3")
+            #expect(result["alpn"] as? String == "h2")
+            #expect(["TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"].contains(result["cipher"] as? String ?? ""))
+            #expect(result["server_uris"] as? [String] == [fixture.serverIdentity.uri])
+            #expect(result["status"] as? Int == 200)
+            #expect(result["received"] as? String == "echo:hello through the mesh")
+            let settings = result["settings"] as? [String: Int] ?? [:]
+            #expect(settings["4"] == 4 << 20, "SETTINGS_INITIAL_WINDOW_SIZE 4 MiB: \(settings)")
+            #expect(settings["5"] == 1 << 20, "SETTINGS_MAX_FRAME_SIZE 1 MiB")
+            #expect(settings["3"] == 200, "SETTINGS_MAX_CONCURRENT_STREAMS 200")
+            try await eventually("tunnel record") { fixture.records.all.contains { $0.status == .ok && $0.bytes.received > 0 } }
+            let record = try #require(fixture.records.all.first { $0.status == .ok })
+            #expect(record.request?.peerIdentity == spiffe("default", "sleep"))
+            #expect(record.request?.metadata.baggage.serviceName == "sleep")
+            #expect(record.request?.metadata.forwardedFor == HBONEAddress(authority: "10.0.0.9:41000"))
+            #expect(record.request?.metadata.traceParent?.parentID == 0x00f0_67aa_0ba9_02b7)
+            #expect(record.bytes.received == "hello through the mesh".utf8.count, "bytes from the tunnel to the upstream")
+            #expect(record.bytes.sent == "echo:hello through the mesh".utf8.count)
+        }
+    }
+
+    @Test("status codes: 400 for GET and for a bad authority, 401 on deny, 503 when the upstream refuses")
+    func statuses() async throws {
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required")
+        try await self.withFixture { fixture, port in
+            let get = try await self.python(fixture, port: port, ["--method", "GET", "--authority", "127.0.0.1:8080"])
+            #expect(get["status"] as? Int == 400, "\(get)")
+            let hostname = try await self.python(fixture, port: port, ["--authority", "reviews.default.svc:9080"])
+            #expect(hostname["status"] as? Int == 400, "\(hostname)")
+            let denied = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:9999"])
+            #expect(denied["status"] as? Int == 401, "\(denied)")
+            let refused = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8081"])
+            #expect(refused["status"] as? Int == 503, "\(refused)")
+            try await eventually("records") { fixture.records.all.count >= 4 }
+            let reasons = fixture.records.all.compactMap(\.reason)
+            #expect(reasons.contains("expected method CONNECT, got GET"))
+            #expect(reasons.contains("no valid authority pseudo header"))
+            #expect(reasons.contains { $0.hasPrefix("connection failed") })
+        }
+    }
+
+    @Test("mTLS is required: no client certificate, or one from a foreign CA, fails the handshake")
+    func clientCertificates() async throws {
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required")
+        try await self.withFixture { fixture, port in
+            let anonymous = try await self.python(fixture, port: port, client: nil, ["--authority", "127.0.0.1:8080"])
+            #expect(anonymous["status"] == nil, "\(anonymous)")
+            #expect(anonymous["error"] != nil || anonymous["eof"] as? Bool == true, "\(anonymous)")
+            try fixture.writeClient(name: "stranger", identity: spiffe("default", "sleep"), authority: CertificateAuthority.selfSigned())
+            let stranger = try await self.python(fixture, port: port, client: "stranger", ["--authority", "127.0.0.1:8080"])
+            #expect(stranger["status"] == nil, "\(stranger)")
+            var otherDomain = CertificateAuthority.Configuration()
+            otherDomain.trustDomain = try TrustDomain("other.mesh")
+            // Same root, other trust domain: the server refuses it (ztunnel's TrustDomainVerifier).
+            let sameRootOtherDomain = try CertificateAuthority.selfSigned(configuration: otherDomain)
+            try fixture.writeClient(name: "otherdomain", identity: spiffe("default", "sleep", trustDomain: "other.mesh"), authority: sameRootOtherDomain)
+            let other = try await self.python(fixture, port: port, client: "otherdomain", ["--authority", "127.0.0.1:8080"])
+            #expect(other["status"] == nil, "\(other)")
+            // And the server still serves a proper client afterwards.
+            let good = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8080", "--payload", "x"])
+            #expect(good["received"] as? String == "echo:x")
+        }
+    }
+
+    @Test("openssl s_client sees TLS 1.3 and ALPN h2; garbage on the port is dropped without harm")
+    func opensslAndGarbage() async throws {
+        try #require(OpenSSLCA.isAvailable, "openssl is required")
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required")
+        try await self.withFixture { fixture, port in
+            let sClient = try await offload { try ExternalTool.run([
+                "openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-alpn", "h2", "-noservername",
+                "-CAfile", fixture.path("root.pem"), "-cert", fixture.path("client.pem"), "-key", fixture.path("client.key"),
+            ], input: "") }
+            #expect(sClient.combined.contains("New, TLSv1.3, Cipher is TLS_AES_"), "\(sClient.combined)")
+            #expect(sClient.combined.contains("ALPN protocol: h2"), "\(sClient.combined)")
+            let tls12 = try await offload { try ExternalTool.run([
+                "openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-tls1_2", "-noservername",
+                "-cert", fixture.path("client.pem"), "-key", fixture.path("client.key"), "-brief",
+            ], input: "") }
+            #expect(tls12.status != 0, "TLS 1.2 must be refused: \(tls12.combined)")
+            for garbage in ["GET / HTTP/1.1\r\nHost: x\r\n\r\n", String(repeating: "\u{16}\u{03}\u{01}\u{ff}\u{ff}", count: 100), "\0"] {
+                let bytes = Array(garbage.utf8)
+                let exchange = try await offload { BlockingTCP.exchange(port: port, payload: bytes, timeoutSeconds: 5) }
+                #expect(exchange.received.count < 200, "no data is served to garbage")
+            }
+            let good = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8080", "--payload", "still alive"])
+            #expect(good["received"] as? String == "echo:still alive")
+        }
+    }
+}

@@ -1,0 +1,67 @@
+import HBONE
+import Testing
+
+@Suite("HBONE addresses and request metadata")
+struct HBONEMetadataTests {
+    @Test("authorities: IPv4 plain, IPv6 bracketed, everything else rejected")
+    func authorities() throws {
+        let v4 = try #require(HBONEAddress(authority: "10.0.0.2:8080"))
+        #expect(v4.description == "10.0.0.2:8080")
+        let v6 = try #require(HBONEAddress(authority: "[fd00::1]:15008"))
+        #expect(v6.description == "[fd00::1]:15008")
+        #expect(v6.ip.isIPv6)
+        for bad in ["10.0.0.2", "10.0.0.2:", "10.0.0.2:0", "10.0.0.2:65536", "fd00::1:80", "[10.0.0.2]:80",
+            "[fd00::1]80", "example.com:80", "10.0.0.256:80", ":80", "", "10.0.0.2:8a", "10.0.0.2:+80"]
+        {
+            #expect(HBONEAddress(authority: bad) == nil, "\(bad)")
+        }
+        let mapped = try #require(IPAddress("::ffff:127.0.0.1"))
+        #expect(mapped.unmapped == IPAddress("127.0.0.1"))
+    }
+
+    @Test("forwarded: for= quoted with brackets for IPv6, host= when a service was targeted")
+    func forwarded() throws {
+        var metadata = HBONERequestMetadata(forwardedFor: HBONEAddress(authority: "[fd00::7]:41234"))
+        #expect(metadata.forwardedHeader == #"for="[fd00::7]:41234""#)
+        metadata.forwardedHost = "reviews.default.svc.cluster.local"
+        #expect(metadata.forwardedHeader == #"for="[fd00::7]:41234";host=reviews.default.svc.cluster.local"#)
+        let parsed = HBONERequestMetadata.parseForwarded(#"for="10.1.2.3:5555";host=x.svc, for="1.1.1.1:1""#)
+        #expect(parsed.for == HBONEAddress(authority: "10.1.2.3:5555"))
+        #expect(parsed.host == "x.svc")
+        #expect(HBONERequestMetadata.parseForwarded("garbage").for == nil)
+    }
+
+    @Test("baggage: ztunnel's keys in order, empty fields omitted, parsed back")
+    func baggage() {
+        let baggage = HBONERequestMetadata.Baggage(
+            clusterName: "Kubernetes", namespace: "default", workloadKind: "deployment", workloadName: "sleep",
+            serviceName: "sleep", serviceVersion: "v1", region: nil, zone: ""
+        )
+        let value = baggage.headerValue
+        #expect(value == "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=sleep,service.name=sleep,service.version=v1")
+        #expect(HBONERequestMetadata.Baggage(headerValue: value) == HBONERequestMetadata.Baggage(
+            clusterName: "Kubernetes", namespace: "default", workloadKind: "deployment", workloadName: "sleep",
+            serviceName: "sleep", serviceVersion: "v1"
+        ))
+        #expect(HBONERequestMetadata.Baggage(headerValue: "junk,=x,a=,cloud.region=eu;prop=1").region == "eu")
+    }
+
+    @Test("traceparent: W3C version 00, random ids, strict parsing")
+    func traceParent() throws {
+        let random = HBONERequestMetadata.TraceParent.random()
+        let text = random.description
+        #expect(text.count == 55)
+        #expect(text.hasPrefix("00-") && text.hasSuffix("-00"))
+        #expect(HBONERequestMetadata.TraceParent(headerValue: text) == random)
+        let fixed = try #require(HBONERequestMetadata.TraceParent(headerValue: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
+        #expect(fixed.parentID == 0x00f0_67aa_0ba9_02b7)
+        #expect(fixed.flags == 1)
+        for bad in ["01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", "00-short-00f067aa0ba902b7-01", ""]
+        {
+            #expect(HBONERequestMetadata.TraceParent(headerValue: bad) == nil, "\(bad)")
+        }
+    }
+}

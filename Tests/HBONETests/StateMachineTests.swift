@@ -1,0 +1,78 @@
+@testable import HBONE
+import Testing
+
+@Suite("HBONE state machines")
+struct HBONEStateMachineTests {
+    @Test("keepalive: PING every 10 s regardless of traffic, dead 20 s after an unanswered PING")
+    func keepalive() {
+        var machine = KeepaliveStateMachine(interval: .seconds(10), timeout: .seconds(20), now: .zero)
+        #expect(machine.nextDeadline == .seconds(10))
+        #expect(machine.tick(now: .seconds(9)) == .none)
+        guard case .sendPing(let first) = machine.tick(now: .seconds(10)) else {
+            Issue.record("no PING at 10 s")
+            return
+        }
+        machine.pingAckReceived(first &+ 1)  // an unrelated ACK does not count
+        guard case .sendPing = machine.tick(now: .seconds(20)) else {
+            // The first PING is still outstanding: no second PING, and the deadline stays at 30 s.
+            #expect(machine.nextDeadline == .seconds(30))
+            #expect(machine.tick(now: .seconds(29)) == .none)
+            #expect(machine.tick(now: .seconds(30)) == .declareDead)
+            #expect(machine.isDead)
+            #expect(machine.tick(now: .seconds(40)) == .none)
+            return
+        }
+        Issue.record("a second PING was sent while the first was unanswered")
+    }
+
+    @Test("keepalive: answered PINGs keep the connection alive indefinitely")
+    func keepaliveAnswered() {
+        var machine = KeepaliveStateMachine(interval: .seconds(10), timeout: .seconds(20), now: .zero)
+        var now = Duration.zero
+        for _ in 0..<100 {
+            now = machine.nextDeadline
+            guard case .sendPing(let payload) = machine.tick(now: now) else {
+                Issue.record("expected a PING at \(now)")
+                return
+            }
+            machine.pingAckReceived(payload)
+        }
+        #expect(!machine.isDead)
+        #expect(now == .seconds(1000))
+    }
+
+    @Test("pool: single flight per key, waiters reuse, new connection when full, eviction when idle")
+    func pool() {
+        var pool = PoolStateMachine<String>()
+        #expect(pool.checkout("a") == .connect)
+        for _ in 0..<5 { #expect(pool.checkout("a") == .wait) }
+        #expect(pool.checkout("b") == .connect, "other keys are independent")
+        let id = pool.connected("a", maximumStreams: 3)
+        #expect(pool.checkout("a") == .use(id))
+        #expect(pool.checkout("a") == .use(id))
+        #expect(pool.streamCount(for: "a") == 3)
+        #expect(pool.checkout("a") == .connect, "full connection: connect another")
+        #expect(pool.checkout("a") == .wait)
+        let second = pool.connected("a", maximumStreams: 3)
+        #expect(pool.connectionCount(for: "a") == 2)
+        pool.release("a", id, now: .seconds(1))
+        #expect(pool.checkout("a") == .use(id), "lowest id with capacity first")
+        for _ in 0..<3 { pool.release("a", id, now: .seconds(2)) }
+        pool.release("a", second, now: .seconds(2))
+        #expect(pool.evictIdle(now: .seconds(100), timeout: .seconds(300)).isEmpty)
+        let evicted = pool.evictIdle(now: .seconds(302), timeout: .seconds(300))
+        #expect(evicted.count == 2)
+        #expect(pool.connectionCount(for: "a") == 0)
+        pool.connectFailed("b")
+        #expect(pool.checkout("b") == .connect, "a failed connect lets the next checkout try again")
+    }
+
+    @Test("pool: a GOAWAY'd connection is never handed out again")
+    func poolRemove() {
+        var pool = PoolStateMachine<String>()
+        _ = pool.checkout("a")
+        let id = pool.connected("a", maximumStreams: 10)
+        pool.remove("a", id)
+        #expect(pool.checkout("a") == .connect)
+    }
+}
