@@ -137,8 +137,6 @@ public final class HBONEClient: Sendable {
                 return promise.futureResult.flatMap {
                     stream.pipeline.removeHandler(handler).map { (stream, key, id) }
                 }
-            }.flatMapErrorThrowing { error in
-                throw error
             }
         }
     }
