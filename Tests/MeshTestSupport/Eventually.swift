@@ -1,3 +1,6 @@
+import Foundation
+import MeshIdentity
+
 /// An error thrown by ``eventually(timeout:_:_:)`` when the condition never held.
 public struct TimedOut: Error, CustomStringConvertible {
     /// What was awaited.
@@ -18,8 +21,16 @@ public func eventually(
     let deadline = clock.now + timeout
     while clock.now < deadline {
         if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(2))
+        try await pause(.milliseconds(2))
     }
     if try await condition() { return }
     throw TimedOut(what: what())
+}
+
+/// Sleeps for `duration` of real time on a SwiftNIO timer (``SystemIdentityClock``), never
+/// on `Task.sleep`, whose libdispatch timers were seen to stop firing on Linux (D10).
+public func pause(_ duration: Duration) async throws {
+    let (seconds, attoseconds) = duration.components
+    let interval = Double(seconds) + Double(attoseconds) / 1e18
+    try await SystemIdentityClock().sleep(until: Date(timeIntervalSinceNow: interval))
 }

@@ -1,4 +1,5 @@
 public import Foundation
+internal import Synchronization
 
 /// The outcome of running an external program.
 public struct ToolResult: Sendable {
@@ -25,8 +26,12 @@ public enum ExternalTool {
 
     /// Runs `arguments[0]` with the rest as arguments (looked up on the PATH), optionally
     /// feeding `input` on stdin, and returns its status and output.
+    ///
+    /// A tool that is still running after `timeout` is killed (SIGKILL) and reported with
+    /// status 137 and a note on stderr, so a stuck peer fails its test instead of hanging
+    /// the whole run.
     @discardableResult
-    public static func run(_ arguments: [String], input: String? = nil) throws -> ToolResult {
+    public static func run(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(60)) throws -> ToolResult {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
@@ -37,16 +42,37 @@ public enum ExternalTool {
         process.standardError = error
         process.standardInput = stdin
         try process.run()
+        let pid = process.processIdentifier
+        let finished = Atomic<Bool>(false)
+        let killedByTimeout = Atomic<Bool>(false)
+        let (seconds, attoseconds) = timeout.components
+        let watchdog = Thread {
+            var remaining = Double(seconds) + Double(attoseconds) / 1e18
+            while remaining > 0, !finished.load(ordering: .acquiring) {
+                usleep(50_000)
+                remaining -= 0.05
+            }
+            if !finished.load(ordering: .acquiring) {
+                killedByTimeout.store(true, ordering: .releasing)
+                kill(pid, SIGKILL)
+            }
+        }
+        watchdog.start()
         if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
         try stdin.fileHandleForWriting.close()
         // Read both pipes before waiting so a chatty tool cannot block on a full pipe.
         let outData = output.fileHandleForReading.readDataToEndOfFile()
         let errData = error.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
+        finished.store(true, ordering: .releasing)
+        var standardError = String(decoding: errData, as: UTF8.self)
+        if killedByTimeout.load(ordering: .acquiring) {
+            standardError += "\n[killed after \(timeout): \(arguments.joined(separator: " "))]\n"
+        }
         return ToolResult(
             status: process.terminationStatus,
             standardOutput: String(decoding: outData, as: UTF8.self),
-            standardError: String(decoding: errData, as: UTF8.self)
+            standardError: standardError
         )
     }
 }

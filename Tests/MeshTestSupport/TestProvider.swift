@@ -8,7 +8,8 @@ public final class TestProvider: CertificateProvider {
     private struct State {
         var failing = false
         var gated = false
-        var held: [CheckedContinuation<Void, Never>] = []
+        var held: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
+        var nextID: UInt64 = 0
         var inFlight = 0
         var maximumInFlight = 0
         var attempts: [SPIFFEID] = []
@@ -50,7 +51,7 @@ public final class TestProvider: CertificateProvider {
     public func release(_ count: Int? = nil) {
         let released: [CheckedContinuation<Void, Never>] = self.state.withLock { state in
             let n = min(count ?? state.held.count, state.held.count)
-            let released = Array(state.held.prefix(n))
+            let released = state.held.prefix(n).map(\.continuation)
             state.held.removeFirst(n)
             return released
         }
@@ -65,13 +66,27 @@ public final class TestProvider: CertificateProvider {
             return state.gated
         }
         if gated {
-            await withCheckedContinuation { continuation in
-                let resumeNow: Bool = self.state.withLock { state in
-                    if !state.gated { return true }
-                    state.held.append(continuation)
-                    return false
+            // Cancellation opens the gate for this signing, so a failed test that cancels
+            // the manager ends instead of waiting forever on a held continuation.
+            let id: UInt64 = self.state.withLock { state in
+                state.nextID += 1
+                return state.nextID
+            }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { continuation in
+                    let resumeNow: Bool = self.state.withLock { state in
+                        if !state.gated || Task.isCancelled { return true }
+                        state.held.append((id, continuation))
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
                 }
-                if resumeNow { continuation.resume() }
+            } onCancel: {
+                let held: CheckedContinuation<Void, Never>? = self.state.withLock { state in
+                    guard let index = state.held.firstIndex(where: { $0.id == id }) else { return nil }
+                    return state.held.remove(at: index).continuation
+                }
+                held?.resume()
             }
         }
         defer { self.state.withLock { $0.inFlight -= 1 } }
