@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "Netlink", targets: ["Netlink"]),
         .library(name: "HBONE", targets: ["HBONE"]),
         .executable(name: "identity-demo", targets: ["IdentityDemo"]),
+        .executable(name: "hbone-tunnel", targets: ["HBONETunnelExample"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
@@ -98,6 +99,20 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Examples/identity-demo",
+            swiftSettings: strictSettings
+        ),
+        /// Both ends of an HBONE tunnel as processes: interop peer and benchmark subject.
+        .executableTarget(
+            name: "HBONETunnelExample",
+            dependencies: [
+                "MeshIdentity",
+                "HBONE",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/hbone-tunnel",
             swiftSettings: strictSettings
         ),
 

@@ -14,7 +14,7 @@ public final class HBONEForwarder: Service, Sendable {
     private let client: HBONEClient
     private let target: HBONETunnelTarget
     private let logger: Logger
-    private let bound = NIOLockedValueBox<Int?>(nil)
+    private let bound = BoundAddress()
 
     /// Listens on `host:port` (port 0 picks one) and forwards to `target` through `client`.
     public init(
@@ -29,14 +29,21 @@ public final class HBONEForwarder: Service, Sendable {
     }
 
     /// The bound port once ``run()`` has bound, else `nil`.
-    public var boundPort: Int? { self.bound.withLockedValue { $0 } }
+    public var boundPort: Int? { self.bound.current.map { Int($0.port) } }
+
+    /// The bound port, once ``run()`` has bound (throws its error if binding failed).
+    public var listeningPort: Int {
+        get async throws { Int(try await self.bound.value.port) }
+    }
 
     /// Accepts and forwards until cancelled or gracefully shut down.
     public func run() async throws {
         let client = self.client
         let target = self.target
         let logger = self.logger
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let channel: any Channel
+        do {
+            channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.autoRead, value: false)
@@ -50,7 +57,15 @@ public final class HBONEForwarder: Service, Sendable {
             }
             .bind(host: self.host, port: self.port)
             .get()
-        self.bound.withLockedValue { $0 = channel.localAddress?.port }
+        } catch {
+            self.bound.publish(.failure(error))
+            throw error
+        }
+        if let local = channel.localAddress, let address = HBONEAddress(socketAddress: local) {
+            self.bound.publish(.success(address))
+        } else {
+            self.bound.publish(.failure(HBONEClientError.closed))
+        }
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
                 try? await channel.closeFuture.get()

@@ -41,8 +41,7 @@ public final class HBONEServer: Service, Sendable {
     private let onTunnelClosed: @Sendable (HBONETunnelRecord) -> Void
     private let group: any EventLoopGroup
     private let contexts = TLSContextCache()
-    private let boundAddress = NIOLockedValueBox<HBONEAddress?>(nil)
-    private let boundWaiters = NIOLockedValueBox<[CheckedContinuation<HBONEAddress, any Error>]>([])
+    private let bound = BoundAddress()
 
     /// Creates a server presenting `identity`'s certificate from `certificates`.
     ///
@@ -65,19 +64,10 @@ public final class HBONEServer: Service, Sendable {
         self.group = MultiThreadedEventLoopGroup.singleton
     }
 
-    /// The address the server is bound to, once it is (waits for ``run()`` to bind).
+    /// The address the server is bound to, once it is (waits for ``run()`` to bind, and
+    /// throws its error if binding failed).
     public var listeningAddress: HBONEAddress {
-        get async throws {
-            if let address = self.boundAddress.withLockedValue({ $0 }) { return address }
-            return try await withCheckedThrowingContinuation { continuation in
-                let address: HBONEAddress? = self.boundAddress.withLockedValue { bound in
-                    if let bound { return bound }
-                    self.boundWaiters.withLockedValue { $0.append(continuation) }
-                    return nil
-                }
-                if let address { continuation.resume(returning: address) }
-            }
-        }
+        get async throws { try await self.bound.value }
     }
 
     /// Binds and serves until cancelled or gracefully shut down.
@@ -96,11 +86,13 @@ public final class HBONEServer: Service, Sendable {
                 .bind(host: self.configuration.host, port: self.configuration.port)
                 .get()
         } catch {
-            self.publishBound(.failure(error))
+            self.bound.publish(.failure(error))
             throw error
         }
         if let local = channel.localAddress, let address = HBONEAddress(socketAddress: local) {
-            self.publishBound(.success(address))
+            self.bound.publish(.success(address))
+        } else {
+            self.bound.publish(.failure(HBONEClientError.closed))
         }
         self.logger.info("HBONE server listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
         await withGracefulShutdownHandler {
@@ -114,15 +106,6 @@ public final class HBONEServer: Service, Sendable {
             channel.close(promise: nil)
             connections.drain(deadline: self.configuration.hbone.drainDeadline)
         }
-    }
-
-    private func publishBound(_ result: Result<HBONEAddress, any Error>) {
-        if case .success(let address) = result { self.boundAddress.withLockedValue { $0 = address } }
-        let waiters = self.boundWaiters.withLockedValue { waiters in
-            defer { waiters = [] }
-            return waiters
-        }
-        for waiter in waiters { waiter.resume(with: result) }
     }
 
     private func initializeConnection(_ channel: any Channel) -> EventLoopFuture<Void> {

@@ -1,0 +1,45 @@
+internal import NIOConcurrencyHelpers
+
+/// The address a listener bound to, published once by its `run()` and awaited by callers
+/// that started it with port 0 (tests, `hbone-tunnel`'s `listening <port>` line).
+final class BoundAddress: Sendable {
+    private struct State {
+        var result: Result<HBONEAddress, any Error>?
+        var waiters: [CheckedContinuation<HBONEAddress, any Error>] = []
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    /// The address if bound, else `nil`.
+    var current: HBONEAddress? {
+        self.state.withLockedValue { state in
+            if case .success(let address) = state.result { return address }
+            return nil
+        }
+    }
+
+    /// Waits until the listener bound (or failed to).
+    var value: HBONEAddress {
+        get async throws {
+            try await withCheckedThrowingContinuation { continuation in
+                let result: Result<HBONEAddress, any Error>? = self.state.withLockedValue { state in
+                    if let result = state.result { return result }
+                    state.waiters.append(continuation)
+                    return nil
+                }
+                if let result { continuation.resume(with: result) }
+            }
+        }
+    }
+
+    /// Records the outcome of binding and wakes every waiter.
+    func publish(_ result: Result<HBONEAddress, any Error>) {
+        let waiters: [CheckedContinuation<HBONEAddress, any Error>] = self.state.withLockedValue { state in
+            guard state.result == nil else { return [] }
+            state.result = result
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(with: result) }
+    }
+}
