@@ -115,6 +115,15 @@ public final class HBONEClient: Sendable {
         self.pool.withLockedValue { state in state.connections.values.count { $0.key.nextHop == nextHop } }
     }
 
+    /// Streams open on pooled connections towards `nextHop` (for tests and metrics).
+    public func openStreams(to nextHop: HBONEAddress) -> Int {
+        self.pool.withLockedValue { state in
+            Set(state.connections.values.filter { $0.key.nextHop == nextHop }.map(\.key)).reduce(0) {
+                $0 + state.machine.streamCount(for: $1)
+            }
+        }
+    }
+
     // MARK: Opening streams
 
     /// Opens a `CONNECT` stream for `target` on `eventLoop` and completes once the server
@@ -241,6 +250,8 @@ public final class HBONEClient: Sendable {
         let verifyError = NIOLockedValueBox<IdentityError?>(nil)
         let handshake = eventLoop.makePromise(of: Void.self)
         let multiplexerBox = NIOLockedValueBox<NIOHTTP2Handler.StreamMultiplexer?>(nil)
+        // The pool ID once the connection is pooled; a GOAWAY before that marks it instead.
+        let slot = NIOLockedValueBox<(id: Int?, goneAway: Bool)>((nil, false))
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout.timeAmount)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -267,7 +278,13 @@ public final class HBONEClient: Sendable {
                     }
                     multiplexerBox.withLockedValue { $0 = multiplexer }
                     try sync.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
-                    try sync.addHandler(GoAwayWatcher())
+                    try sync.addHandler(GoAwayWatcher { [weak self] in
+                        let id: Int? = slot.withLockedValue { slot in
+                            slot.goneAway = true
+                            return slot.id
+                        }
+                        if let id { self?.discard(key, id) }
+                    })
                 }
             }
             .connect(host: "\(target.nextHop.ip)", port: Int(target.nextHop.port))
@@ -287,6 +304,12 @@ public final class HBONEClient: Sendable {
                     let id = self.pool.withLockedValue { state in
                         state.machine.connected(key, maximumStreams: configuration.http2.clientMaximumStreamsPerConnection)
                     }
+                    let goneAway = slot.withLockedValue { slot in
+                        slot.id = id
+                        return slot.goneAway
+                    }
+                    // Handed to this checkout (its stream was counted), never to later ones.
+                    if goneAway { self.discard(key, id) }
                     return (id, PooledConnection(key: key, channel: channel, multiplexer: multiplexer))
                 }
             }

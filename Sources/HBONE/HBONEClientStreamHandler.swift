@@ -125,16 +125,17 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
 final class GoAwayWatcher: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
 
+    private let onGoAway: @Sendable () -> Void
+
+    /// `onGoAway` takes the connection out of the pool; streams already open keep running
+    /// (nio-http2 serves those below the GOAWAY's last stream ID and closes the connection
+    /// after the last one ends).
+    init(onGoAway: @escaping @Sendable () -> Void) {
+        self.onGoAway = onGoAway
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .goAway = Self.unwrapInboundIn(data).payload {
-            // nio-http2 keeps streams below lastStreamID running; closing the channel here would
-            // cut them. Mark it by closing after in-flight streams end: NIOHTTP2 closes the
-            // connection itself when the last stream finishes after GOAWAY was received.
-            context.fireUserInboundEventTriggered(HBONEGoAwayReceived())
-        }
+        if case .goAway = Self.unwrapInboundIn(data).payload { self.onGoAway() }
         context.fireChannelRead(data)
     }
 }
-
-/// Fired on a client connection that received GOAWAY.
-struct HBONEGoAwayReceived: Sendable {}

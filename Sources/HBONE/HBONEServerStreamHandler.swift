@@ -157,6 +157,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
         self.early = []
         context.pipeline.syncOperations.removeHandler(self, promise: nil)
         for payload in early { glue.stream.channelReadDelivered(payload) }
+        glue.tcp.flush()
         upstream.setOption(.autoRead, value: true).whenComplete { _ in }
         context.read()
     }

@@ -23,8 +23,14 @@ public struct TunnelByteCounts: Sendable, Hashable {
 /// - Back-pressure is end to end: a side is read only while its partner is writable, so a
 ///   slow reader stops the writer's reads (and, on the stream side, the HTTP/2 window
 ///   updates that depend on them) instead of growing buffers.
-/// - When both directions are finished, both channels are closed and `onClose` gets
-///   the byte counts.
+/// - When both directions finished in order (FIN and END_STREAM each way), the TCP socket
+///   is closed and the stream is left to close itself: it already is closed at the HTTP/2
+///   level, or will be once our END_STREAM leaves the flow-control buffer. Closing the
+///   stream channel early would send RST_STREAM and drop that buffered tail, and a burst
+///   of short tunnels would trip the peer's reset-flood limit (nio-http2 allows 200 resets
+///   per 30 s before GOAWAY ENHANCE_YOUR_CALM). Only an abort (TCP error, stream reset,
+///   connection loss) closes the stream channel, which resets the stream.
+/// - `onClose` gets the byte counts when both directions are finished.
 ///
 /// The two handlers live on channels of the same event loop (a stream channel shares
 /// its parent's loop, and the TCP side is created on it), so partners call each other
@@ -58,7 +64,7 @@ final class TunnelGlue {
         guard !self.tcpToStreamDone else { return }
         self.tcpToStreamDone = true
         self.stream.write(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)), flush: true)
-        self.closeIfDone()
+        self.closeIfDone(abort: false)
     }
 
     fileprivate func streamRead(_ buffer: ByteBuffer) {
@@ -70,28 +76,31 @@ final class TunnelGlue {
         guard !self.streamToTCPDone else { return }
         self.streamToTCPDone = true
         self.tcp.shutdownOutput()
-        self.closeIfDone()
+        self.closeIfDone(abort: false)
     }
 
     /// The stream went away (RST_STREAM, connection loss): no more data can flow either way.
     fileprivate func streamGone() {
+        let orderly = self.streamToTCPDone && self.tcpToStreamDone
         self.streamEOF()
         self.tcpToStreamDone = true
-        self.closeIfDone()
+        self.closeIfDone(abort: !orderly)
     }
 
     /// The TCP side failed or closed entirely.
     fileprivate func tcpGone() {
+        let wasOpen = !self.streamToTCPDone
         self.tcpEOF()
         self.streamToTCPDone = true
-        self.closeIfDone()
+        self.closeIfDone(abort: wasOpen)
     }
 
-    private func closeIfDone() {
-        guard self.tcpToStreamDone, self.streamToTCPDone, !self.closed else { return }
+    private func closeIfDone(abort: Bool) {
+        guard self.tcpToStreamDone, self.streamToTCPDone else { return }
+        if abort { self.stream.close() }
+        guard !self.closed else { return }
         self.closed = true
         self.tcp.closeAfterPendingWrites()
-        self.stream.close()
         self.onClose(self.counts)
         self.tcp.glue = nil
         self.stream.glue = nil
@@ -172,7 +181,12 @@ final class TunnelGlue {
 
         fileprivate func write(_ buffer: ByteBuffer) {
             guard let context = self.context, !self.outputShut else { return }
-            context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
+            context.write(Self.wrapOutboundOut(buffer), promise: nil)
+        }
+
+        /// Flushed once per read burst of the stream side, not per DATA frame.
+        func flush() {
+            self.context?.flush()
         }
 
         fileprivate func shutdownOutput() {
@@ -248,6 +262,11 @@ final class TunnelGlue {
             default:
                 break
             }
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            self.glue?.tcp.flush()
+            context.fireChannelReadComplete()
         }
 
         func channelInactive(context: ChannelHandlerContext) {

@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""End-to-end tunnel benchmarks: our HBONE tunnel against baselines, in one run.
+
+Every configuration has the same shape, so the numbers compare like with like:
+
+    load generator -> [entry relay] -> [exit relay] -> sink/echo
+
+  plain         no relay (loopback TCP straight to the sink)
+  socat-pair    two plain socat relays (the cost of relaying, no crypto)
+  socat-tls     socat TCP->OpenSSL ... OpenSSL->TCP (a TLS 1.3 tunnel from stock tools)
+  c-peer        the C nghttp2+OpenSSL HBONE peer in both roles (Tests/Interop/hbone-peer)
+  swift         hbone-tunnel client -> hbone-tunnel server (this package)
+  swift->c, c->swift   the two implementations against each other
+
+Measured: bulk throughput (iperf3, one stream), CPU seconds per GiB spent by the relays,
+1 KiB request/response latency (paced, p50/p99) and the latency each configuration adds
+over plain TCP, sequential tunnels per second (open, 100 B each way, close; on our side
+each is a new stream on the pooled connection), and resident memory per idle tunnel.
+Ratios are printed against the baselines of the same run.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def wait_listening(port, timeout=20.0):
+    """Waits until something listens on `port`, without connecting (a probe connection
+    would travel through the relays and confuse iperf3's control channel)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        if out.strip():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        for task in _tree(pid):
+            try:
+                fields = open(f"/proc/{task}/stat").read().rsplit(")", 1)[1].split()
+                # utime + stime, plus cutime + cstime: socat's per-connection children
+                # are reaped by the parent, which then accounts their CPU time.
+                total += sum(int(f) for f in fields[11:15])
+            except OSError:
+                pass
+    return total / CLOCK_TICKS
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        for task in _tree(pid):
+            try:
+                for line in open(f"/proc/{task}/status"):
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+    return total
+
+
+def _tree(pid):
+    """pid and its descendants (socat forks a child per connection)."""
+    found = [pid]
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        return found
+    for child in children:
+        found += _tree(int(child))
+    return found
+
+
+class Relays:
+    """The processes of one configuration; `entry` is where the load generator connects."""
+
+    def __init__(self, bench, name, upstream):
+        self.name, self.procs, self.entry = name, [], None
+        b = bench
+        if name == "plain":
+            self.entry = upstream
+        elif name == "socat-pair":
+            mid = free_port()
+            self._socat(["TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % mid, "TCP:127.0.0.1:%d,nodelay" % upstream], mid)
+            self.entry = free_port()
+            self._socat(["TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % self.entry, "TCP:127.0.0.1:%d,nodelay" % mid],
+                        self.entry)
+        elif name == "socat-tls":
+            mid = free_port()
+            tls = "openssl-min-proto-version=TLS1.3,cafile=%s" % b.root
+            self._socat(["OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,cert=%s,key=%s,verify=1,%s"
+                         % (mid, b.server_cert, b.server_key, tls), "TCP:127.0.0.1:%d,nodelay" % upstream], mid)
+            self.entry = free_port()
+            # mTLS as far as socat allows: the server end requires and verifies the client
+            # certificate; the client end presents its certificate but cannot verify the
+            # server's, because socat matches the peer's name against the host and SPIFFE
+            # certificates carry only a URI SAN (verify=0). Bulk throughput does not depend
+            # on that check.
+            self._socat(["TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % self.entry,
+                         "OPENSSL:127.0.0.1:%d,cert=%s,key=%s,verify=0,no-sni=1,nodelay,%s"
+                         % (mid, b.client_cert, b.client_key, tls)], self.entry)
+        else:
+            client_impl, server_impl = {
+                "swift": ("swift", "swift"), "c-peer": ("c", "c"),
+                "swift->c": ("swift", "c"), "c->swift": ("c", "swift"),
+            }[name]
+            server_port = self._start(b.server_command(server_impl, upstream))
+            self.entry = self._start(b.client_command(client_impl, server_port, upstream))
+        wait_listening(self.entry)
+
+    def _socat(self, args, port):
+        # -b131072: socat's default 8 KiB buffer costs it half its throughput (perf.md §2.3).
+        self.procs.append(subprocess.Popen(["socat", "-b131072"] + args, stderr=subprocess.DEVNULL))
+        wait_listening(port)
+
+    def _start(self, command):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.procs.append(proc)
+        line = proc.stdout.readline().strip()
+        if not line.startswith("listening "):
+            raise RuntimeError(f"{command[0]} did not start: {line!r}")
+        return int(line.split()[1])
+
+    @property
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+class Bench:
+    def __init__(self, args, workdir):
+        self.args, self.workdir = args, workdir
+        self.tunnel = args.hbone_tunnel
+        self.peer = args.hbone_peer
+        ca = os.path.join(workdir, "ca")
+        subprocess.run([self.tunnel, "ca", "--dir", ca], check=True, stdout=subprocess.DEVNULL)
+        self.ca = ca
+        self.root = os.path.join(ca, "root-cert.pem")
+        for role, sa in (("server", "httpbin"), ("client", "sleep")):
+            prefix = os.path.join(workdir, role)
+            subprocess.run([self.tunnel, "issue", "--dir", ca, "--identity",
+                            f"spiffe://cluster.local/ns/default/sa/{sa}", "--out", prefix],
+                           check=True, stdout=subprocess.DEVNULL)
+            setattr(self, f"{role}_cert", prefix + ".pem")
+            setattr(self, f"{role}_key", prefix + ".key")
+
+    def server_command(self, impl, upstream):
+        if impl == "swift":
+            return [self.tunnel, "server", "--dir", self.ca, "--listen", "127.0.0.1:0",
+                    "--upstream", f"127.0.0.1:{upstream}"]
+        return [self.peer, "server", "--listen", "127.0.0.1:0", "--cert", self.server_cert,
+                "--key", self.server_key, "--ca", self.root, "--trust-domain", "cluster.local",
+                "--upstream", f"127.0.0.1:{upstream}", "--quiet"]
+
+    def client_command(self, impl, server_port, upstream):
+        if impl == "swift":
+            return [self.tunnel, "client", "--dir", self.ca, "--listen", "127.0.0.1:0",
+                    "--connect", f"127.0.0.1:{server_port}", "--authority", f"127.0.0.1:{upstream}"]
+        return [self.peer, "client", "--listen", "127.0.0.1:0", "--connect", f"127.0.0.1:{server_port}",
+                "--authority", f"127.0.0.1:{upstream}", "--cert", self.client_cert, "--key", self.client_key,
+                "--ca", self.root, "--expect-identity", "spiffe://cluster.local/ns/default/sa/httpbin", "--quiet"]
+
+
+def throughput(relays, seconds):
+    """Gbit/s received by the sink over one iperf3 stream, and relay CPU-s per GiB."""
+    before = cpu_seconds(relays.pids)
+    out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(relays.entry), "-t", str(seconds),
+                          "-J", "-O", "1"], capture_output=True, text=True, timeout=seconds + 60)
+    cpu = cpu_seconds(relays.pids) - before
+    result = json.loads(out.stdout)
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    received = result["end"]["sum_received"]
+    gib = received["bytes"] / (1 << 30)
+    return received["bits_per_second"] / 1e9, (cpu / gib if gib else float("nan"))
+
+
+def echo_server(port, stop):
+    """A threaded echo server: the far end for latency, tunnel-rate and memory runs."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(1024)
+    listener.settimeout(0.2)
+
+    def serve(conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                conn.sendall(data)
+
+    while not stop.is_set():
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    listener.close()
+
+
+def latency(entry, count):
+    """Paced 1 KiB request/response on one connection: (p50 µs, p99 µs)."""
+    payload = b"x" * 1024
+    with socket.create_connection(("127.0.0.1", entry)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        samples = []
+        for i in range(count + 100):
+            start = time.perf_counter_ns()
+            s.sendall(payload)
+            got = 0
+            while got < len(payload):
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("echo closed")
+                got += len(chunk)
+            if i >= 100:  # warm-up
+                samples.append((time.perf_counter_ns() - start) / 1000)
+            time.sleep(0.001)  # paced at ~1000 req/s as perf.md §3 (Istio's fortio test): the relays go idle between requests, as real RPCs do
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+
+
+def tunnel_rate(entry, seconds):
+    """Sequential connections per second: open, 100 bytes each way, close."""
+    payload, count, deadline = b"y" * 100, 0, time.time() + seconds
+    while time.time() < deadline:
+        with socket.create_connection(("127.0.0.1", entry)) as s:
+            s.sendall(payload)
+            got = 0
+            while got < len(payload):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += len(chunk)
+        count += 1
+    return count / seconds
+
+
+def idle_memory(relays, count):
+    """KiB of relay RSS per idle open tunnel."""
+    before = rss_kib(relays.pids)
+    sockets = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", relays.entry))
+        s.sendall(b"z")
+        sockets.append(s)
+    for s in sockets:
+        s.recv(1)  # every tunnel is established end to end
+    time.sleep(0.5)
+    after = rss_kib(relays.pids)
+    for s in sockets:
+        s.close()
+    return (after - before) / count
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hbone-tunnel", required=True)
+    parser.add_argument("--hbone-peer")
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--latency-requests", type=int, default=3000)
+    parser.add_argument("--idle-tunnels", type=int, default=500)
+    parser.add_argument("--only", help="comma-separated configurations")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+
+    configs = ["plain", "socat-pair", "socat-tls", "swift"]
+    if args.hbone_peer:
+        configs += ["c-peer", "swift->c", "c->swift"]
+    if args.only:
+        configs = [c for c in args.only.split(",")]
+
+    workdir = tempfile.mkdtemp(prefix="hbone-bench-")
+    bench = Bench(args, workdir)
+    sink_port, echo_port = free_port(), free_port()
+    sink = subprocess.Popen(["iperf3", "-s", "-p", str(sink_port)], stdout=subprocess.DEVNULL)
+    stop = threading.Event()
+    threading.Thread(target=echo_server, args=(echo_port, stop), daemon=True).start()
+    wait_port(sink_port)
+    wait_port(echo_port)
+    results = {}
+    try:
+        for name in configs:
+            row = {}
+            relays = Relays(bench, name, sink_port)
+            try:
+                row["gbps"], row["cpu_s_per_gib"] = throughput(relays, args.seconds)
+            finally:
+                relays.stop()
+            relays = Relays(bench, name, echo_port)
+            try:
+                row["p50_us"], row["p99_us"] = latency(relays.entry, args.latency_requests)
+                row["tunnels_per_s"] = tunnel_rate(relays.entry, 3)
+                row["kib_per_idle_tunnel"] = idle_memory(relays, args.idle_tunnels) if name != "plain" else 0.0
+            finally:
+                relays.stop()
+            results[name] = row
+            print(f"{name:11s} {row['gbps']:6.2f} Gbit/s  {row['cpu_s_per_gib']:5.2f} CPU-s/GiB  "
+                  f"p50 {row['p50_us']:6.1f} µs  p99 {row['p99_us']:6.1f} µs  "
+                  f"{row['tunnels_per_s']:7.0f} tunnels/s  {row['kib_per_idle_tunnel']:6.1f} KiB/idle tunnel",
+                  flush=True)
+    finally:
+        stop.set()
+        sink.terminate()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print("\nRatios (same run):")
+    swift = results.get("swift")
+    if swift:
+        for base in ("plain", "socat-tls", "c-peer", "socat-pair"):
+            if base in results:
+                print(f"  swift throughput / {base:10s} = {swift['gbps'] / results[base]['gbps']:.2f}x")
+        if "plain" in results:
+            plain = results["plain"]["p50_us"]
+            added = {n: r["p50_us"] - plain for n, r in results.items() if n != "plain"}
+            for n, a in added.items():
+                print(f"  added p50 latency {n:10s} = {a:+7.1f} µs")
+            if "socat-pair" in added and added["socat-pair"] > 0:
+                print(f"  swift added p50 / socat-pair added p50 = {added['swift'] / added['socat-pair']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
