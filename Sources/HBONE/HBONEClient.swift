@@ -126,10 +126,16 @@ public final class HBONEClient: Sendable {
 
     // MARK: Opening streams
 
+    /// An established tunnel stream: reads paused (`autoRead` off), the client handler
+    /// removed, and the frames that arrived right after the 200 (to be replayed first).
+    struct OpenedStream {
+        var channel: any Channel
+        var early: [HTTP2Frame.FramePayload]
+    }
+
     /// Opens a `CONNECT` stream for `target` on `eventLoop` and completes once the server
-    /// answered 200. The returned stream channel has its client handler removed and reads
-    /// paused (`autoRead` is off until it is spliced).
-    func openStream(_ target: HBONETunnelTarget, on eventLoop: any EventLoop) -> EventLoopFuture<(any Channel, PoolKey, Int)> {
+    /// answered 200.
+    func openStream(_ target: HBONETunnelTarget, on eventLoop: any EventLoop) -> EventLoopFuture<OpenedStream> {
         let key = PoolKey(
             source: target.source, expected: target.expectedIdentities.sorted(), nextHop: target.nextHop,
             sourceIP: target.sourceIP, eventLoop: ObjectIdentifier(eventLoop)
@@ -144,7 +150,7 @@ public final class HBONEClient: Sendable {
             }.flatMap { stream in
                 stream.closeFuture.whenComplete { _ in self.release(key, id) }
                 return promise.futureResult.flatMap {
-                    stream.pipeline.removeHandler(handler).map { (stream, key, id) }
+                    stream.pipeline.removeHandler(handler).map { OpenedStream(channel: stream, early: handler.early) }
                 }
             }
         }
@@ -165,8 +171,11 @@ public final class HBONEClient: Sendable {
         } catch {
             return tcp.eventLoop.makeFailedFuture(error)
         }
-        return self.openStream(target, on: tcp.eventLoop).flatMapThrowing { stream, _, _ in
+        return self.openStream(target, on: tcp.eventLoop).flatMapThrowing { opened in
+            let stream = opened.channel
             try stream.pipeline.syncOperations.addHandler(glue.stream)
+            for payload in opened.early { glue.stream.channelReadDelivered(payload) }
+            glue.tcp.flush()
             stream.setOption(.autoRead, value: true).whenComplete { _ in }
             tcp.setOption(.autoRead, value: true).whenComplete { _ in }
             tcp.read()

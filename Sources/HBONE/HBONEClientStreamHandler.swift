@@ -55,19 +55,46 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
         context.read()
     }
 
+    /// Frames that came after the 200 in the same read (a server-first protocol's greeting
+    /// can share a TCP segment with the response); the splice replays them.
+    private(set) var early: [HTTP2Frame.FramePayload] = []
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !self.answered, case .headers(let headers) = Self.unwrapInboundIn(data) else { return }
+        let payload = Self.unwrapInboundIn(data)
+        if self.answered {
+            self.early.append(payload)
+            return
+        }
+        guard case .headers(let headers) = payload else { return }
         self.answered = true
         let status = headers.headers.first(name: ":status").flatMap(Int.init) ?? 0
         if status == 200 {
-            self.response.succeed()
+            // Succeeded at the end of this read burst, not now: the promise's callbacks
+            // remove this handler, and DATA in the same burst would then fall off the
+            // pipeline instead of landing in `early`.
+            self.established = true
         } else {
             self.response.fail(HBONEClientError.status(status))
             context.close(promise: nil)
         }
     }
 
+    private var established = false
+    private var reported = false
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if self.established, !self.reported {
+            self.reported = true
+            self.response.succeed()
+        }
+        context.fireChannelReadComplete()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        if self.established, !self.reported {
+            self.reported = true
+            self.response.succeed()
+        }
         if !self.answered {
             self.answered = true
             self.response.fail(HBONEClientError.closed)
@@ -120,8 +147,7 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// Closes a client connection that received GOAWAY once its streams are done, so the
-/// pool never hands it out again (removal happens on close).
+/// Takes a client connection out of the pool when it receives GOAWAY.
 final class GoAwayWatcher: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
 

@@ -42,6 +42,7 @@ public final class HBONEServer: Service, Sendable {
     private let group: any EventLoopGroup
     private let contexts = TLSContextCache()
     private let bound = BoundAddress()
+    private let connections = ServerConnections()
 
     /// Creates a server presenting `identity`'s certificate from `certificates`.
     ///
@@ -70,9 +71,12 @@ public final class HBONEServer: Service, Sendable {
         get async throws { try await self.bound.value }
     }
 
+    /// TLS connections currently open (for tests, metrics and leak checks).
+    public var openConnections: Int { self.connections.count }
+
     /// Binds and serves until cancelled or gracefully shut down.
     public func run() async throws {
-        let connections = ServerConnections()
+        let connections = self.connections
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: self.group)
@@ -165,6 +169,8 @@ final class ServerConnections: Sendable {
             self.channels.withLockedValue { $0[key] = nil }
         }
     }
+
+    var count: Int { self.channels.withLockedValue { $0.count } }
 
     func closeAll() {
         for channel in self.channels.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) }

@@ -113,26 +113,40 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
         case .forward(let upstream):
             self.state = .connecting
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let request = self.request
+            let onClosed = self.onClosed
+            let glue = TunnelGlue { counts in
+                onClosed(HBONETunnelRecord(request: request, status: .ok, reason: nil, bytes: counts))
+            }
+            let tcpSide = NIOLoopBound(glue.tcp, eventLoop: context.eventLoop)
             ClientBootstrap(group: context.eventLoop)
                 .connectTimeout(self.configuration.connectTimeout.timeAmount)
                 .channelOption(.allowRemoteHalfClosure, value: true)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelOption(.autoRead, value: false)
+                .channelInitializer { channel in
+                    // The pump's TCP side goes in before the connect completes: a first
+                    // speaker's greeting and FIN can arrive before we answer 200, and NIO
+                    // delivers an EOF even with autoRead off; the stream side keeps both.
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(tcpSide.value) }
+                }
                 .connect(host: "\(upstream.ip)", port: Int(upstream.port))
                 .whenComplete { result in
                     let (handler, context) = loopBound.value
                     switch result {
                     case .success(let channel):
-                        handler.connected(upstream: channel, context: context)
+                        handler.connected(upstream: channel, glue: glue, context: context)
                     case .failure(let error):
+                        glue.abandon()
                         handler.respond(.serviceUnavailable, reason: "connection failed: \(error)", context: context)
                     }
                 }
         }
     }
 
-    private func connected(upstream: any Channel, context: ChannelHandlerContext) {
+    private func connected(upstream: any Channel, glue: TunnelGlue, context: ChannelHandlerContext) {
         guard self.state == .connecting, context.channel.isActive else {
+            glue.abandon()
             upstream.close(promise: nil)
             return
         }
@@ -140,15 +154,10 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
         var headers = HPACKHeaders()
         headers.add(name: ":status", value: "200")
         context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
-        let request = self.request
-        let onClosed = self.onClosed
-        let glue = TunnelGlue { counts in
-            onClosed(HBONETunnelRecord(request: request, status: .ok, reason: nil, bytes: counts))
-        }
         do {
-            try upstream.pipeline.syncOperations.addHandler(glue.tcp)
             try context.pipeline.syncOperations.addHandler(glue.stream, position: .after(self))
         } catch {
+            glue.abandon()
             upstream.close(promise: nil)
             context.close(promise: nil)
             return

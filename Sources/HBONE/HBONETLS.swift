@@ -21,6 +21,11 @@ internal import Foundation
 /// offers TLS_CHACHA20_POLY1305_SHA256; against ztunnel, which never offers ChaCha20, the
 /// negotiated suite is always one of the two AES-GCM suites.
 enum HBONETLS {
+    /// How long closing a connection waits for the peer's close_notify. NIOSSL's default is
+    /// 5 s, which a dead peer (keepalive timeout) would add to every teardown; ztunnel
+    /// does not wait for the peer's close_notify at all.
+    static let shutdownTimeout: TimeAmount = .milliseconds(500)
+
     /// Builds a context presenting `certificate`.
     static func makeContext(for certificate: WorkloadCertificate, server: Bool) throws -> NIOSSLContext {
         var configuration = server
@@ -39,6 +44,7 @@ enum HBONETLS {
         configuration.certificateVerification = .noHostnameVerification
         configuration.trustRoots = .certificates([])
         configuration.sendCANameList = false
+        configuration.shutdownTimeout = Self.shutdownTimeout
         return try NIOSSLContext(configuration: configuration)
     }
 

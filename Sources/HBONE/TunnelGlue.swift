@@ -53,6 +53,14 @@ final class TunnelGlue {
         self.stream.glue = self
     }
 
+    /// The tunnel never came up (upstream connect failed, stream gone first): no record,
+    /// and the sides let go of the glue.
+    func abandon() {
+        self.closed = true
+        self.tcp.glue = nil
+        self.stream.glue = nil
+    }
+
     // MARK: Events from the sides
 
     fileprivate func tcpRead(_ buffer: ByteBuffer) {

@@ -92,7 +92,7 @@ struct HBONEClientTests {
             let target = mesh.target(port: port)
             let streams = try await withThrowingTaskGroup(of: (any Channel).self) { group in
                 for _ in 0..<20 {
-                    group.addTask { try await mesh.client.openStream(target, on: loop).get().0 }
+                    group.addTask { try await mesh.client.openStream(target, on: loop).get().channel }
                 }
                 var streams: [any Channel] = []
                 for try await stream in group { streams.append(stream) }

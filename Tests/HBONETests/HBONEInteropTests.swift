@@ -190,4 +190,58 @@ struct HBONEInteropTests {
             #expect(good["received"] as? String == "echo:still alive")
         }
     }
+
+    @Test("openssl s_client: no client certificate and a client from another trust domain are refused")
+    func opensslRefusals() async throws {
+        try #require(OpenSSLCA.isAvailable, "openssl is required")
+        try await self.withFixture { fixture, port in
+            var otherDomain = CertificateAuthority.Configuration()
+            otherDomain.trustDomain = try TrustDomain("other.mesh")
+            let foreign = try CertificateAuthority.selfSigned(configuration: otherDomain)
+            try fixture.writeClient(name: "other", identity: spiffe("default", "sleep", trustDomain: "other.mesh"), authority: foreign)
+            // stdin stays open for a second so s_client is still reading when the server's
+            // alert arrives (in TLS 1.3 the client's certificate is judged after its Finished).
+            func sClient(_ extra: [String]) async throws -> ToolResult {
+                let command = (["openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-alpn", "h2", "-noservername",
+                                "-CAfile", fixture.path("root.pem")] + extra).joined(separator: " ")
+                return try await offload { try ExternalTool.run(["sh", "-c", "sleep 1 | \(command)"]) }
+            }
+            let anonymous = try await sClient([])
+            #expect(anonymous.combined.contains("alert certificate required"), "\(anonymous.combined)")
+            let other = try await sClient(["-cert", fixture.path("other.pem"), "-key", fixture.path("other.key")])
+            #expect(other.combined.contains("SSL alert number") || other.combined.contains("alert"), "\(other.combined)")
+            #expect(!other.combined.contains("alert certificate required"))
+            let good = try await sClient(["-cert", fixture.path("client.pem"), "-key", fixture.path("client.key")])
+            #expect(!good.combined.contains("alert"), "\(good.combined)")
+            try await eventually("refused connections closed") { fixture.server.openConnections == 0 }
+        }
+    }
+
+    @Test("truncated HTTP/2 frames and a cut connection on 15008: clean close, no crash, no leaked connection")
+    func truncatedFrames() async throws {
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required")
+        try await self.withFixture { fixture, port in
+            // After a valid TLS 1.3 handshake with a good client certificate: the connection
+            // preface and SETTINGS, then a HEADERS frame header announcing 1000 bytes followed
+            // by 10, then the TCP connection is cut; a second time, half a frame header.
+            let script = """
+            import socket, ssl, sys
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False
+            ctx.load_verify_locations(sys.argv[2]); ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+            ctx.set_alpn_protocols(["h2"])
+            for tail in (bytes([0, 3, 232, 1, 4, 0, 0, 0, 1]) + b"0123456789", bytes([0, 0, 9, 1])):
+                s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5))
+                s.sendall(b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]) + tail)
+                s.close()
+            print("sent")
+            """
+            let result = try await offload {
+                try ExternalTool.run(["python3", "-c", script, "\(port)", fixture.path("root.pem"), fixture.path("client.pem"), fixture.path("client.key")])
+            }
+            #expect(result.standardOutput.contains("sent"), "\(result.combined)")
+            try await eventually("both connections closed by the server") { fixture.server.openConnections == 0 }
+            let good = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8080", "--payload", "after truncation"])
+            #expect(good["received"] as? String == "echo:after truncation")
+        }
+    }
 }

@@ -47,6 +47,7 @@ def main():
         result["alpn"] = tls.selected_alpn_protocol()
         peer = tls.getpeercert()
         result["server_uris"] = [v for (k, v) in peer.get("subjectAltName", ()) if k == "URI"]
+        result["server_serial"] = peer.get("serialNumber")
         # Some servers only fail the handshake on the client's first read (TLS 1.3).
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         conn.initiate_connection()

@@ -116,3 +116,88 @@ public enum Capability {
         return true
     }
 }
+
+/// A long-running independent peer (an HBONE server or client in Python or C) that prints
+/// `listening <port>` on stdout once it is ready; terminated when stopped or deinitialised.
+public final class ExternalPeer: Sendable {
+    /// The port from the `listening <port>` line.
+    public let port: Int
+    private let process: Process
+    private let log = LogBuffer()
+
+    private final class LogBuffer: Sendable {
+        private let data = Mutex<Data>(Data())
+        func append(_ chunk: Data) { self.data.withLock { $0.append(chunk) } }
+        var text: String { String(decoding: self.data.withLock { $0 }, as: UTF8.self) }
+    }
+
+    /// Starts `arguments` and waits (up to 20 s) for its `listening <port>` line.
+    public init(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        self.process = process
+        // Drain stderr all along, so a chatty peer never blocks on a full pipe.
+        let log = self.log
+        let errorReader = errors.fileHandleForReading
+        Thread {
+            while let chunk = try? errorReader.read(upToCount: 65536), !chunk.isEmpty {
+                log.append(chunk)
+            }
+        }.start()
+        let reader = output.fileHandleForReading
+        let line = Mutex<String?>(nil)
+        let thread = Thread {
+            var bytes: [UInt8] = []
+            while let byte = try? reader.read(upToCount: 1), let first = byte.first, first != UInt8(ascii: "\n") {
+                bytes.append(first)
+            }
+            line.withLock { $0 = String(decoding: bytes, as: UTF8.self) }
+        }
+        thread.start()
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline, line.withLock({ $0 }) == nil, process.isRunning { usleep(10_000) }
+        let text = line.withLock { $0 } ?? ""
+        guard text.hasPrefix("listening "), let port = Int(text.dropFirst("listening ".count)) else {
+            process.terminate()
+            throw PeerDidNotStart(command: arguments.joined(separator: " "), output: text)
+        }
+        self.port = port
+    }
+
+    /// Stops the peer and returns what it wrote to stderr (its logs).
+    @discardableResult
+    public func stop() -> String {
+        if self.process.isRunning {
+            // SIGTERM, then SIGKILL after 2 s: a peer with a connection still open (our
+            // pool keeps one) may not exit on SIGTERM alone.
+            self.process.terminate()
+            for _ in 0..<200 where self.process.isRunning { usleep(10_000) }
+            if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+            self.process.waitUntilExit()
+        }
+        usleep(50_000)
+        return self.log.text
+    }
+
+    /// What the peer wrote to stderr so far.
+    public var logs: String { self.log.text }
+
+    deinit {
+        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+    }
+}
+
+/// An ``ExternalPeer`` exited or printed something else before `listening <port>`.
+public struct PeerDidNotStart: Error, CustomStringConvertible {
+    /// The command line.
+    public let command: String
+    /// What it printed instead.
+    public let output: String
+    public var description: String { "\(self.command) did not start (printed: \(self.output))" }
+}

@@ -20,10 +20,12 @@
  *    is deferred and the socket is left unread, so the kernel's TCP window pushes
  *    back on the sender. At most one frame (<= the peer's SETTINGS_MAX_FRAME_SIZE) is
  *    in flight inside nghttp2 per connection.
- *  - Zero extra copies on the hot path: TCP is read straight into nghttp2's frame
- *    buffer, large frames are handed to SSL_write straight from that buffer, and
- *    received DATA is written to TCP straight from the TLS read buffer; only what the
- *    TCP socket does not take at once is copied into the tunnel's buffer.
+ *  - Few copies and syscalls on the hot path: TCP is read straight into nghttp2's
+ *    frame buffer (frames up to the peer's max frame size), large frames are handed
+ *    to SSL_write straight from that buffer, and the resulting TLS records are batched
+ *    into one send(2) per 256 KiB. Received DATA is written to TCP straight from the
+ *    TLS read buffer; only what the socket does not take at once is copied into the
+ *    tunnel's buffer (bounded by the 4 MiB stream window).
  *
  * Object lifetime: anything that dies while callbacks may still reference it (a
  * tunnel in an nghttp2 callback, a connection with events pending in the current

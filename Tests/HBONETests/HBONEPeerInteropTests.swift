@@ -1,0 +1,164 @@
+import Foundation
+@testable import HBONE
+import MeshIdentity
+import MeshTestSupport
+import NIOPosix
+import Testing
+
+/// Our client against independent HBONE servers, and independent clients against our
+/// server: a Python `ssl` + `h2` server (`Tests/Interop/hbone_server.py`) and the C
+/// nghttp2 + OpenSSL peer (`Tests/Interop/hbone-peer`) in both roles.
+@Suite("HBONE peers: Python h2 and C nghttp2+OpenSSL", .serialized)
+struct HBONEPeerInteropTests {
+    enum Peer: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        case python
+        case nghttp2
+
+        var testDescription: String { self == .python ? "Python ssl+h2" : "C nghttp2+OpenSSL" }
+    }
+
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+
+    /// Builds the C peer with `scripts/build-hbone-peer` (gcc, libnghttp2, OpenSSL) once.
+    static let cPeer: String? = {
+        let script = root.appendingPathComponent("scripts/build-hbone-peer").path
+        guard FileManager.default.isExecutableFile(atPath: script),
+              let result = try? ExternalTool.run([script], timeout: .seconds(120)), result.status == 0
+        else { return nil }
+        return result.standardOutput.split(separator: "\n").last.map(String.init)
+    }()
+
+    func available(_ peer: Peer) -> Bool {
+        switch peer {
+        case .python: HBONEInteropTests.pythonH2Available
+        case .nghttp2: Self.cPeer != nil
+        }
+    }
+
+    /// Starts `peer` as an HBONE server presenting `httpbin`'s certificate.
+    func startServer(_ peer: Peer, _ fixture: HBONEInteropTests.Fixture, upstream: Int, status: Int? = nil) throws -> ExternalPeer {
+        try fixture.writeClient(name: "httpbin", identity: fixture.serverIdentity, authority: fixture.ca)
+        switch peer {
+        case .python:
+            var arguments = [
+                "python3", Self.root.appendingPathComponent("Tests/Interop/hbone_server.py").path,
+                "--cert", fixture.path("httpbin.pem"), "--key", fixture.path("httpbin.key"), "--ca", fixture.path("root.pem"),
+                "--trust-domain", "cluster.local", "--port", "0", "--upstream", "127.0.0.1:\(upstream)",
+            ]
+            if let status { arguments += ["--status", "\(status)"] }
+            return try ExternalPeer(arguments)
+        case .nghttp2:
+            return try ExternalPeer([
+                Self.cPeer!, "server", "--listen", "127.0.0.1:0", "--cert", fixture.path("httpbin.pem"),
+                "--key", fixture.path("httpbin.key"), "--ca", fixture.path("root.pem"), "--trust-domain", "cluster.local",
+                "--upstream", "127.0.0.1:\(upstream)",
+            ])
+        }
+    }
+
+    func target(_ fixture: HBONEInteropTests.Fixture, port: Int, expecting: SPIFFEID? = nil) -> HBONETunnelTarget {
+        HBONETunnelTarget(
+            source: spiffe("default", "sleep"), nextHop: HBONEAddress(ip: .v4(127, 0, 0, 1), port: UInt16(port)),
+            expectedIdentities: [expecting ?? fixture.serverIdentity], authority: HBONEAddress(ip: .v4(127, 0, 0, 1), port: 8080)
+        )
+    }
+
+    func exchange(_ client: HBONEClient, _ target: HBONETunnelTarget, _ text: String) async throws -> String {
+        let tunnel = try await client.connect(target, on: MultiThreadedEventLoopGroup.singleton.next())
+        return try await tunnel.executeThenClose { inbound, outbound in
+            try await outbound.write(Array(text.utf8))
+            outbound.finish()
+            var received: [UInt8] = []
+            for try await chunk in inbound { received += chunk }
+            return String(decoding: received, as: UTF8.self)
+        }
+    }
+
+    @Test("our client tunnels through an independent server: echo, 20 concurrent streams, one connection", arguments: Peer.allCases)
+    func clientThroughPeer(_ peer: Peer) async throws {
+        try #require(self.available(peer), "\(peer.testDescription) peer unavailable (scripts/install-deps installs it)")
+        let fixture = try await HBONEInteropTests.Fixture()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await fixture.manager.run() }
+            defer { group.cancelAll() }
+            let server = try self.startServer(peer, fixture, upstream: fixture.upstream.port)
+            defer { server.stop() }
+            let client = HBONEClient(certificates: fixture.manager)
+            let target = self.target(fixture, port: server.port)
+            #expect(try await self.exchange(client, target, "hello \(peer)") == "echo:hello \(peer)")
+            let answers = try await withThrowingTaskGroup(of: Bool.self) { streams in
+                for index in 0..<20 {
+                    streams.addTask { try await self.exchange(client, target, "s\(index)") == "echo:s\(index)" }
+                }
+                return try await streams.reduce(into: 0) { $0 += $1 ? 1 : 0 }
+            }
+            #expect(answers == 20, "\(server.logs)")
+            #expect(client.connectionsStarted <= 2, "pooled: one connection per event loop at most")
+        }
+        await fixture.upstream.close()
+    }
+
+    @Test("our client refuses a peer server with an unexpected identity", arguments: Peer.allCases)
+    func clientChecksPeerIdentity(_ peer: Peer) async throws {
+        try #require(self.available(peer), "\(peer.testDescription) peer unavailable")
+        let fixture = try await HBONEInteropTests.Fixture()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await fixture.manager.run() }
+            defer { group.cancelAll() }
+            let server = try self.startServer(peer, fixture, upstream: fixture.upstream.port)
+            defer { server.stop() }
+            let client = HBONEClient(certificates: fixture.manager)
+            await #expect {
+                _ = try await self.exchange(client, self.target(fixture, port: server.port, expecting: spiffe("default", "reviews")), "x")
+            } throws: { error in
+                guard case HBONEClientError.handshake(let detail) = error else { return false }
+                return detail.contains("httpbin")
+            }
+        }
+        await fixture.upstream.close()
+    }
+
+    @Test("a peer server's non-200 answer fails our tunnel with that status")
+    func clientSeesPeerStatus() async throws {
+        try #require(self.available(.python), "python3 with the h2 package is required")
+        let fixture = try await HBONEInteropTests.Fixture()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await fixture.manager.run() }
+            defer { group.cancelAll() }
+            let server = try self.startServer(.python, fixture, upstream: fixture.upstream.port, status: 401)
+            defer { server.stop() }
+            let client = HBONEClient(certificates: fixture.manager)
+            await #expect(throws: HBONEClientError.status(401)) {
+                _ = try await self.exchange(client, self.target(fixture, port: server.port), "x")
+            }
+        }
+        await fixture.upstream.close()
+    }
+
+    @Test("the C nghttp2+OpenSSL client tunnels through our server, many times and concurrently")
+    func cClientThroughOurServer() async throws {
+        try #require(self.available(.nghttp2), "C nghttp2+OpenSSL peer unavailable")
+        try await HBONEInteropTests().withFixture { fixture, port in
+            let client = try ExternalPeer([
+                Self.cPeer!, "client", "--listen", "127.0.0.1:0", "--connect", "127.0.0.1:\(port)",
+                "--authority", "127.0.0.1:8080", "--cert", fixture.path("client.pem"), "--key", fixture.path("client.key"),
+                "--ca", fixture.path("root.pem"), "--expect-identity", fixture.serverIdentity.uri,
+            ])
+            defer { client.stop() }
+            let local = client.port
+            let results = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for index in 0..<20 {
+                    group.addTask {
+                        let exchange = try await offload { BlockingTCP.exchange(port: local, payload: Array("c\(index)".utf8)) }
+                        return String(decoding: exchange.received, as: UTF8.self) == "echo:c\(index)"
+                    }
+                }
+                return try await group.reduce(into: 0) { $0 += $1 ? 1 : 0 }
+            }
+            #expect(results == 20, "\(client.logs)")
+            try await eventually("tunnel records") { fixture.records.all.filter { $0.status == .ok }.count >= 20 }
+            #expect(fixture.records.all.allSatisfy { $0.request?.peerIdentity == spiffe("default", "sleep") })
+        }
+    }
+}
