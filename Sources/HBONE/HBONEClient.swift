@@ -89,7 +89,7 @@ public final class HBONEClient: Sendable {
     }
 
     private let certificates: CertificateManager
-    private let configuration: HBONEConfiguration
+    let configuration: HBONEConfiguration
     private let logger: Logger
     private let group: any EventLoopGroup
     private let contexts = TLSContextCache()
@@ -142,15 +142,18 @@ public final class HBONEClient: Sendable {
         )
         return self.checkout(key, target: target, on: eventLoop).flatMap { (id, connection) in
             let promise = eventLoop.makePromise(of: Void.self)
-            let handler = HBONEClientStreamHandler(target: target, response: promise)
+            // The stream shares the connection's event loop, which is `eventLoop`: every
+            // closure below runs there, so the handler never crosses threads.
+            let handler = NIOLoopBound(HBONEClientStreamHandler(target: target, response: promise), eventLoop: eventLoop)
             return connection.multiplexer.createStreamChannel { stream in
                 stream.eventLoop.makeCompletedFuture {
-                    try stream.pipeline.syncOperations.addHandler(handler)
+                    try stream.pipeline.syncOperations.addHandler(handler.value)
                 }
             }.flatMap { stream in
                 stream.closeFuture.whenComplete { _ in self.release(key, id) }
-                return promise.futureResult.flatMap {
-                    stream.pipeline.removeHandler(handler).map { OpenedStream(channel: stream, early: handler.early) }
+                return promise.futureResult.map {
+                    stream.pipeline.syncOperations.removeHandler(handler.value, promise: nil)
+                    return OpenedStream(channel: stream, early: handler.value.early)
                 }
             }
         }
@@ -165,13 +168,14 @@ public final class HBONEClient: Sendable {
     func splice(
         tcp: any Channel, target: HBONETunnelTarget, onClose: @escaping @Sendable (TunnelByteCounts) -> Void
     ) -> EventLoopFuture<Void> {
-        let glue = TunnelGlue(onClose: onClose)
+        let glue = NIOLoopBound(TunnelGlue(onClose: onClose), eventLoop: tcp.eventLoop)
         do {
-            try tcp.pipeline.syncOperations.addHandler(glue.tcp)
+            try tcp.pipeline.syncOperations.addHandler(glue.value.tcp)
         } catch {
             return tcp.eventLoop.makeFailedFuture(error)
         }
         return self.openStream(target, on: tcp.eventLoop).flatMapThrowing { opened in
+            let glue = glue.value
             let stream = opened.channel
             try stream.pipeline.syncOperations.addHandler(glue.stream)
             for payload in opened.early { glue.stream.channelReadDelivered(payload) }
@@ -264,6 +268,7 @@ public final class HBONEClient: Sendable {
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout.timeAmount)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.recvAllocator, value: configuration.readAllocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let tls = try NIOSSLClientHandler(context: context, serverHostname: nil) { chain, verification in

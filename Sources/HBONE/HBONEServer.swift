@@ -83,6 +83,7 @@ public final class HBONEServer: Service, Sendable {
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: self.configuration.hbone.readAllocator)
                 .childChannelInitializer { channel in
                     connections.add(channel)
                     return self.initializeConnection(channel)

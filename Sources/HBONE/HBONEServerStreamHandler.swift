@@ -119,10 +119,12 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
                 onClosed(HBONETunnelRecord(request: request, status: .ok, reason: nil, bytes: counts))
             }
             let tcpSide = NIOLoopBound(glue.tcp, eventLoop: context.eventLoop)
+            let boundGlue = NIOLoopBound(glue, eventLoop: context.eventLoop)
             ClientBootstrap(group: context.eventLoop)
                 .connectTimeout(self.configuration.connectTimeout.timeAmount)
                 .channelOption(.allowRemoteHalfClosure, value: true)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(.recvAllocator, value: self.configuration.readAllocator)
                 .channelOption(.autoRead, value: false)
                 .channelInitializer { channel in
                     // The pump's TCP side goes in before the connect completes: a first
@@ -135,9 +137,9 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
                     let (handler, context) = loopBound.value
                     switch result {
                     case .success(let channel):
-                        handler.connected(upstream: channel, glue: glue, context: context)
+                        handler.connected(upstream: channel, glue: boundGlue.value, context: context)
                     case .failure(let error):
-                        glue.abandon()
+                        boundGlue.value.abandon()
                         handler.respond(.serviceUnavailable, reason: "connection failed: \(error)", context: context)
                     }
                 }

@@ -2,7 +2,7 @@ internal import NIOCore
 internal import NIOSSL
 internal import X509
 internal import NIOConcurrencyHelpers
-public import MeshIdentity
+internal import MeshIdentity
 internal import Foundation
 
 /// TLS for HBONE, as ztunnel configures rustls (`src/tls/workload.rs`, `src/tls/lib.rs`):

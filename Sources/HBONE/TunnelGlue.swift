@@ -201,15 +201,17 @@ final class TunnelGlue {
             guard let context = self.context, !self.outputShut else { return }
             self.outputShut = true
             // Writes complete in order: the FIN goes out after every byte before it.
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
-                context.close(mode: .output, promise: nil)
+                bound.value.close(mode: .output, promise: nil)
             }
         }
 
         fileprivate func closeAfterPendingWrites() {
             guard let context = self.context else { return }
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
-                context.close(promise: nil)
+                bound.value.close(promise: nil)
             }
         }
     }

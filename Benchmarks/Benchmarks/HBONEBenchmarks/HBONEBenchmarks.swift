@@ -1,0 +1,114 @@
+import Benchmark
+import Foundation
+import HBONE
+import MeshIdentity
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The HBONE data path in one process: our client → mTLS 1.3 + HTTP/2 CONNECT → our
+/// server → a plain TCP sink, on loopback. Malloc counts cover both ends of the tunnel;
+/// they are the regression signal on a noisy machine (thresholds in `Thresholds/`).
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .throughput, .mallocCountTotal, .instructions],
+        maxDuration: .seconds(3)
+    )
+
+    Benchmark("Tunnel 1 MiB (open stream, send, END_STREAM both ways)") { benchmark in
+        let mesh = try await BenchMesh.start()
+        let chunk = [UInt8](repeating: 0x5A, count: 64 << 10)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let tunnel = try await mesh.client.connect(mesh.target)
+            try await tunnel.executeThenClose { inbound, outbound in
+                for _ in 0..<16 { try await outbound.write(chunk) }
+                outbound.finish()
+                for try await _ in inbound {}
+            }
+        }
+        benchmark.stopMeasurement()
+        mesh.stop()
+    }
+
+    Benchmark("Stream open and close on a pooled connection", configuration: .init(scalingFactor: .one)) { benchmark in
+        let mesh = try await BenchMesh.start()
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let tunnel = try await mesh.client.connect(mesh.target)
+            try await tunnel.executeThenClose { inbound, outbound in
+                outbound.finish()
+                for try await _ in inbound {}
+            }
+        }
+        benchmark.stopMeasurement()
+        mesh.stop()
+    }
+}
+
+/// CA, certificate manager, HBONE server and client, and a sink that reads to EOF and
+/// closes, all started for one benchmark.
+struct BenchMesh {
+    let client: HBONEClient
+    let target: HBONETunnelTarget
+    let tasks: Task<Void, any Error>
+    let sink: Int32
+
+    static func start() async throws -> BenchMesh {
+        let ca = try CertificateAuthority.selfSigned()
+        let manager = CertificateManager(provider: EmbeddedCAProvider(authority: ca))
+        let (sink, sinkPort) = try Self.startSink()
+        var configuration = HBONEServer.Configuration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        let serverID = try SPIFFEID(parsing: "spiffe://cluster.local/ns/default/sa/httpbin")
+        let server = HBONEServer(configuration: configuration, identity: serverID, certificates: manager) { _ in
+            .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: sinkPort))
+        }
+        let tasks = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await manager.run() }
+                group.addTask { try await server.run() }
+                try await group.waitForAll()
+            }
+        }
+        let port = try await server.listeningAddress.port
+        let target = HBONETunnelTarget(
+            source: try SPIFFEID(parsing: "spiffe://cluster.local/ns/default/sa/sleep"),
+            nextHop: HBONEAddress(ip: .v4(127, 0, 0, 1), port: port),
+            expectedIdentities: [serverID], authority: HBONEAddress(ip: .v4(127, 0, 0, 1), port: sinkPort)
+        )
+        return BenchMesh(client: HBONEClient(certificates: manager), target: target, tasks: tasks, sink: sink)
+    }
+
+    func stop() {
+        self.tasks.cancel()
+        shutdown(self.sink, Int32(SHUT_RDWR))
+        close(self.sink)
+    }
+
+    /// A blocking sink on its own thread: each connection is read to EOF, then closed.
+    static func startSink() throws -> (Int32, UInt16) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        _ = listen(fd, 128)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        Thread {
+            while true {
+                let client = accept(fd, nil, nil)
+                guard client >= 0 else { return }
+                Thread {
+                    var buffer = [UInt8](repeating: 0, count: 256 << 10)
+                    while buffer.withUnsafeMutableBytes({ recv(client, $0.baseAddress, $0.count, 0) }) > 0 {}
+                    close(client)
+                }.start()
+            }
+        }.start()
+        return (fd, UInt16(bigEndian: address.sin_port))
+    }
+}
