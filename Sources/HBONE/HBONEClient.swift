@@ -115,6 +115,15 @@ public final class HBONEClient: Sendable {
         self.pool.withLockedValue { state in state.connections.values.count { $0.key.nextHop == nextHop } }
     }
 
+    /// Closes every pooled connection (their tunnels end); the client stays usable and
+    /// connects again on the next open.
+    public func closeAllConnections() async {
+        let connections = self.pool.withLockedValue { Array($0.connections.values) }
+        for connection in connections {
+            try? await connection.channel.close()
+        }
+    }
+
     /// Streams open on pooled connections towards `nextHop` (for tests and metrics).
     public func openStreams(to nextHop: HBONEAddress) -> Int {
         self.pool.withLockedValue { state in

@@ -32,6 +32,21 @@ let benchmarks: @Sendable () -> Void = {
         mesh.stop()
     }
 
+    Benchmark("New tunnel with a full mTLS 1.3 handshake (no pooling)") { benchmark in
+        let mesh = try await BenchMesh.start()
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let tunnel = try await mesh.client.connect(mesh.target)
+            try await tunnel.executeThenClose { inbound, outbound in
+                outbound.finish()
+                for try await _ in inbound {}
+            }
+            await mesh.client.closeAllConnections()
+        }
+        benchmark.stopMeasurement()
+        mesh.stop()
+    }
+
     Benchmark("Stream open and close on a pooled connection", configuration: .init(scalingFactor: .one)) { benchmark in
         let mesh = try await BenchMesh.start()
         benchmark.startMeasurement()
