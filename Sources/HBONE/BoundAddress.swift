@@ -1,4 +1,5 @@
 internal import NIOConcurrencyHelpers
+internal import NIOCore
 
 /// The address a listener bound to, published once by its `run()` and awaited by callers
 /// that started it with port 0 (tests, `hbone-tunnel`'s `listening <port>` line).
@@ -41,5 +42,14 @@ final class BoundAddress: Sendable {
             return state.waiters
         }
         for waiter in waiters { waiter.resume(with: result) }
+    }
+
+    /// Publishes the local address of a bound listener `channel`.
+    func publish(listening channel: any Channel) {
+        if let local = channel.localAddress, let address = HBONEAddress(socketAddress: local) {
+            self.publish(.success(address))
+        } else {
+            self.publish(.failure(HBONEClientError.closed))
+        }
     }
 }

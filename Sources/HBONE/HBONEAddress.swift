@@ -11,15 +11,16 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (no brackets, no zone).
     public init?(_ text: String) {
-        var v4 = in_addr()
-        if inet_pton(AF_INET, text, &v4) == 1 {
-            let bytes = withUnsafeBytes(of: v4.s_addr) { Array($0) }
-            self = .v4(bytes[0], bytes[1], bytes[2], bytes[3])
+        // Plain byte buffers rather than in_addr/in6_addr: those structs are also declared
+        // by NIO's C shims, and which module "defines" them differs between builds.
+        var v4 = [UInt8](repeating: 0, count: 4)
+        if v4.withUnsafeMutableBytes({ inet_pton(AF_INET, text, $0.baseAddress) }) == 1 {
+            self = .v4(v4[0], v4[1], v4[2], v4[3])
             return
         }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, text, &v6) == 1 {
-            self = .v6(withUnsafeBytes(of: v6) { Array($0) })
+        var v6 = [UInt8](repeating: 0, count: 16)
+        if v6.withUnsafeMutableBytes({ inet_pton(AF_INET6, text, $0.baseAddress) }) == 1 {
+            self = .v6(v6)
             return
         }
         return nil
@@ -54,10 +55,13 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
         case .v4(let a, let b, let c, let d):
             return "\(a).\(b).\(c).\(d)"
         case .v6(let bytes):
-            var address = in6_addr()
-            withUnsafeMutableBytes(of: &address) { $0.copyBytes(from: bytes.prefix(16)) }
-            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-            guard inet_ntop(AF_INET6, &address, &buffer, socklen_t(buffer.count)) != nil else { return "::" }
+            var address = [UInt8](repeating: 0, count: 16)
+            address.replaceSubrange(0..<min(16, bytes.count), with: bytes.prefix(16))
+            var buffer = [CChar](repeating: 0, count: 46)  // INET6_ADDRSTRLEN
+            let written = address.withUnsafeBytes { source in
+                buffer.withUnsafeMutableBufferPointer { inet_ntop(AF_INET6, source.baseAddress, $0.baseAddress, socklen_t($0.count)) }
+            }
+            guard written != nil else { return "::" }
             return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
     }

@@ -118,7 +118,13 @@ public final class HBONEClient: Sendable {
     /// Closes every pooled connection (their tunnels end); the client stays usable and
     /// connects again on the next open.
     public func closeAllConnections() async {
-        let connections = self.pool.withLockedValue { Array($0.connections.values) }
+        // Out of the pool first, so no open can pick a connection that is closing.
+        let connections: [PooledConnection] = self.pool.withLockedValue { state in
+            let all = state.connections
+            for (id, connection) in all { state.machine.remove(connection.key, id) }
+            state.connections = [:]
+            return Array(all.values)
+        }
         for connection in connections {
             try? await connection.channel.close()
         }

@@ -62,11 +62,7 @@ public final class HBONEForwarder: Service, Sendable {
             self.bound.publish(.failure(error))
             throw error
         }
-        if let local = channel.localAddress, let address = HBONEAddress(socketAddress: local) {
-            self.bound.publish(.success(address))
-        } else {
-            self.bound.publish(.failure(HBONEClientError.closed))
-        }
+        self.bound.publish(listening: channel)
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
                 try? await channel.closeFuture.get()

@@ -94,11 +94,7 @@ public final class HBONEServer: Service, Sendable {
             self.bound.publish(.failure(error))
             throw error
         }
-        if let local = channel.localAddress, let address = HBONEAddress(socketAddress: local) {
-            self.bound.publish(.success(address))
-        } else {
-            self.bound.publish(.failure(HBONEClientError.closed))
-        }
+        self.bound.publish(listening: channel)
         self.logger.info("HBONE server listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
