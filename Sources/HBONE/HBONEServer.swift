@@ -6,6 +6,7 @@ internal import NIOPosix
 internal import NIOSSL
 internal import NIOHTTP2
 internal import NIOConcurrencyHelpers
+internal import NIOTLS
 
 /// An HBONE server: mutual TLS 1.3 + HTTP/2 `CONNECT` on port 15008 (ztunnel's inbound).
 ///
@@ -129,6 +130,7 @@ public final class HBONEServer: Service, Sendable {
             }
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(tls)
+            try sync.addHandler(ResumptionGuard(peer: peer, logger: self.logger))
             let configuration = self.configuration.hbone
             _ = try sync.configureHTTP2Pipeline(
                 mode: .server,
@@ -152,6 +154,37 @@ public final class HBONEServer: Service, Sendable {
             }
             try sync.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
         }
+    }
+}
+
+/// Refuses a connection whose handshake completed without our verification callback
+/// running: a TLS 1.3 session resumption (PSK), where no client certificate is presented.
+/// ztunnel disables resumption; BoringSSL inside swift-nio-ssl still issues session tickets
+/// and offers no switch, so a resuming client gets a clear refusal instead of a tunnel
+/// without an authenticated peer.
+final class ResumptionGuard: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = Any
+
+    private let peer: NIOLockedValueBox<SPIFFEID?>
+    private let logger: Logger
+
+    init(peer: NIOLockedValueBox<SPIFFEID?>, logger: Logger) {
+        self.peer = peer
+        self.logger = logger
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            guard self.peer.withLockedValue({ $0 }) != nil else {
+                self.logger.warning("refusing a resumed TLS session: the peer presented no certificate", metadata: [
+                    "peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")",
+                ])
+                context.close(promise: nil)
+                return
+            }
+            context.pipeline.syncOperations.removeHandler(self, promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 

@@ -217,6 +217,45 @@ struct HBONEInteropTests {
         }
     }
 
+    @Test("TLS session resumption is refused: a resumed session carries no client certificate")
+    func resumptionRefused() async throws {
+        try await self.withFixture { fixture, port in
+            // First connection: full handshake, read the post-handshake session ticket.
+            // Second: resume with it (no certificate is sent), then speak HTTP/2.
+            let script = """
+            import socket, ssl, sys, json
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False
+            ctx.load_verify_locations(sys.argv[2]); ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+            ctx.set_alpn_protocols(["h2"])
+            first = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5))
+            first.sendall(b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            first.recv(65536)
+            session = first.session
+            first.close()
+            second = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5), session=session)
+            result = {"reused": second.session_reused}
+            try:
+                second.sendall(b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+                result["received"] = len(second.recv(65536))
+            except Exception as e:
+                result["error"] = type(e).__name__
+            print(json.dumps(result))
+            """
+            let result = try await offload {
+                try ExternalTool.run(["python3", "-c", script, "\(port)", fixture.path("root.pem"), fixture.path("client.pem"), fixture.path("client.key")])
+            }
+            let json = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
+            let outcome = try #require(json, "python said: \(result.combined)")
+            // BoringSSL issues tickets (no switch in swift-nio-ssl), so the client does resume…
+            #expect(outcome["reused"] as? Bool == true, "\(outcome)")
+            // …and is refused: the server closes without answering the HTTP/2 preface.
+            #expect(outcome["received"] as? Int == 0 || outcome["error"] != nil, "\(outcome)")
+            try await eventually("connections closed") { fixture.server.openConnections == 0 }
+            let good = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8080", "--payload", "fresh handshake"])
+            #expect(good["received"] as? String == "echo:fresh handshake", "a full handshake still works")
+        }
+    }
+
     @Test("truncated HTTP/2 frames and a cut connection on 15008: clean close, no crash, no leaked connection")
     func truncatedFrames() async throws {
         try #require(Self.pythonH2Available, "python3 with the h2 package is required")
