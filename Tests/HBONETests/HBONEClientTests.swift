@@ -10,48 +10,11 @@ import Testing
 /// server side is covered against independent clients in ``HBONEInteropTests``.
 @Suite("HBONE client and pool", .serialized)
 struct HBONEClientTests {
-    final class Mesh: Sendable {
-        let ca: CertificateAuthority
-        let manager: CertificateManager
-        let upstream: EchoUntilEOFServer
-        let server: HBONEServer
-        let client: HBONEClient
-        let serverIdentity = spiffe("default", "httpbin")
-        let clientIdentity = spiffe("default", "sleep")
-
-        init(configuration: HBONEConfiguration = HBONEConfiguration()) async throws {
-            self.ca = try CertificateAuthority.selfSigned()
-            self.manager = CertificateManager(provider: EmbeddedCAProvider(authority: self.ca))
-            self.upstream = try await EchoUntilEOFServer()
-            var serverConfiguration = HBONEServer.Configuration()
-            serverConfiguration.host = "127.0.0.1"
-            serverConfiguration.port = 0
-            serverConfiguration.hbone = configuration
-            let upstreamPort = UInt16(self.upstream.port)
-            self.server = HBONEServer(configuration: serverConfiguration, identity: self.serverIdentity, certificates: self.manager) { _ in
-                .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: upstreamPort))
-            }
-            self.client = HBONEClient(certificates: self.manager, configuration: configuration)
-        }
-
-        func target(port: UInt16, expecting: [SPIFFEID]? = nil) -> HBONETunnelTarget {
-            HBONETunnelTarget(
-                source: self.clientIdentity, nextHop: HBONEAddress(ip: .v4(127, 0, 0, 1), port: port),
-                expectedIdentities: expecting ?? [self.serverIdentity],
-                authority: HBONEAddress(ip: .v4(127, 0, 0, 1), port: 8080)
-            )
-        }
-    }
-
-    func withMesh(_ body: (Mesh, UInt16) async throws -> Void) async throws {
-        let mesh = try await Mesh()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await mesh.manager.run() }
-            group.addTask { try await mesh.server.run() }
-            defer { group.cancelAll() }
-            try await body(mesh, try await mesh.server.listeningAddress.port)
-        }
-        await mesh.upstream.close()
+    func withMesh(_ body: (TestMesh, UInt16) async throws -> Void) async throws {
+        let upstream = try await EchoUntilEOFServer()
+        let mesh = try TestMesh(upstreamPort: upstream.port)
+        try await mesh.run { port in try await body(mesh, port) }
+        await upstream.close()
     }
 
     @Test("a forwarder carries plain TCP through the tunnel, FIN included, many times over one pooled connection")
@@ -122,7 +85,8 @@ struct HBONEClientTests {
 
     @Test("a non-200 answer fails the tunnel with the status")
     func statusPropagates() async throws {
-        let mesh = try await Mesh()
+        let upstream = try await EchoUntilEOFServer()
+        let mesh = try TestMesh(upstreamPort: upstream.port)
         var configuration = HBONEServer.Configuration()
         configuration.host = "127.0.0.1"
         configuration.port = 0
@@ -138,6 +102,6 @@ struct HBONEClientTests {
                 _ = try await mesh.client.openStream(mesh.target(port: port), on: MultiThreadedEventLoopGroup.singleton.next()).get()
             }
         }
-        await mesh.upstream.close()
+        await upstream.close()
     }
 }

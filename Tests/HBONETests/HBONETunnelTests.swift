@@ -13,54 +13,10 @@ import Testing
 /// the server-first direction, a 1 GiB transfer, a peer that goes silent, rotation.
 @Suite("HBONE tunnels", .serialized)
 struct HBONETunnelTests {
-    /// A server forwarding every tunnel to `upstreamPort`, and a client, sharing one CA.
-    final class Mesh: Sendable {
-        let ca: CertificateAuthority
-        let manager: CertificateManager
-        let server: HBONEServer
-        let client: HBONEClient
-        let serverIdentity = spiffe("default", "httpbin")
-        let clientIdentity = spiffe("default", "sleep")
-
-        init(
-            upstreamPort: Int, configuration: HBONEConfiguration = HBONEConfiguration(),
-            manager: CertificateManager.Configuration = .init(), backdate: Duration = .seconds(120)
-        ) throws {
-            var caConfiguration = CertificateAuthority.Configuration()
-            caConfiguration.backdate = backdate
-            self.ca = try CertificateAuthority.selfSigned(configuration: caConfiguration)
-            self.manager = CertificateManager(provider: EmbeddedCAProvider(authority: self.ca), configuration: manager)
-            var serverConfiguration = HBONEServer.Configuration()
-            serverConfiguration.host = "127.0.0.1"
-            serverConfiguration.port = 0
-            serverConfiguration.hbone = configuration
-            self.server = HBONEServer(configuration: serverConfiguration, identity: self.serverIdentity, certificates: self.manager) { _ in
-                .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: UInt16(upstreamPort)))
-            }
-            self.client = HBONEClient(certificates: self.manager, configuration: configuration)
-        }
-
-        func target(port: UInt16) -> HBONETunnelTarget {
-            HBONETunnelTarget(
-                source: self.clientIdentity, nextHop: HBONEAddress(ip: .v4(127, 0, 0, 1), port: port),
-                expectedIdentities: [self.serverIdentity], authority: HBONEAddress(ip: .v4(127, 0, 0, 1), port: 8080)
-            )
-        }
-
-        func run(_ body: (UInt16) async throws -> Void) async throws {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await self.manager.run() }
-                group.addTask { try await self.server.run() }
-                defer { group.cancelAll() }
-                try await body(try await self.server.listeningAddress.port)
-            }
-        }
-    }
-
     @Test("100 concurrent streams share one connection, each echoing its own bytes (async API)")
     func hundredStreams() async throws {
         let echo = try await EchoUntilEOFServer()
-        let mesh = try Mesh(upstreamPort: echo.port)
+        let mesh = try TestMesh(upstreamPort: echo.port)
         try await mesh.run { port in
             let loop = MultiThreadedEventLoopGroup.singleton.next()
             let target = mesh.target(port: port)
@@ -98,7 +54,7 @@ struct HBONETunnelTests {
             late.set(socket.receiveAll())
         }
         defer { upstream.stop() }
-        let mesh = try Mesh(upstreamPort: upstream.port)
+        let mesh = try TestMesh(upstreamPort: upstream.port)
         try await mesh.run { port in
             let tunnel = try await mesh.client.connect(mesh.target(port: port), on: MultiThreadedEventLoopGroup.singleton.next())
             let greeting = try await tunnel.executeThenClose { inbound, outbound in
@@ -131,7 +87,7 @@ struct HBONETunnelTests {
             socket.shutdownWrite()
         }
         defer { sink.stop() }
-        let mesh = try Mesh(upstreamPort: sink.port)
+        let mesh = try TestMesh(upstreamPort: sink.port)
         try await mesh.run { port in
             let forwarder = HBONEForwarder(port: 0, client: mesh.client, target: mesh.target(port: port))
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -166,7 +122,7 @@ struct HBONETunnelTests {
         var configuration = HBONEConfiguration()
         configuration.keepalive.interval = .milliseconds(200)
         configuration.keepalive.timeout = .milliseconds(600)
-        let mesh = try Mesh(upstreamPort: echo.port, configuration: configuration)
+        let mesh = try TestMesh(upstreamPort: echo.port, configuration: configuration)
         try await mesh.run { port in
             let proxy = try FreezableProxy(upstreamPort: Int(port))
             defer { proxy.stop() }
@@ -193,7 +149,7 @@ struct HBONETunnelTests {
     @Test("graceful shutdown: GOAWAY takes the connection out of the client's pool, the open tunnel finishes")
     func gracefulDrain() async throws {
         let echo = try await EchoUntilEOFServer()
-        let mesh = try Mesh(upstreamPort: echo.port)
+        let mesh = try TestMesh(upstreamPort: echo.port)
         let group = ServiceGroup(services: [mesh.manager, mesh.server], logger: Logger(label: "test"))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
@@ -228,7 +184,7 @@ struct HBONETunnelTests {
         let echo = try await EchoUntilEOFServer()
         var managerConfiguration = CertificateManager.Configuration()
         managerConfiguration.certificateLifetime = .seconds(4)
-        let mesh = try Mesh(upstreamPort: echo.port, manager: managerConfiguration, backdate: .seconds(1))
+        let mesh = try TestMesh(upstreamPort: echo.port, manager: managerConfiguration, backdate: .seconds(1))
         let files = try TemporaryDirectory(prefix: "hbone-rotation")
         try files.write("root.pem", mesh.ca.trustBundle.pem)
         let csr = try IdentityCSR(identity: mesh.clientIdentity)
