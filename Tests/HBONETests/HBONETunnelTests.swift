@@ -45,6 +45,48 @@ struct HBONETunnelTests {
         await echo.close()
     }
 
+    @Test("IPv6: HBONE to [::1], bracketed authority, the server sees v6 addresses")
+    func ipv6() async throws {
+        try #require(Capability.hasIPv6Loopback, "no IPv6 loopback on this machine")
+        let echo = try await EchoUntilEOFServer()
+        let ca = try CertificateAuthority.selfSigned()
+        let manager = CertificateManager(provider: EmbeddedCAProvider(authority: ca))
+        var configuration = HBONEServer.Configuration()
+        configuration.host = "::1"
+        configuration.port = 0
+        let seen = Mutex<HBONEInboundRequest?>(nil)
+        let server = HBONEServer(configuration: configuration, identity: spiffe("default", "httpbin"), certificates: manager) { request in
+            seen.withLock { $0 = request }
+            // The authority names an IPv6 destination; the test's echo service listens on v4.
+            return .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: UInt16(echo.port)))
+        }
+        let client = HBONEClient(certificates: manager)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await manager.run() }
+            group.addTask { try await server.run() }
+            defer { group.cancelAll() }
+            let bound = try await server.listeningAddress
+            #expect(bound.ip.isIPv6)
+            let loopback = try #require(IPAddress("::1"))
+            let tunnel = try await client.connect(
+                to: HBONEAddress(ip: loopback, port: bound.port), authority: try #require(HBONEAddress(authority: "[fd00::7]:8080")),
+                expecting: [spiffe("default", "httpbin")], as: spiffe("default", "sleep")
+            )
+            let answer = try await tunnel.executeThenClose { inbound, outbound in
+                try await outbound.write(Array("over v6".utf8))
+                outbound.finish()
+                var received: [UInt8] = []
+                for try await chunk in inbound { received += chunk }
+                return String(decoding: received, as: UTF8.self)
+            }
+            #expect(answer == "echo:over v6")
+            let request = try #require(seen.withLock { $0 })
+            #expect(request.target.description == "[fd00::7]:8080")
+            #expect(request.peerAddress?.ip == loopback)
+        }
+        await echo.close()
+    }
+
     @Test("half-close server-first: the upstream greets and sends FIN, the client still sends afterwards")
     func serverFirstHalfClose() async throws {
         let late = Recorded()

@@ -107,6 +107,19 @@ public enum Capability {
     /// Running as root (needed for netns, iptables, ipset).
     public static var isRoot: Bool { geteuid() == 0 }
 
+    /// `::1` can be bound (IPv6 is not disabled).
+    public static var hasIPv6Loopback: Bool {
+        let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_addr = in6addr_loopback
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        } == 0
+    }
+
     /// Root and `ip netns` work: the test can create network namespaces.
     public static var canCreateNetworkNamespaces: Bool {
         guard isRoot, ExternalTool.isAvailable("ip") else { return false }
