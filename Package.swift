@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "MeshIdentity", targets: ["MeshIdentity"]),
         .library(name: "Netlink", targets: ["Netlink"]),
         .library(name: "HBONE", targets: ["HBONE"]),
+        .library(name: "Redirect", targets: ["Redirect"]),
         .executable(name: "identity-demo", targets: ["IdentityDemo"]),
         .executable(name: "hbone-tunnel", targets: ["HBONETunnelExample"]),
     ],
@@ -67,6 +68,13 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
+            swiftSettings: strictSettings
+        ),
+
+        /// Redirect: in-pod traffic capture with iptables and netlink (istio-cni's kernel half).
+        .target(
+            name: "Redirect",
+            dependencies: ["Netlink"],
             swiftSettings: strictSettings
         ),
 
@@ -156,6 +164,11 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "RedirectTests",
+            dependencies: ["Redirect", "MeshTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
