@@ -75,16 +75,27 @@ struct HBONEPeerInteropTests {
         }
     }
 
-    @Test("our client tunnels through an independent server: echo, 20 concurrent streams, one connection", arguments: Peer.allCases)
-    func clientThroughPeer(_ peer: Peer) async throws {
-        try #require(self.available(peer), "\(peer.testDescription) peer unavailable (scripts/install-deps installs it)")
+    /// Runs `body` with `peer` serving HBONE in front of the fixture's echo upstream and one
+    /// of our clients, all on the fixture's CA.
+    func withPeerServer(
+        _ peer: Peer, status: Int? = nil,
+        _ body: (HBONEInteropTests.Fixture, ExternalPeer, HBONEClient) async throws -> Void
+    ) async throws {
         let fixture = try await HBONEInteropTests.Fixture()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await fixture.manager.run() }
             defer { group.cancelAll() }
-            let server = try self.startServer(peer, fixture, upstream: fixture.upstream.port)
+            let server = try self.startServer(peer, fixture, upstream: fixture.upstream.port, status: status)
             defer { server.stop() }
-            let client = HBONEClient(certificates: fixture.manager)
+            try await body(fixture, server, HBONEClient(certificates: fixture.manager))
+        }
+        await fixture.upstream.close()
+    }
+
+    @Test("our client tunnels through an independent server: echo, 20 concurrent streams, one connection", arguments: Peer.allCases)
+    func clientThroughPeer(_ peer: Peer) async throws {
+        try #require(self.available(peer), "\(peer.testDescription) peer unavailable (scripts/install-deps installs it)")
+        try await self.withPeerServer(peer) { fixture, server, client in
             let target = self.target(fixture, port: server.port)
             #expect(try await self.exchange(client, target, "hello \(peer)") == "echo:hello \(peer)")
             let answers = try await withThrowingTaskGroup(of: Bool.self) { streams in
@@ -96,19 +107,12 @@ struct HBONEPeerInteropTests {
             #expect(answers == 20, "\(server.logs)")
             #expect(client.connectionsStarted <= 2, "pooled: one connection per event loop at most")
         }
-        await fixture.upstream.close()
     }
 
     @Test("our client refuses a peer server with an unexpected identity", arguments: Peer.allCases)
     func clientChecksPeerIdentity(_ peer: Peer) async throws {
         try #require(self.available(peer), "\(peer.testDescription) peer unavailable")
-        let fixture = try await HBONEInteropTests.Fixture()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await fixture.manager.run() }
-            defer { group.cancelAll() }
-            let server = try self.startServer(peer, fixture, upstream: fixture.upstream.port)
-            defer { server.stop() }
-            let client = HBONEClient(certificates: fixture.manager)
+        try await self.withPeerServer(peer) { fixture, server, client in
             await #expect {
                 _ = try await self.exchange(client, self.target(fixture, port: server.port, expecting: spiffe("default", "reviews")), "x")
             } throws: { error in
@@ -116,24 +120,16 @@ struct HBONEPeerInteropTests {
                 return detail.contains("httpbin")
             }
         }
-        await fixture.upstream.close()
     }
 
     @Test("a peer server's non-200 answer fails our tunnel with that status")
     func clientSeesPeerStatus() async throws {
         try #require(self.available(.python), "python3 with the h2 package is required")
-        let fixture = try await HBONEInteropTests.Fixture()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await fixture.manager.run() }
-            defer { group.cancelAll() }
-            let server = try self.startServer(.python, fixture, upstream: fixture.upstream.port, status: 401)
-            defer { server.stop() }
-            let client = HBONEClient(certificates: fixture.manager)
+        try await self.withPeerServer(.python, status: 401) { fixture, server, client in
             await #expect(throws: HBONEClientError.status(401)) {
                 _ = try await self.exchange(client, self.target(fixture, port: server.port), "x")
             }
         }
-        await fixture.upstream.close()
     }
 
     @Test("the C nghttp2+OpenSSL client tunnels through our server, many times and concurrently")

@@ -39,25 +39,15 @@ let benchmarks: @Sendable () -> Void = {
     }, setup: setup, teardown: teardown)
 
     Benchmark("Stream open and close on a pooled connection", closure: { benchmark in
-        let mesh = shared.mesh
         for _ in benchmark.scaledIterations {
-            let tunnel = try await mesh.client.connect(mesh.target)
-            try await tunnel.executeThenClose { inbound, outbound in
-                outbound.finish()
-                for try await _ in inbound {}
-            }
+            try await shared.mesh.emptyTunnel()
         }
     }, setup: setup, teardown: teardown)
 
     Benchmark("New tunnel with a full mTLS handshake", closure: { benchmark in
-        let mesh = shared.mesh
         for _ in benchmark.scaledIterations {
-            let tunnel = try await mesh.client.connect(mesh.target)
-            try await tunnel.executeThenClose { inbound, outbound in
-                outbound.finish()
-                for try await _ in inbound {}
-            }
-            await mesh.client.closeAllConnections()
+            try await shared.mesh.emptyTunnel()
+            await shared.mesh.client.closeAllConnections()
         }
     }, setup: setup, teardown: teardown)
 }
@@ -116,6 +106,15 @@ struct BenchMesh: Sendable {
             expectedIdentities: [serverID], authority: HBONEAddress(ip: .v4(127, 0, 0, 1), port: sinkPort)
         )
         return BenchMesh(client: HBONEClient(certificates: manager), target: target, tasks: tasks, sink: sink)
+    }
+
+    /// Opens a tunnel, ends it at once in both directions and waits for the close.
+    func emptyTunnel() async throws {
+        let tunnel = try await self.client.connect(self.target)
+        try await tunnel.executeThenClose { inbound, outbound in
+            outbound.finish()
+            for try await _ in inbound {}
+        }
     }
 
     func stop() {
