@@ -26,6 +26,13 @@ func parseListen(_ text: String) throws -> (host: String, port: Int) {
     return ("\(address.ip)", Int(address.port))
 }
 
+/// A logger at `level` (the example logs to stderr; stdout carries only `listening <port>`).
+func makeLogger(_ label: String, level: Logger.Level) -> Logger {
+    var logger = Logger(label: label)
+    logger.logLevel = level
+    return logger
+}
+
 /// A certificate manager over the mesh CA in `dir`, run as a service next to the endpoint.
 func makeManager(_ ca: CAOptions) throws -> CertificateManager {
     CertificateManager(provider: EmbeddedCAProvider(authority: try ca.load()))
@@ -70,11 +77,7 @@ struct Server: AsyncParsableCommand {
     var verbose = false
 
     func run() async throws {
-        let logger: Logger = {
-            var logger = Logger(label: "hbone-tunnel.server")
-            logger.logLevel = self.verbose ? .debug : .warning
-            return logger
-        }()
+        let logger = makeLogger("hbone-tunnel.server", level: self.verbose ? .debug : .warning)
         let manager = try makeManager(self.ca)
         let listen = try parseListen(self.listen)
         let upstream = try self.upstream.map(parseAddress)
@@ -119,11 +122,7 @@ struct Client: AsyncParsableCommand {
     var expect: [String] = ["spiffe://cluster.local/ns/default/sa/httpbin"]
 
     func run() async throws {
-        let logger: Logger = {
-            var logger = Logger(label: "hbone-tunnel.client")
-            logger.logLevel = .warning
-            return logger
-        }()
+        let logger = makeLogger("hbone-tunnel.client", level: .warning)
         let manager = try makeManager(self.ca)
         let listen = try parseListen(self.listen)
         let target = HBONETunnelTarget(

@@ -65,6 +65,10 @@ struct HBONEClientTests {
             #expect(mesh.client.connectionsStarted == 1)
             #expect(mesh.client.pooledConnections(to: target.nextHop) == 1)
             for stream in streams { try? await stream.close() }
+            await mesh.client.closeAllConnections()
+            #expect(mesh.client.pooledConnections(to: target.nextHop) == 0, "closed connections leave the pool at once")
+            _ = try await mesh.client.openStream(target, on: loop).get()
+            #expect(mesh.client.connectionsStarted == 2, "the next open connects again")
         }
     }
 

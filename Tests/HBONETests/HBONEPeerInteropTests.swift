@@ -85,9 +85,20 @@ struct HBONEPeerInteropTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await fixture.manager.run() }
             defer { group.cancelAll() }
-            let server = try self.startServer(peer, fixture, upstream: fixture.upstream.port, status: status)
-            defer { server.stop() }
-            try await body(fixture, server, HBONEClient(certificates: fixture.manager))
+            // Starting and stopping a peer blocks (it waits for its `listening` line): off the
+            // Swift concurrency pool, which the code under test needs.
+            let server = try await offload { try self.startServer(peer, fixture, upstream: fixture.upstream.port, status: status) }
+            let client = HBONEClient(certificates: fixture.manager)
+            do {
+                try await body(fixture, server, client)
+            } catch {
+                await client.closeAllConnections()
+                _ = try? await offload { server.stop() }
+                throw error
+            }
+            // Our pooled connection is closed first, so the peer is not left serving it.
+            await client.closeAllConnections()
+            _ = try await offload { server.stop() }
         }
         await fixture.upstream.close()
     }
