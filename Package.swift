@@ -46,6 +46,9 @@ let package = Package(
             providers: [.apt(["libmnl-dev"])]
         ),
 
+        /// Linux calls Glibc's overlay leaves out: setns, SO_ORIGINAL_DST, transparent-proxy options.
+        .target(name: "CLinuxNet"),
+
         // MARK: Library modules
 
         /// A safe Swift layer over libmnl: sockets, message building, attribute parsing.
@@ -74,7 +77,7 @@ let package = Package(
         /// Redirect: in-pod traffic capture with iptables and netlink (istio-cni's kernel half).
         .target(
             name: "Redirect",
-            dependencies: ["Netlink"],
+            dependencies: ["Netlink", "CLinuxNet"],
             swiftSettings: strictSettings
         ),
 
@@ -168,7 +171,14 @@ let package = Package(
         ),
         .testTarget(
             name: "RedirectTests",
-            dependencies: ["Redirect", "MeshTestSupport"],
+            dependencies: [
+                "Redirect",
+                "Netlink",
+                "MeshTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -8,6 +8,9 @@
 #include <linux/if_addr.h>
 #include <linux/fib_rules.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/ipset/ip_set.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>

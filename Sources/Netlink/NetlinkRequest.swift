@@ -41,13 +41,18 @@ public struct NetlinkRequest: Sendable {
     /// that is not a dump: the kernel then ends each reply with an acknowledgement
     /// (`netlink_rcv_skb` acks when `NLM_F_ACK` is set), which is how the socket knows a
     /// reply is complete. A dump ends with `NLMSG_DONE` instead.
-    public init(type: UInt16, flags: NetlinkFlags, familyHeader: [UInt8] = [], summary: String? = nil) {
+    ///
+    /// Pass `acknowledged: false` only for the markers of an nfnetlink batch
+    /// (`NFNL_MSG_BATCH_BEGIN`/`END`), which the kernel never acknowledges.
+    public init(
+        type: UInt16, flags: NetlinkFlags, familyHeader: [UInt8] = [], summary: String? = nil, acknowledged: Bool = true
+    ) {
         self.buffer = [UInt8](repeating: 0, count: NetlinkRequest.capacity)
         self.summary = summary ?? "message type \(type)"
         self.buffer.withUnsafeMutableBytes { raw in
             let header = mnl_nlmsg_put_header(raw.baseAddress)!
             header.pointee.nlmsg_type = type
-            header.pointee.nlmsg_flags = flags.union(flags.contains(.dump) ? [.request] : [.request, .ack]).rawValue
+            header.pointee.nlmsg_flags = flags.union(flags.contains(.dump) || !acknowledged ? [.request] : [.request, .ack]).rawValue
             if !familyHeader.isEmpty {
                 let extra = mnl_nlmsg_put_extra_header(header, familyHeader.count)!
                 familyHeader.withUnsafeBytes { source in
@@ -74,6 +79,13 @@ public struct NetlinkRequest: Sendable {
         let length = self.length
         return try self.buffer.withUnsafeBytes { raw in
             try body(UnsafeRawBufferPointer(rebasing: raw[0..<length]))
+        }
+    }
+
+    /// Whether the kernel will answer this message with an acknowledgement.
+    var expectsAcknowledgement: Bool {
+        self.buffer.withUnsafeBytes { raw in
+            raw.baseAddress!.assumingMemoryBound(to: nlmsghdr.self).pointee.nlmsg_flags & UInt16(NLM_F_ACK) != 0
         }
     }
 

@@ -74,11 +74,26 @@ public final class NetlinkSocket {
     /// ``NetlinkError/Kind/kernel`` with its `errno`.
     @discardableResult
     public func perform(_ request: NetlinkRequest) throws(NetlinkError) -> [NetlinkMessage] {
+        try self.perform(batch: [request])
+    }
+
+    /// Sends `batch` in one datagram (an nfnetlink transaction: `NFNL_MSG_BATCH_BEGIN`,
+    /// the changes, `NFNL_MSG_BATCH_END`) and waits for the acknowledgement of each
+    /// message that asked for one. The first kernel error is thrown.
+    @discardableResult
+    public func perform(batch: [NetlinkRequest]) throws(NetlinkError) -> [NetlinkMessage] {
         self.sequence &+= 1
         let sequence = self.sequence
-        var request = request
-        request.setSequence(sequence)
-        let sent = request.withBytes { bytes in
+        var datagram: [UInt8] = []
+        var pendingAcks = 0
+        var summary = ""
+        for var request in batch {
+            request.setSequence(sequence)
+            request.withBytes { datagram.append(contentsOf: $0) }
+            if request.expectsAcknowledgement { pendingAcks += 1 }
+            if summary.isEmpty || request.expectsAcknowledgement { summary = request.summary }
+        }
+        let sent = datagram.withUnsafeBytes { bytes in
             mnl_socket_sendto(self.handle, bytes.baseAddress, bytes.count)
         }
         if sent < 0 {
@@ -102,9 +117,13 @@ public final class NetlinkSocket {
                 let code = errno
                 // mnl_cb_run reports a kernel NLMSG_ERROR by returning -1 with errno set to
                 // the (positive) error; ESRCH/EPROTO here mean a reply for another request.
-                throw NetlinkError(kind: .kernel, errno: code, detail: request.summary)
+                throw NetlinkError(kind: .kernel, errno: code, detail: summary)
             }
-            if status <= MNL_CB_STOP { break }
+            if status <= MNL_CB_STOP {
+                // A dump ends at NLMSG_DONE; otherwise each stop is one acknowledgement.
+                pendingAcks -= 1
+                if pendingAcks <= 0 { break }
+            }
         }
         return collector.messages
     }

@@ -47,6 +47,10 @@ public enum InPodRules {
         public var dnsPort: UInt16 = 15053
         /// Conntrack zone for the proxy's DNS. Default 1.
         public var dnsConntrackZone: UInt16 = 1
+        /// The routing table of ``InPodRouting``'s local route. Default 100.
+        public var routingTable: UInt32 = 100
+        /// The preference of ``InPodRouting``'s fwmark rule. Default 32764.
+        public var rulePriority: UInt32 = 32764
 
         /// Istio's values.
         public init() {}

@@ -1,0 +1,151 @@
+import Foundation
+import MeshTestSupport
+import Netlink
+import Redirect
+import Testing
+
+/// The redirection lifecycle against the real kernel: apply, verify, re-apply, inspect,
+/// remove, in a fresh pod namespace, with every failure path checked for leftovers.
+@Suite("In-pod redirection lifecycle (real netns, iptables, rtnetlink)", .serialized,
+       .enabled(if: Capability.canCreateNetworkNamespaces, "needs root and `ip netns` to create network namespaces (CI has both)"))
+struct InPodRedirectionTests {
+    static func redirection(_ configure: (inout InPodRedirection.Configuration) -> Void = { _ in }) throws -> InPodRedirection {
+        var configuration = InPodRedirection.Configuration(backend: try IptablesBackend.detect())
+        configure(&configuration)
+        return InPodRedirection(configuration: configuration)
+    }
+
+    @Test("apply installs rules and routing; twice equals once; remove restores iptables-save, ip rule and routes byte for byte")
+    func lifecycle() async throws {
+        let network = try PodNetwork(tag: "life")
+        let namespace = try NetworkNamespace(path: network.podPath)
+        let before = try network.podKernelState()
+        let redirection = try Self.redirection()
+
+        #expect(try await redirection.apply(in: namespace) == .installed)
+        #expect(try await redirection.verify(in: namespace) == [])
+        let installed = try network.podKernelState()
+        #expect(installed != before)
+        #expect(installed.contains("32764:\tfrom all fwmark 0x111/0xfff lookup 100"), "ip rule shows the fwmark rule:\n\(installed)")
+        let localRoutes = installed.components(separatedBy: "\n").filter { $0.hasPrefix("local default dev lo table 100 ") }
+        #expect(localRoutes.count == 2, "the local route of table 100 and its IPv6 twin:\n\(installed)")
+        #expect(installed.contains("-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"))
+        #expect(installed.contains("-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"))
+
+        #expect(try await redirection.apply(in: namespace) == .unchanged)
+        #expect(try network.podKernelState() == installed, "a second apply changes nothing")
+
+        #expect(try await InPodRedirection.inspect(in: namespace, backend: redirection.configuration.backend) == .installed(.init()))
+
+        try await redirection.remove(in: namespace)
+        #expect(try network.podKernelState() == before)
+        #expect(try await InPodRedirection.inspect(in: namespace, backend: redirection.configuration.backend) == .absent)
+        try await redirection.remove(in: namespace)
+        #expect(try network.podKernelState() == before, "remove is idempotent too")
+    }
+
+    @Test("verify reports drift; apply repairs a damaged install; inspect re-derives each variant after a restart")
+    func driftAndRecovery() async throws {
+        let network = try PodNetwork(tag: "drift")
+        let namespace = try NetworkNamespace(path: network.podPath)
+        let before = try network.podKernelState()
+        let redirection = try Self.redirection()
+        try await redirection.apply(in: namespace)
+        let clean = try network.podKernelState()
+
+        // Someone deletes one rule and the ip rule.
+        #expect(try network.inPod(["iptables", "-t", "nat", "-D", "ISTIO_OUTPUT", "-p", "tcp", "-m", "mark", "--mark", "0x111/0xfff", "-j", "ACCEPT"]).status == 0)
+        #expect(try network.inPod(["ip", "rule", "del", "pref", "32764"]).status == 0)
+        let problems = try await redirection.verify(in: namespace)
+        #expect(problems.contains { $0.contains("ISTIO_OUTPUT") }, "\(problems)")
+        #expect(problems.contains { $0.contains("0 copies of rule fwmark 0x111/0xfff") }, "\(problems)")
+        guard case .damaged = try await InPodRedirection.inspect(in: namespace, backend: redirection.configuration.backend) else {
+            Issue.record("a damaged install is reported as damaged")
+            return
+        }
+        #expect(try await redirection.apply(in: namespace) == .replaced)
+        #expect(try await redirection.verify(in: namespace) == [])
+        #expect(try network.podKernelState() == clean)
+
+        // A restarted agent finds each variant as it was installed.
+        var variant = InPodRules.Configuration()
+        variant.captureDNS = false
+        variant.bypassInboundCapture = true
+        variant.rerouteVirtualInterfaces = ["tap0", "tap1"]
+        let other = try Self.redirection { $0.rules = variant }
+        #expect(try await other.apply(in: namespace) == .replaced)
+        #expect(try await InPodRedirection.inspect(in: namespace, backend: other.configuration.backend) == .installed(variant))
+        #expect(try await redirection.verify(in: namespace) != [], "the default configuration sees the variant as drift")
+        try await other.remove(in: namespace)
+        #expect(try network.podKernelState() == before)
+    }
+
+    @Test("bad namespaces: a missing path, a deleted netns and a file that is not a netns are typed errors")
+    func badNamespaces() throws {
+        #expect { try NetworkNamespace(path: "/var/run/netns/does-not-exist-\(getpid())") } throws: { error in
+            (error as? RedirectError)?.kind == .namespaceNotFound
+        }
+        let name = "hbdel-\(getpid())"
+        #expect(try ExternalTool.run(["ip", "netns", "add", name]).status == 0)
+        #expect(try ExternalTool.run(["ip", "netns", "del", name]).status == 0)
+        #expect { try NetworkNamespace(path: "/var/run/netns/\(name)") } throws: { error in
+            (error as? RedirectError)?.kind == .namespaceNotFound
+        }
+        #expect { try NetworkNamespace(path: "/etc/hostname") } throws: { error in
+            guard let error = error as? RedirectError else { return false }
+            return error.kind == .notANetworkNamespace && error.description.contains("/etc/hostname")
+        }
+    }
+
+    @Test("iptables missing: a typed error, and the routing installed before it is rolled back")
+    func iptablesMissing() async throws {
+        let network = try PodNetwork(tag: "noipt")
+        let namespace = try NetworkNamespace(path: network.podPath)
+        let before = try network.podKernelState()
+        let broken = InPodRedirection(configuration: .init(backend: IptablesBackend(kind: .nft, suffix: "-not-installed")))
+        await #expect { try await broken.apply(in: namespace) } throws: { error in
+            guard let error = error as? RedirectError else { return false }
+            return error.kind == .iptablesMissing && error.detail.contains("iptables-not-installed-save")
+        }
+        #expect(try network.podKernelState() == before)
+    }
+
+    @Test("a rule that fails to load: typed error with iptables' message, nothing half-installed (IPv4 and IPv6)")
+    func failingRule() async throws {
+        let network = try PodNetwork(tag: "fail")
+        let namespace = try NetworkNamespace(path: network.podPath)
+        let before = try network.podKernelState()
+        var rules = InPodRules.Configuration()
+        rules.rerouteVirtualInterfaces = ["an-interface-name-far-too-long"]
+        let failing = try Self.redirection { $0.rules = rules }
+        await #expect { try await failing.apply(in: namespace) } throws: { error in
+            guard let error = error as? RedirectError else { return false }
+            return error.kind == .iptablesFailed && error.detail.contains("iptables") && error.detail.contains("exited")
+        }
+        #expect(try network.podKernelState() == before, "the routes and the tables committed before the failure are gone")
+    }
+
+    @Test("an IPv6-disabled pod: IPv4 only by default, a typed error when IPv6 is required")
+    func ipv6Disabled() async throws {
+        let network = try PodNetwork(tag: "nov6")
+        for key in ["all", "default", "lo", "eth0"] {
+            #expect(try network.inPod(["sysctl", "-qw", "net.ipv6.conf.\(key).disable_ipv6=1"]).status == 0)
+        }
+        let namespace = try NetworkNamespace(path: network.podPath)
+        let before = try network.podKernelState()
+        let required = try Self.redirection { $0.ipv6 = .required }
+        await #expect { try await required.apply(in: namespace) } throws: { error in
+            (error as? RedirectError)?.kind == .ipv6Disabled
+        }
+        #expect(try network.podKernelState() == before)
+
+        let automatic = try Self.redirection()
+        #expect(try await automatic.apply(in: namespace) == .installed)
+        #expect(try await automatic.verify(in: namespace) == [])
+        let state = try network.podKernelState()
+        #expect(state.contains("REDIRECT --to-ports 15001"))
+        #expect(!state.contains("::1/128"), "no IPv6 rules in an IPv6-disabled pod")
+        try await automatic.remove(in: namespace)
+        #expect(try network.podKernelState() == before)
+    }
+}
