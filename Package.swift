@@ -179,6 +179,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
+            exclude: ["Goldens"],
             swiftSettings: strictSettings
         ),
         .testTarget(

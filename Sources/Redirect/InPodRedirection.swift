@@ -1,5 +1,9 @@
 internal import Netlink
 
+#if canImport(Glibc)
+internal import Glibc
+#endif
+
 /// Puts one pod's traffic into the node proxy and takes it out again: istio-cni's
 /// `CreateInpodRules`/`DeleteInpodRules` for one network namespace, as a lifecycle.
 ///
@@ -154,6 +158,7 @@ public struct InPodRedirection: Sendable {
         try Self.removeRules(configuration, families: families, lockFile: lockFile)
         let socket = try Self.routeSocket()
         for family in families { try InPodRouting.remove(family, constants: configuration.rules.constants, on: socket) }
+        if configuration.backend.kind == .legacy { unlink(lockFile) }
     }
 
     private static func removeRules(_ configuration: Configuration, families: [InPodRules.Family], lockFile: String) throws {

@@ -78,9 +78,11 @@ public final class PodNetwork: Sendable {
     /// What `iptables-save`, `ip6tables-save`, `ip rule`, `ip -6 rule` and the routes of
     /// every table print in the pod, without `iptables-save`'s dated comment lines: the
     /// state a remove must restore byte for byte.
-    public func podKernelState() throws -> String {
+    /// With `legacy`, the x_tables rules are read (`iptables-legacy-save`).
+    public func podKernelState(legacy: Bool = false) throws -> String {
         var text = ""
-        for command in [["iptables-save"], ["ip6tables-save"], ["ip", "rule"], ["ip", "-6", "rule"],
+        let suffix = legacy ? "-legacy-save" : "-save"
+        for command in [["iptables" + suffix], ["ip6tables" + suffix], ["ip", "rule"], ["ip", "-6", "rule"],
                         ["ip", "-4", "route", "show", "table", "all"], ["ip", "-6", "route", "show", "table", "all"]] {
             let result = try self.inPod(command)
             let lines = result.standardOutput.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("#") }

@@ -91,3 +91,30 @@ struct NetlinkTests {
         #expect(rejected > 0)
     }
 }
+
+@Suite("Netlink address and ipset encoding")
+struct NetlinkEncodingTests {
+    @Test("IPAddress parses and prints IPv4 and IPv6, rejects the rest")
+    func addresses() {
+        #expect(IPAddress("169.254.7.127")?.bytes == [169, 254, 7, 127])
+        #expect(IPAddress("fd16:9254:7127:1337:ffff:ffff:ffff:ffff")?.description == "fd16:9254:7127:1337:ffff:ffff:ffff:ffff")
+        #expect(IPAddress("::1")?.isIPv6 == true)
+        #expect(IPAddress("[::1]") == nil)
+        #expect(IPAddress("10.0.0.1/32") == nil)
+        #expect(IPAddress("300.1.1.1") == nil)
+        #expect(IPAddress(bytes: [1, 2, 3]) == nil)
+    }
+
+    @Test("the name limits of ipset are enforced before anything is sent")
+    func ipsetNameLimits() throws {
+        let socket = try NetlinkSocket(bus: .route)
+        #expect {
+            try IPSet.add(.init(address: IPAddress("10.0.0.1")!), to: String(repeating: "x", count: 32), on: socket)
+        } throws: { error in
+            (error as? NetlinkError)?.kind == .malformed
+        }
+        #expect { try IPSet.destroy(named: "", on: socket) } throws: { error in
+            (error as? NetlinkError)?.kind == .malformed
+        }
+    }
+}
