@@ -145,6 +145,63 @@ struct CaptureTests {
         #expect(!(try pod.network.inNode(["iptables-save"]).standardOutput.contains("ISTIO_POSTRT")))
     }
 
+    @Test("spoofed-source delivery: the proxy connects to the app as the remote client, and the replies come back through the 0x111 connmark, the fwmark rule and table 100")
+    func spoofedSourceReturnPath() async throws {
+        let pod = try await CapturedPod()
+        var proxy = PodSocketOptions()
+        proxy.transparent = true
+        // As ztunnel does for inbound: source = the original client (the node's address), mark 0x539.
+        let upstream = try await PodSockets.connect(
+            to: SocketEndpoint(host: pod.network.podIP, port: 8080)!, from: SocketEndpoint(host: pod.network.nodeIP, port: 0)!,
+            in: pod.pod, options: proxy
+        )
+        let accepted = try #require(try await Self.accept(pod.app), "the app accepted the proxy's connection")
+        defer { close(accepted.descriptor) }
+        #expect(accepted.peer?.address == IPAddress(pod.network.nodeIP), "the app sees the client's address, not the proxy's")
+
+        // Bytes both ways: the app's reply to 10.200.0.1 must be routed back to the proxy
+        // inside the pod, not out of eth0 to the node.
+        let reply: String = try await offload {
+            let request = Array("ping".utf8)
+            let sent = try upstream.withDescriptor { write($0, request, request.count) }
+            guard sent == 4 else { return "proxy write failed" }
+            var buffer = [UInt8](repeating: 0, count: 16)
+            guard read(accepted.descriptor, &buffer, 16) == 4 else { return "app read failed" }
+            let answer = Array("pong".utf8)
+            guard write(accepted.descriptor, answer, answer.count) == 4 else { return "app write failed" }
+            var entry = pollfd(fd: try upstream.withDescriptor { $0 }, events: Int16(POLLIN), revents: 0)
+            guard poll(&entry, 1, 3000) == 1 else { return "no reply reached the proxy" }
+            let count = try upstream.withDescriptor { read($0, &buffer, 16) }
+            return String(decoding: buffer.prefix(max(count, 0)), as: UTF8.self)
+        }
+        #expect(reply == "pong")
+    }
+
+    @Test("DNS: the app's UDP query to a remote resolver lands on the proxy's 15053")
+    func dnsCapture() async throws {
+        let pod = try await CapturedPod()
+        let received: String = try await pod.pod.run {
+            let server = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            let client = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            defer { close(server); close(client) }
+            var mark: UInt32 = 0x539
+            setsockopt(server, SOL_SOCKET, 36 /* SO_MARK */, &mark, 4)
+            func bindAndSend() -> String {
+                guard SocketEndpoint(host: "127.0.0.1", port: 15053)!.withSockaddrForTest({ bind(server, $0, $1) }) == 0 else { return "bind" }
+                let query = Array("query".utf8)
+                let sent = SocketEndpoint(host: "10.96.0.10", port: 53)!.withSockaddrForTest { sendto(client, query, query.count, 0, $0, $1) }
+                guard sent == query.count else { return "send" }
+                var entry = pollfd(fd: server, events: Int16(POLLIN), revents: 0)
+                guard poll(&entry, 1, 3000) == 1 else { return "nothing arrived at 15053" }
+                var buffer = [UInt8](repeating: 0, count: 64)
+                let count = recv(server, &buffer, 64, 0)
+                return String(decoding: buffer.prefix(max(count, 0)), as: UTF8.self)
+            }
+            return bindAndSend()
+        }
+        #expect(received == "query")
+    }
+
     @Test("pod sockets hand over to SwiftNIO: a bound 15001 listener and a connected marked socket carry bytes")
     func nioHandoff() async throws {
         let pod = try await CapturedPod()
@@ -163,6 +220,19 @@ struct CaptureTests {
         try await appChannel.writeAndFlush(ByteBuffer(string: "GET / HTTP/1.0\r\n\r\n")).get()
         try await appChannel.close().get()
         #expect(try await received.futureResult.get() == "GET / HTTP/1.0\r\n\r\n")
+    }
+}
+
+extension SocketEndpoint {
+    /// A `sockaddr` for this endpoint (IPv4 only; enough for the DNS test).
+    func withSockaddrForTest<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = self.port.bigEndian
+        withUnsafeMutableBytes(of: &address.sin_addr) { $0.copyBytes(from: self.address.bytes) }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
     }
 }
 

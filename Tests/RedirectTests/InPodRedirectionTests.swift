@@ -118,6 +118,25 @@ struct InPodRedirectionTests {
         #expect(try network.podKernelState() == before)
     }
 
+    @Test("legacy backend: in-pod runs stay off the host-global /run/xtables.lock (pod-scoped XTABLES_LOCKFILE)",
+          .enabled(if: FileManager.default.fileExists(atPath: "/usr/sbin/iptables-legacy-restore"), "needs iptables-legacy"))
+    func legacyLockAvoided() async throws {
+        let network = try PodNetwork(tag: "lock")
+        let namespace = try NetworkNamespace(path: network.podPath)
+        let lock = open("/run/xtables.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+        #expect(lock >= 0)
+        defer { close(lock) }
+        #expect(flock(lock, LOCK_EX) == 0, "the test holds the host lock, as a busy kube-proxy would")
+        defer { flock(lock, LOCK_UN) }
+        let redirection = try Self.redirection(backend: .legacy)
+        let clock = ContinuousClock()
+        let started = clock.now
+        #expect(try await redirection.apply(in: namespace) == .installed)
+        #expect(clock.now - started < .seconds(10), "did not wait for the host lock (legacy waits up to 30 s)")
+        #expect(try await redirection.verify(in: namespace) == [])
+        try await redirection.remove(in: namespace)
+    }
+
     @Test("bad namespaces: a missing path, a deleted netns and a file that is not a netns are typed errors")
     func badNamespaces() throws {
         #expect { try NetworkNamespace(path: "/var/run/netns/does-not-exist-\(getpid())") } throws: { error in
