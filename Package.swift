@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "Netlink", targets: ["Netlink"]),
         .library(name: "HBONE", targets: ["HBONE"]),
         .library(name: "Redirect", targets: ["Redirect"]),
+        .library(name: "CNI", targets: ["CNI"]),
         .executable(name: "identity-demo", targets: ["IdentityDemo"]),
         .executable(name: "hbone-tunnel", targets: ["HBONETunnelExample"]),
     ],
@@ -78,6 +79,12 @@ let package = Package(
         .target(
             name: "Redirect",
             dependencies: ["Netlink", "CLinuxNet"],
+            swiftSettings: strictSettings
+        ),
+
+        /// CNI: the container network interface spec (SPEC 1.1) for Swift plugins.
+        .target(
+            name: "CNI",
             swiftSettings: strictSettings
         ),
 

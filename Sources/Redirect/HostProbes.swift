@@ -11,7 +11,8 @@ public import Netlink
 public struct HostProbes: Sendable {
     /// The iptables implementation of the host.
     public var backend: IptablesBackend
-    /// Whether to manage the IPv6 set and rule. Default `true` when the host has IPv6.
+    /// Whether to manage the IPv6 set and rule too. Default `true`; pass `false` on hosts
+    /// without IPv6 (istio-cni's `AMBIENT_IPV6=false`).
     public var ipv6: Bool
 
     /// Creates the host side for `backend`.
@@ -22,7 +23,8 @@ public struct HostProbes: Sendable {
 
     static let chain = "ISTIO_POSTRT"
 
-    /// Creates the sets (keeping existing entries) and (re)creates the SNAT rules. Host rules
+    /// Creates the sets (keeping existing entries: the caller re-adds enrolled pods and prunes
+    /// the rest, where istio-cni flushes at start) and (re)creates the SNAT rules. Host rules
     /// are never reconciled in place: old ones are deleted and the rules written again, as
     /// istio-cni does at every start.
     public func install(in namespace: NetworkNamespace) async throws {

@@ -68,9 +68,10 @@ public final class NetworkNamespace: Sendable {
     public func run<Result: Sendable>(_ body: @escaping @Sendable () throws -> Result) async throws -> Result {
         try await withCheckedThrowingContinuation { continuation in
             do {
-                try DedicatedThread.start {
+                let thread = try DedicatedThread.start {
                     continuation.resume(with: Swift.Result { try self.runHere(body) })
                 }
+                DedicatedThread.detach(thread)
             } catch {
                 continuation.resume(throwing: error)
             }
@@ -138,6 +139,11 @@ enum DedicatedThread {
             throw RedirectError(.namespaceSwitch, errno: status, "pthread_create")
         }
         return thread
+    }
+
+    /// Lets a thread's resources go when it ends (nobody joins it).
+    static func detach(_ thread: pthread_t) {
+        pthread_detach(thread)
     }
 
     /// Waits for a thread started with ``start(_:)`` and not detached.

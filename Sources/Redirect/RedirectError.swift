@@ -21,8 +21,6 @@ public struct RedirectError: Error, Hashable, Sendable, CustomStringConvertible 
         case netlink(NetlinkError)
         /// A socket operation failed (the detail names it).
         case socket
-        /// Installed state does not match the expected state (``InPodRedirection/verify(in:)``).
-        case drift
         /// Invalid input (an address, an interface name).
         case invalidArgument
     }

@@ -34,6 +34,8 @@ public final class PodNetwork: Sendable {
         let setup: [[String]] = [
             ["ip", "netns", "add", self.pod],
             ["ip", "netns", "add", self.node],
+            ["ip", "netns", "exec", self.pod, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"],
+            ["ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"],
             ["ip", "-n", self.node, "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", self.pod],
             ["ip", "-n", self.node, "link", "set", "lo", "up"],
             ["ip", "-n", self.node, "link", "set", "veth0", "up"],
@@ -53,10 +55,24 @@ public final class PodNetwork: Sendable {
                     throw PodNetworkError(command: command.joined(separator: " "), output: result.combined)
                 }
             }
+            try self.waitForLinkLocal()
         } catch {
             Self.delete([self.pod, self.node])
             throw error
         }
+    }
+
+    /// Waits until both ends have their IPv6 link-local address: the kernel adds it (and its
+    /// local route) when the veth carrier comes up, asynchronously, and a test comparing
+    /// routing tables must not see it appear halfway.
+    private func waitForLinkLocal() throws {
+        for _ in 0..<100 {
+            let pod = try ExternalTool.run(["ip", "-n", self.pod, "-6", "addr", "show", "dev", "eth0", "scope", "link"]).standardOutput
+            let node = try ExternalTool.run(["ip", "-n", self.node, "-6", "addr", "show", "dev", "veth0", "scope", "link"]).standardOutput
+            if pod.contains("fe80"), node.contains("fe80"), !pod.contains("tentative"), !node.contains("tentative") { return }
+            usleep(50_000)
+        }
+        throw PodNetworkError(command: "waiting for IPv6 link-local addresses", output: "not configured after 5 s")
     }
 
     deinit {
@@ -77,7 +93,7 @@ public final class PodNetwork: Sendable {
 
     /// What `iptables-save`, `ip6tables-save`, `ip rule`, `ip -6 rule` and the routes of
     /// every table print in the pod, without `iptables-save`'s dated comment lines: the
-    /// state a remove must restore byte for byte.
+    /// state a remove must restore byte for byte (chain packet counters left out).
     /// With `legacy`, the x_tables rules are read (`iptables-legacy-save`).
     public func podKernelState(legacy: Bool = false) throws -> String {
         var text = ""
@@ -85,7 +101,13 @@ public final class PodNetwork: Sendable {
         for command in [["iptables" + suffix], ["ip6tables" + suffix], ["ip", "rule"], ["ip", "-6", "rule"],
                         ["ip", "-4", "route", "show", "table", "all"], ["ip", "-6", "route", "show", "table", "all"]] {
             let result = try self.inPod(command)
-            let lines = result.standardOutput.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("#") }
+            let lines = result.standardOutput.split(separator: "\n", omittingEmptySubsequences: false)
+                .filter { !$0.hasPrefix("#") }
+                .map { line in
+                    // Chain counters (`:PREROUTING ACCEPT [12:720]`) count packets, not configuration;
+                    // legacy iptables reports them live.
+                    line.hasPrefix(":") ? String(line).replacing(#/\s\[\d+:\d+\]$/#, with: "") : String(line)
+                }
             text += "$ \(command.joined(separator: " "))\n" + lines.joined(separator: "\n")
         }
         return text
