@@ -23,8 +23,11 @@ let package = Package(
         .library(name: "HBONE", targets: ["HBONE"]),
         .library(name: "Redirect", targets: ["Redirect"]),
         .library(name: "CNI", targets: ["CNI"]),
+        .library(name: "NodeAgent", targets: ["NodeAgent"]),
+        .library(name: "ZDS", targets: ["ZDS"]),
         .executable(name: "identity-demo", targets: ["IdentityDemo"]),
         .executable(name: "hbone-tunnel", targets: ["HBONETunnelExample"]),
+        .executable(name: "istio-cni", targets: ["IstioCNIPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
@@ -36,6 +39,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", "5.1.0"..<"7.0.0"),
     ],
     targets: [
         // MARK: System libraries
@@ -88,6 +92,37 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        /// NodeAgent: pod eligibility, metadata, enrollment, the plugin API; ZDS to the node proxy.
+        .target(
+            name: "NodeAgent",
+            dependencies: [
+                "Redirect",
+                "Netlink",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
+        /// ZDS: the agent ⇄ node proxy protocol that hands over pod network namespaces.
+        .target(
+            name: "ZDS",
+            dependencies: [
+                "Redirect",
+                "NodeAgent",
+                "CLinuxNet",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
         /// HBONE: mutual TLS 1.3 + HTTP/2 CONNECT tunnels, client pool and server.
         .target(
             name: "HBONE",
@@ -131,6 +166,14 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             path: "Examples/hbone-tunnel",
+            swiftSettings: strictSettings
+        ),
+
+        /// The CNI plugin binary (`istio-cni`), chained last in a conflist.
+        .executableTarget(
+            name: "IstioCNIPlugin",
+            dependencies: ["CNI", "NodeAgent"],
+            path: "Examples/istio-cni",
             swiftSettings: strictSettings
         ),
 
@@ -187,6 +230,16 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             exclude: ["Goldens"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "NodeAgentTests",
+            dependencies: ["NodeAgent", "CNI", "Redirect", "MeshTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "CNITests",
+            dependencies: ["CNI"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <sys/uio.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <string.h>
@@ -30,3 +31,54 @@ int clinuxnet_ip_transparent(void) { return IP_TRANSPARENT; }
 int clinuxnet_ipv6_transparent(void) { return IPV6_TRANSPARENT; }
 int clinuxnet_ip_freebind(void) { return IP_FREEBIND; }
 int clinuxnet_ipv6_freebind(void) { return IPV6_FREEBIND; }
+
+long clinuxnet_send_with_fd(int socket, const void *buffer, unsigned long length, int fd) {
+    struct iovec vector = { .iov_base = (void *)buffer, .iov_len = length };
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    char control[CMSG_SPACE(sizeof(int))];
+    if (fd >= 0) {
+        memset(control, 0, sizeof(control));
+        message.msg_control = control;
+        message.msg_controllen = sizeof(control);
+        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(header), &fd, sizeof(int));
+    }
+    return sendmsg(socket, &message, MSG_NOSIGNAL);
+}
+
+long clinuxnet_receive_with_fds(int socket, void *buffer, unsigned long capacity, int *fds, int max_fds,
+                                int *fd_count, int *truncated) {
+    struct iovec vector = { .iov_base = buffer, .iov_len = capacity };
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    char control[CMSG_SPACE(sizeof(int) * 8)];
+    message.msg_control = control;
+    message.msg_controllen = sizeof(control);
+    *fd_count = 0;
+    *truncated = 0;
+    long received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+    if (received < 0) return received;
+    if (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = 1;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *data = (int *)CMSG_DATA(header);
+        for (int i = 0; i < count; i++) {
+            if (*fd_count < max_fds) {
+                fds[(*fd_count)++] = data[i];
+            } else {
+                close(data[i]);
+                *truncated = 1;
+            }
+        }
+    }
+    return received;
+}

@@ -70,3 +70,7 @@ public enum JSONValue: Hashable, Sendable, Codable, CustomStringConvertible {
         self = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(value))
     }
 }
+
+extension JSONValue: ExpressibleByStringLiteral {
+    public init(stringLiteral value: String) { self = .string(value) }
+}

@@ -49,6 +49,25 @@ public final class NetworkNamespace: Sendable {
         self.device = UInt64(status.st_dev)
     }
 
+    /// Takes ownership of an open descriptor received from elsewhere (a ZDS `SCM_RIGHTS`
+    /// message), checking it is a network namespace. The descriptor is closed on failure.
+    public init(adopting descriptor: Int32) throws(RedirectError) {
+        guard ioctl(descriptor, 0xb703) == clinuxnet_clone_newnet() else {
+            close(descriptor)
+            throw RedirectError(.notANetworkNamespace, "descriptor \(descriptor) is not a network namespace")
+        }
+        var status = stat()
+        fstat(descriptor, &status)
+        self.path = "fd:\(descriptor)"
+        self.descriptor = descriptor
+        self.inode = UInt64(status.st_ino)
+        self.device = UInt64(status.st_dev)
+    }
+
+    /// The open descriptor, for passing to another process (`SCM_RIGHTS`); it stays owned
+    /// by this handle.
+    public var descriptorForTransfer: Int32 { self.descriptor }
+
     /// The namespace this process was started in (its main thread's).
     public static func host() throws(RedirectError) -> NetworkNamespace {
         try NetworkNamespace(path: "/proc/\(getpid())/ns/net")

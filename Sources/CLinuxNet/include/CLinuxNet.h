@@ -32,4 +32,15 @@ int clinuxnet_ipv6_transparent(void);
 int clinuxnet_ip_freebind(void);
 int clinuxnet_ipv6_freebind(void);
 
+/// `sendmsg` of one datagram with, when `fd >= 0`, exactly that descriptor in an
+/// `SCM_RIGHTS` control message (`MSG_NOSIGNAL`). Returns bytes sent or -1 with errno.
+long clinuxnet_send_with_fd(int socket, const void *buffer, unsigned long length, int fd);
+
+/// `recvmsg` of one datagram into `buffer` with room for up to `max_fds` descriptors
+/// (`MSG_CMSG_CLOEXEC`). Stores the received descriptors in `fds`, their count in
+/// `fd_count`, and `MSG_TRUNC`/`MSG_CTRUNC` in `truncated` (1 if either). Returns bytes
+/// received (0 at EOF) or -1 with errno.
+long clinuxnet_receive_with_fds(int socket, void *buffer, unsigned long capacity, int *fds, int max_fds,
+                                int *fd_count, int *truncated);
+
 #endif
