@@ -238,6 +238,14 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "ZDSTests",
+            dependencies: [
+                "ZDS", "NodeAgent", "Redirect", "MeshTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "CNITests",
             dependencies: ["CNI"],
             swiftSettings: strictSettings

@@ -82,6 +82,11 @@ public final class ZDSServer: WorkloadProxyLink, Service {
                 } catch ZDSSocket.Failure.timeout {
                     continue
                 }
+                // A proxy that connected while the server was stopping is turned away, not served.
+                if Task.isCancelled || Task.isShuttingDownGracefully {
+                    accepted.close()
+                    break
+                }
                 group.addTask { await self.serve(accepted) }
             }
             for connection in self.connections.withLock({ $0 }) { connection.socket.close() }
