@@ -234,7 +234,10 @@ let package = Package(
         ),
         .testTarget(
             name: "NodeAgentTests",
-            dependencies: ["NodeAgent", "CNI", "Redirect", "MeshTestSupport"],
+            dependencies: [
+                "NodeAgent", "CNI", "Redirect", "ZDS", "MeshTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

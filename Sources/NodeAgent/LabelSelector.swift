@@ -52,12 +52,14 @@ public struct LabelSelector: Hashable, Sendable, Codable {
             guard !requirement.key.isEmpty else { throw AgentError(.invalidSelector, "matchExpressions entry with an empty key") }
             let values = requirement.values ?? []
             switch requirement.operator {
-            case .in, .notIn where values.isEmpty:
-                throw AgentError(.invalidSelector, "\(requirement.operator.rawValue) on \(requirement.key) needs at least one value")
-            case .exists, .doesNotExist where !values.isEmpty:
-                throw AgentError(.invalidSelector, "\(requirement.operator.rawValue) on \(requirement.key) must not have values")
-            default:
-                break
+            case .in, .notIn:
+                guard !values.isEmpty else {
+                    throw AgentError(.invalidSelector, "\(requirement.operator.rawValue) on \(requirement.key) needs at least one value")
+                }
+            case .exists, .doesNotExist:
+                guard values.isEmpty else {
+                    throw AgentError(.invalidSelector, "\(requirement.operator.rawValue) on \(requirement.key) must not have values")
+                }
             }
         }
     }

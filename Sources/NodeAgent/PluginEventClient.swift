@@ -22,6 +22,11 @@ public enum PluginEventClient {
     public static func post(_ event: CNIPluginEvent, socketPath: String, timeout: Duration = .seconds(5)) throws(AgentError) -> Response {
         let body: Data
         do { body = try JSONEncoder().encode(event) } catch { throw AgentError(.badRequest, "encoding the event: \(error)") }
+        return try Self.send(body: body, socketPath: socketPath, timeout: timeout)
+    }
+
+    /// Sends `body` as the `POST /cmdadd` payload.
+    static func send(body: Data, socketPath: String, timeout: Duration) throws(AgentError) -> Response {
         var request = Data("POST /cmdadd HTTP/1.1\r\nHost: unix\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8)
         request.append(body)
 

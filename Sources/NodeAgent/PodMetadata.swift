@@ -77,6 +77,15 @@ public struct ClusterState: Hashable, Sendable, Codable {
         self.pods = pods
     }
 
+    enum CodingKeys: String, CodingKey { case namespaces, pods }
+
+    /// Either list may be absent or empty (`pods:` with nothing under it).
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.namespaces = try container.decodeIfPresent([NamespaceInfo].self, forKey: .namespaces) ?? []
+        self.pods = try container.decodeIfPresent([PodInfo].self, forKey: .pods) ?? []
+    }
+
     public func pod(namespace: String, name: String) -> PodInfo? {
         self.pods.first { $0.namespace == namespace && $0.name == name }
     }
