@@ -28,6 +28,7 @@ let package = Package(
         .executable(name: "identity-demo", targets: ["IdentityDemo"]),
         .executable(name: "hbone-tunnel", targets: ["HBONETunnelExample"]),
         .executable(name: "istio-cni", targets: ["IstioCNIPlugin"]),
+        .executable(name: "cni-agent", targets: ["CNIAgentExample"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
@@ -174,6 +175,20 @@ let package = Package(
             name: "IstioCNIPlugin",
             dependencies: ["CNI", "NodeAgent"],
             path: "Examples/istio-cni",
+            swiftSettings: strictSettings
+        ),
+
+        /// The node agent binary: plugin API, enrollment, ZDS server.
+        .executableTarget(
+            name: "CNIAgentExample",
+            dependencies: [
+                "NodeAgent", "ZDS", "Redirect",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/cni-agent",
             swiftSettings: strictSettings
         ),
 

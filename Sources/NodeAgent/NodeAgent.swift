@@ -66,6 +66,15 @@ public actor NodeAgent {
     /// The recorded state of every enrolled pod, by UID.
     public var enrollments: [String: EnrollmentStore.Entry] { self.enrolled }
 
+    /// What a node proxy that (re)connects must be told: every enrolled or pending pod with
+    /// its identity and netns path (ZDS snapshot).
+    public func snapshot() -> [(uid: String, workload: WorkloadIdentity, netns: String?)] {
+        self.enrolled.map { uid, entry in
+            let serviceAccount = self.latest.pods.first { $0.uid == uid }?.serviceAccount ?? "default"
+            return (uid, WorkloadIdentity(name: entry.name, namespace: entry.namespace, serviceAccount: serviceAccount), entry.netns)
+        }.sorted { $0.uid < $1.uid }
+    }
+
     // MARK: Startup
 
     /// Installs the host probe rules and sets, then re-enrolls what the record says is

@@ -107,3 +107,33 @@ struct EligibilityTests {
         #expect(decoded == event)
     }
 }
+
+@Suite("CNI config installer")
+struct CNIConfigInstallerTests {
+    @Test("appended last to the primary conflist, replacing an old entry; a bare .conf becomes a conflist; uninstall removes it")
+    func install() throws {
+        let directory = try FileManager.default.url(for: .itemReplacementDirectory, in: .userDomainMask, appropriateFor: URL(fileURLWithPath: "/tmp"), create: true).path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try Data(#"{"cniVersion":"1.0.0","name":"kindnet","plugins":[{"type":"ptp"},{"type":"istio-cni","old":true},{"type":"portmap"}]}"#.utf8)
+            .write(to: URL(fileURLWithPath: directory + "/10-kindnet.conflist"))
+        try Data(#"{"cniVersion":"0.3.1","name":"later","type":"bridge"}"#.utf8).write(to: URL(fileURLWithPath: directory + "/99-later.conf"))
+        let path = try CNIConfigInstaller.install(plugin: ["cni_agent_run_dir": "/var/run/istio-cni", "ambient_enabled": true, "cniVersion": "9.9.9"], into: directory)
+        #expect(path.hasSuffix("10-kindnet.conflist"))
+        let list = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any]
+        let plugins = list?["plugins"] as? [[String: Any]] ?? []
+        #expect(plugins.map { $0["type"] as? String } == ["ptp", "portmap", "istio-cni"])
+        #expect(plugins.last?["cniVersion"] == nil, "the list's version applies")
+        #expect(plugins.last?["old"] == nil)
+        try CNIConfigInstaller.uninstall(from: directory)
+        let after = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any]
+        #expect((after?["plugins"] as? [[String: Any]])?.map { $0["type"] as? String } == ["ptp", "portmap"])
+
+        try FileManager.default.removeItem(atPath: path)
+        let converted = try CNIConfigInstaller.install(plugin: [:], into: directory)
+        #expect(converted.hasSuffix("99-later.conflist"))
+        #expect(!FileManager.default.fileExists(atPath: directory + "/99-later.conf"))
+        let conflist = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: converted))) as? [String: Any]
+        #expect(conflist?["cniVersion"] as? String == "0.3.1")
+        #expect((conflist?["plugins"] as? [[String: Any]])?.map { $0["type"] as? String } == ["bridge", "istio-cni"])
+    }
+}
