@@ -69,6 +69,10 @@ struct Run: AsyncParsableCommand {
     var excludeNamespaces = "kube-system"
     @Option(help: "Install the plugin into the primary CNI config in this directory at start (e.g. /etc/cni/net.d).")
     var cniConfDir: String?
+    @Option(help: "Enablement selectors as JSON (AMBIENT_ENABLEMENT_SELECTOR; the conflist's enablement_selectors). Default: Istio's.")
+    var enablementSelectors: String?
+    @Option(help: "Seconds between retries of pending pods.")
+    var retrySeconds = 5
 
     func run() async throws {
         let logger = self.common.logger()
@@ -81,6 +85,13 @@ struct Run: AsyncParsableCommand {
         redirection.ipv6 = self.common.ipv6 ? .whenEnabled : .disabled
         var configuration = NodeAgent.Configuration(redirection: redirection, runDirectory: runDirectory)
         configuration.eligibility.excludedNamespaces = Set(self.excludeNamespaces.split(separator: ",").map(String.init))
+        if let enablementSelectors {
+            do {
+                configuration.eligibility.selectors = try JSONDecoder().decode([EnablementSelector].self, from: Data(enablementSelectors.utf8))
+            } catch {
+                throw ValidationError("--enablement-selectors: \(error)")
+            }
+        }
         if !self.noHostProbes { configuration.hostProbes = HostProbes(backend: backend, ipv6: self.common.ipv6) }
 
         let box = AgentBox()
@@ -101,12 +112,14 @@ struct Run: AsyncParsableCommand {
             let path = try CNIConfigInstaller.install(plugin: [
                 "cni_agent_run_dir": runDirectory, "ambient_enabled": true, "pod_metadata_file": metadataPath,
                 "exclude_namespaces": Array(configuration.eligibility.excludedNamespaces).sorted(), "plugin_log_level": "info",
+                "enablement_selectors": try JSONSerialization.jsonObject(with: JSONEncoder().encode(configuration.eligibility.selectors)),
             ], into: cniConfDir)
             logger.info("plugin installed", metadata: ["conflist": "\(path)"])
         }
         var services: [any Service] = [
             PluginEventServer(agent: agent, metadata: metadata, runDirectory: runDirectory, logger: logger),
             Follow(agent: agent, source: metadata),
+            RetryPending(agent: agent, interval: .seconds(self.retrySeconds)),
         ]
         if let zds { services.append(zds) }
         logger.info("agent ready", metadata: ["backend": "\(backend)", "runDir": "\(runDirectory)", "metadata": "\(metadataPath)", "zds": "\(zds?.path ?? "none")"])
@@ -136,6 +149,20 @@ struct Follow: Service {
     let source: any PodMetadataSource
     func run() async throws {
         try await cancelWhenGracefulShutdown { try await self.agent.follow(self.source) }
+    }
+}
+
+/// Retries pending pods until shutdown (the proxy may connect after the agent started).
+struct RetryPending: Service {
+    let agent: NodeAgent
+    let interval: Duration
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try await NodeAgent.sleep(self.interval)
+                await self.agent.retryPending()
+            }
+        }
     }
 }
 

@@ -73,7 +73,8 @@ public enum CNISkeleton {
     /// Runs `plugin` for `environment` and `stdin` without touching the process's streams
     /// (for tests and embedding); ``main(_:)`` writes the outcome out.
     public static func run(_ plugin: some CNIPlugin, environment: [String: String], stdin: Data) -> Outcome {
-        var version = CNIVersion.all.last!.description
+        // Errors are reported at the request's version when stdin says which one.
+        var version = (try? JSONValue(parsing: stdin))?["cniVersion"]?.stringValue ?? CNIVersion.all.last!.description
         do throws(CNIError) {
             guard let env = try CNIEnvironment(environment) else {
                 let versions = plugin.supportedVersions.map(\.description).joined(separator: ", ")

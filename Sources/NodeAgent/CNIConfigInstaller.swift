@@ -4,8 +4,9 @@ import Foundation
 /// (`cni/pkg/install/cniconfig.go`, notes §1.3): take the lexically first `.conf` or
 /// `.conflist` in the config directory (what kubelet uses), drop any existing
 /// `type: istio-cni` entry, append ours last, and write the file back atomically; a bare
-/// `.conf` becomes a `.conflist` (`{"name": "k8s-pod-network", "cniVersion": "0.3.1",
-/// "plugins": [original, ours]}`). Our entry carries no `cniVersion`: the list's applies.
+/// `.conf` becomes a `.conflist` keeping its `name` and `cniVersion` (falling back to
+/// `k8s-pod-network` and `0.3.1` when absent) with `plugins: [original, ours]`. Our entry
+/// carries no `cniVersion`: the list's applies.
 public enum CNIConfigInstaller {
     /// The plugin's `type` (and binary name).
     public static let pluginType = "istio-cni"

@@ -63,28 +63,19 @@ public struct FileMetadataSource: PodMetadataSource {
         }
     }
 
-    /// Yields the state now and after every change of the file's contents. A file that is
-    /// briefly unparsable (half-written) is skipped, not fatal.
+    /// Yields the state now and after every change of the file's contents. While the file
+    /// is missing or unparsable (being rewritten) nothing is yielded: an unreadable file
+    /// must never look like an empty cluster, which would unenroll every pod.
     public func updates() -> AsyncThrowingStream<ClusterState, any Error> {
         let path = self.path
         let interval = self.pollInterval
         return AsyncThrowingStream { continuation in
             let task = Task {
                 var last: ClusterState?
-                var firstError: AgentError?
                 while !Task.isCancelled {
-                    do throws(AgentError) {
-                        let state = try Self.load(path)
-                        if state != last {
-                            last = state
-                            continuation.yield(state)
-                        }
-                    } catch {
-                        if last == nil, firstError == nil { firstError = error }
-                    }
-                    if last == nil, let firstError {
-                        continuation.finish(throwing: firstError)
-                        return
+                    if let state = try? Self.load(path), state != last {
+                        last = state
+                        continuation.yield(state)
                     }
                     do { try await pause(interval) } catch { break }
                 }
@@ -107,5 +98,12 @@ func pause(_ duration: Duration) async throws {
     } onCancel: {
         scheduled.cancel()
         promise.fail(CancellationError())
+    }
+}
+
+extension NodeAgent {
+    /// Sleeps on a SwiftNIO timer (decision D10), for the agent's periodic work.
+    public static func sleep(_ duration: Duration) async throws {
+        try await pause(duration)
     }
 }

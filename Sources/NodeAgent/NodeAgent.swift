@@ -152,7 +152,10 @@ public actor NodeAgent {
         } catch {
             throw AgentError(.redirection, "pod \(pod.namespace)/\(pod.name): \(error)")
         }
-        var entry = EnrollmentStore.Entry(namespace: pod.namespace, name: pod.name, state: .pending, netns: path, ips: pod.ips)
+        // The metadata may not list IPs (the plugin event had them): keep what was recorded.
+        let previous = self.enrolled[pod.uid]
+        let ips = pod.ips.isEmpty ? previous?.ips ?? [] : pod.ips
+        var entry = EnrollmentStore.Entry(namespace: pod.namespace, name: pod.name, state: .pending, netns: path, ips: ips)
         if let proxy = self.proxy {
             do {
                 try await proxy.add(
@@ -165,7 +168,10 @@ public actor NodeAgent {
             }
         }
         if let probes = self.configuration.hostProbes {
-            for ip in pod.ips {
+            for stale in (previous?.ips ?? []) where !ips.contains(stale) {
+                _ = try? await probes.remove(podIP: stale, uid: pod.uid, in: self.hostNamespace)
+            }
+            for ip in ips {
                 do {
                     try await probes.add(podIP: ip, uid: pod.uid, in: self.hostNamespace)
                 } catch {
@@ -215,7 +221,8 @@ public actor NodeAgent {
         for pod in state.pods {
             let wanted = self.configuration.eligibility.decide(pod, namespace: state.namespace(pod.namespace)) == .eligible
             let entry = self.enrolled[pod.uid]
-            if wanted, entry?.state != .enabled || entry?.ips != pod.ips, pod.netns != nil || entry?.netns != nil {
+            let ipsChanged = !pod.ips.isEmpty && entry?.ips != pod.ips
+            if wanted, entry?.state != .enabled || ipsChanged, pod.netns != nil || entry?.netns != nil {
                 do {
                     try await self.addPodToMesh(pod, netnsPath: entry?.netns ?? pod.netns)
                 } catch {
@@ -223,6 +230,19 @@ public actor NodeAgent {
                 }
             } else if !wanted, entry != nil {
                 await self.removeQuietly(uid: pod.uid, isDelete: false)
+            }
+        }
+    }
+
+    /// Retries every `pending` pod (the node proxy was not connected or refused it), as
+    /// istio-cni's informer retries: call it periodically.
+    public func retryPending() async {
+        for (uid, entry) in self.enrolled where entry.state == .pending {
+            guard let pod = self.latest.pods.first(where: { $0.uid == uid }) else { continue }
+            do {
+                try await self.addPodToMesh(pod, netnsPath: entry.netns)
+            } catch {
+                self.logger.debug("pending pod still not acknowledged", metadata: ["pod": "\(entry.namespace)/\(entry.name)", "error": "\(error)"])
             }
         }
     }

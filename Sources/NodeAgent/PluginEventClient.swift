@@ -41,6 +41,9 @@ public enum PluginEventClient {
             throw AgentError(.redirection, "socket path too long: \(socketPath)")
         }
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: pathBytes + [0]) }
+        // Non-blocking from the start: a Unix connect never waits (a full backlog is EAGAIN),
+        // so the deadline covers the whole exchange.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
@@ -48,7 +51,6 @@ public enum PluginEventClient {
             let code = errno
             throw AgentError(.redirection, "cannot connect to \(socketPath): \(String(cString: strerror(code)))")
         }
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
 
         var written = 0
         while written < request.count {

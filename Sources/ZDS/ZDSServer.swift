@@ -14,8 +14,9 @@ internal import Glibc
 /// snapshot (an Add with the netns descriptor per enrolled pod whose netns is known, a
 /// Keep otherwise, then `SnapshotSent`), each awaiting its ack; afterwards Adds go to the
 /// newest connection and Dels to all. One request is outstanding per connection and gets
-/// exactly one response (5 s each way). Idle connections are checked every 5 s with a
-/// 10 ms read: EOF closes, data is a protocol error.
+/// exactly one response (5 s each way). Connections are checked every 5 s with a 10 ms
+/// read between exchanges (istio-cni checks after 5 s without updates): EOF closes, data
+/// is a protocol error.
 public final class ZDSServer: WorkloadProxyLink, Service {
     /// One enrolled workload for the snapshot.
     public struct SnapshotEntry: Sendable {
@@ -130,6 +131,7 @@ public final class ZDSServer: WorkloadProxyLink, Service {
             let timeout = self.timeouts.hello
             let hello = try await Blocking.run { try socket.receive(timeoutMilliseconds: timeout) }
             hello.descriptors.forEach { _ = closeDescriptor($0) }
+            guard hello.descriptors.isEmpty else { throw ZDS.ProtocolError("descriptor on ZdsHello") }
             guard try ZDS.decodeHello(hello.bytes) == .v1 else { throw ZDS.ProtocolError("ZdsHello without version V1") }
             for entry in await self.snapshot() {
                 let info = ZDS.WorkloadInfo(name: entry.workload.name, namespace: entry.workload.namespace, serviceAccount: entry.workload.serviceAccount)

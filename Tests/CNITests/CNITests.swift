@@ -59,6 +59,7 @@ struct CNITests {
         let (status, output, _) = Self.run(#"{"cniVersion":"1.0.0","name":"n","type":"t"}"#, env: env)
         #expect(status == 1)
         #expect(output?["code"] == .number(4))
+        #expect(output?["cniVersion"]?.stringValue == "1.0.0")
         #expect(output?["msg"]?.stringValue == "required env variables [CNI_NETNS,CNI_IFNAME] missing")
         // DEL does not need the netns.
         env["CNI_COMMAND"] = "DEL"

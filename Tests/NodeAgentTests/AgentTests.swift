@@ -39,7 +39,7 @@ struct AgentTests {
         var runDirectory: String { self.directory.url.path }
         var zdsPath: String { self.directory.url.appendingPathComponent("ztunnel.sock").path }
 
-        func write(ambient: Bool, present: Bool = true) throws {
+        func write(ambient: Bool, present: Bool = true, listIPs: Bool = true) throws {
             var yaml = "namespaces:\n  - name: default\npods:\n"
             if present {
                 yaml += """
@@ -47,7 +47,7 @@ struct AgentTests {
                     uid: \(self.uid)
                     serviceAccount: sleep
                     netns: \(self.network.podPath)
-                    ips: [\(self.network.podIP)]
+                    ips: [\(listIPs ? self.network.podIP : "")]
                     labels: {\(ambient ? "istio.io/dataplane-mode: ambient" : "app: sleep")}
 
                 """
@@ -108,7 +108,10 @@ struct AgentTests {
             let proxy = ProxyRecorder()
             try await Self.running([ZDSClient(path: fixture.zdsPath, handler: proxy)]) {
                 try await eventually("the proxy connected") { zds.connectedProxies == 1 }
-                // The pending pod was in the snapshot; the retried ADD succeeds.
+                // The pending pod was in the snapshot; the agent's periodic retry completes it.
+                await agent.retryPending()
+                #expect(await agent.enrollments[fixture.uid]?.state == .enabled)
+                // The runtime's retried ADD is idempotent.
                 let accepted = try await offload { try PluginEventClient.post(event, socketPath: socket) }
                 #expect(accepted.status == 200, "\(accepted.body)")
                 #expect(await agent.enrollments[fixture.uid]?.state == .enabled)
@@ -131,6 +134,26 @@ struct AgentTests {
                 try await eventually("the proxy stopped the pod") { proxy.stopped.withLock { $0.contains(fixture.uid) } }
             }
         }
+    }
+
+    @Test("IPs from the plugin event are kept when the metadata lists none; a reconcile does not lose the probe entry")
+    func ipsFromTheEvent() async throws {
+        let fixture = try Fixture()
+        try fixture.write(ambient: true, listIPs: false)
+        let agent = try fixture.agent(proxy: nil)
+        let metadata = FileMetadataSource(path: fixture.metadataPath)
+        await agent.start(with: ClusterState())
+        let event = CNIPluginEvent(netns: fixture.network.podPath, podName: "sleep", podNamespace: "default",
+                                   ips: [CNIPluginEvent.ipConfig(cidr: "\(fixture.network.podIP)/24", gateway: nil, interface: 0)!])
+        try await agent.handle(event, metadata: metadata)
+        #expect(await agent.enrollments[fixture.uid]?.ips == [fixture.network.podIP])
+        await agent.reconcile(with: try await metadata.current())
+        #expect(await agent.enrollments[fixture.uid]?.ips == [fixture.network.podIP])
+        #expect(fixture.probeSet.contains(fixture.network.podIP))
+        // Deletion removes the entry the event created.
+        try fixture.write(ambient: true, present: false)
+        await agent.reconcile(with: try await metadata.current())
+        #expect(!fixture.probeSet.contains(fixture.network.podIP))
     }
 
     @Test("labels: an already-running pod is captured when labelled and released (rules removed) when the label goes")

@@ -55,7 +55,12 @@ struct PluginChainTests {
         }
 
         /// Execs `type` in the node namespace as a runtime would.
-        func exec(_ type: String, command: String, config: JSONValue, pod: Pod) throws -> (status: Int32, output: JSONValue?, raw: String, log: String) {
+        /// Off the concurrency pool: a plugin run blocks for as long as the plugin takes.
+        func exec(_ type: String, command: String, config: JSONValue, pod: Pod) async throws -> (status: Int32, output: JSONValue?, raw: String, log: String) {
+            try await offload { try self.execBlocking(type, command: command, config: config, pod: pod) }
+        }
+
+        func execBlocking(_ type: String, command: String, config: JSONValue, pod: Pod) throws -> (status: Int32, output: JSONValue?, raw: String, log: String) {
             let env = [
                 "CNI_COMMAND=\(command)", "CNI_CONTAINERID=\(pod.containerID)", "CNI_NETNS=\(pod.netnsPath)",
                 "CNI_IFNAME=eth0", "CNI_PATH=\(self.binDirectory)",
@@ -69,13 +74,13 @@ struct PluginChainTests {
         }
 
         /// libcni's `AddNetworkList`: each plugin gets the list's version and name and the previous result.
-        func add(_ pod: Pod, version: String, ambient: Bool = true) throws -> (bridge: JSONValue?, ours: (status: Int32, output: JSONValue?, raw: String, log: String)) {
+        func add(_ pod: Pod, version: String, ambient: Bool = true) async throws -> (bridge: JSONValue?, ours: (status: Int32, output: JSONValue?, raw: String, log: String)) {
             let plugins = self.plugins(ambient: ambient)
             let bridgeVersion = version == "1.1.0" ? "1.0.0" : version
             // The runtime brings up the pod's loopback first (containerd runs `loopback` itself).
-            let loopback = try self.exec("loopback", command: "ADD", config: .object(["cniVersion": .string(bridgeVersion), "name": "lo", "type": "loopback"]), pod: pod)
+            let loopback = try await self.exec("loopback", command: "ADD", config: .object(["cniVersion": .string(bridgeVersion), "name": "lo", "type": "loopback"]), pod: pod)
             #expect(loopback.status == 0, "loopback ADD: \(loopback.raw)")
-            let bridge = try self.exec("bridge", command: "ADD", config: Self.config(plugins[0], version: bridgeVersion, previous: nil), pod: pod)
+            let bridge = try await self.exec("bridge", command: "ADD", config: Self.config(plugins[0], version: bridgeVersion, previous: nil), pod: pod)
             #expect(bridge.status == 0, "bridge ADD: \(bridge.raw) \(bridge.log)")
             var previous = bridge.output
             if version == "1.1.0", case .object(var object)? = previous {
@@ -83,7 +88,7 @@ struct PluginChainTests {
                 object["cniVersion"] = "1.1.0"
                 previous = .object(object)
             }
-            let ours = try self.exec("istio-cni", command: "ADD", config: Self.config(plugins[1], version: version, previous: previous), pod: pod)
+            let ours = try await self.exec("istio-cni", command: "ADD", config: Self.config(plugins[1], version: version, previous: previous), pod: pod)
             return (previous, ours)
         }
 
@@ -165,7 +170,7 @@ struct PluginChainTests {
         try node.writeMetadata([ambient, plain])
         try await Self.withAgent(node) { agent in
             for pod in [ambient, plain] {
-                let (previous, ours) = try node.add(pod, version: version)
+                let (previous, ours) = try await node.add(pod, version: version)
                 #expect(ours.status == 0, "istio-cni ADD: \(ours.raw) \(ours.log)")
                 #expect(ours.output != nil && ours.output == previous, "the result is the previous plugin's result")
                 #expect(ours.output?["cniVersion"]?.stringValue == version)
@@ -183,31 +188,31 @@ struct PluginChainTests {
                 }
                 let final = try Node.config(node.plugins()[1], version: version, previous: ours.output)
                 if version >= "0.4.0" {
-                    #expect(try node.exec("istio-cni", command: "CHECK", config: final, pod: pod).status == 0)
+                    #expect(try await node.exec("istio-cni", command: "CHECK", config: final, pod: pod).status == 0)
                 }
                 if version == "1.1.0" {
-                    #expect(try node.exec("istio-cni", command: "STATUS", config: final, pod: pod).status == 0)
+                    #expect(try await node.exec("istio-cni", command: "STATUS", config: final, pod: pod).status == 0)
                 }
                 // DEL runs the chain in reverse; twice, because DEL must be idempotent.
                 for _ in 0..<2 {
-                    let ours = try node.exec("istio-cni", command: "DEL", config: final, pod: pod)
+                    let ours = try await node.exec("istio-cni", command: "DEL", config: final, pod: pod)
                     #expect(ours.status == 0 && ours.raw.isEmpty, "\(ours.raw)")
                     let bridgeVersion = version == "1.1.0" ? "1.0.0" : version
-                    #expect(try node.exec("bridge", command: "DEL", config: Node.config(node.plugins()[0], version: bridgeVersion, previous: nil), pod: pod).status == 0)
+                    #expect(try await node.exec("bridge", command: "DEL", config: Node.config(node.plugins()[0], version: bridgeVersion, previous: nil), pod: pod).status == 0)
                 }
             }
-            let versionAnswer = try node.exec("istio-cni", command: "VERSION", config: .object(["cniVersion": .string(version)]), pod: ambient)
+            let versionAnswer = try await node.exec("istio-cni", command: "VERSION", config: .object(["cniVersion": .string(version)]), pod: ambient)
             #expect(versionAnswer.output?["cniVersion"]?.stringValue == version)
             #expect(versionAnswer.output?["supportedVersions"]?.description.contains("\"1.1.0\"") == true)
         }
     }
 
     @Test("fail closed: with the agent stopped, ADD of an eligible pod is a CNI error JSON with a non-zero exit")
-    func agentStopped() throws {
+    func agentStopped() async throws {
         let node = try Node()
         let pod = try Pod(name: "sleep", ambient: true)
         try node.writeMetadata([pod])
-        let (_, ours) = try node.add(pod, version: "1.0.0")
+        let (_, ours) = try await node.add(pod, version: "1.0.0")
         #expect(ours.status != 0)
         #expect(ours.output?["code"] == .number(999))
         #expect(ours.output?["msg"]?.stringValue?.hasPrefix("istio-cni cmdAdd failed to contact node Istio CNI agent") == true, "\(ours.raw)")
@@ -215,7 +220,7 @@ struct PluginChainTests {
         // An ineligible pod does not need the agent.
         let plain = try Pod(name: "plain", ambient: false)
         try node.writeMetadata([pod, plain])
-        #expect(try node.add(plain, version: "1.0.0").ours.status == 0)
+        #expect(try await node.add(plain, version: "1.0.0").ours.status == 0)
     }
 
     @Test("bad input: invalid JSON, an unknown cniVersion, missing env and a CNI_NETNS that is not a netns, each in the spec's error format")
@@ -228,7 +233,7 @@ struct PluginChainTests {
                 "CNI_COMMAND=ADD", "CNI_CONTAINERID=\(pod.containerID)", "CNI_NETNS=\(netns ?? pod.netnsPath)", "CNI_IFNAME=eth0",
                 "CNI_PATH=\(node.binDirectory)", "CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME=sleep",
             ].filter { entry in !extra.contains { entry.hasPrefix($0 + "=") } }
-            let result = try ExternalTool.run(["env", "-i"] + env + [Self.pluginBinary], input: stdin)
+            let result = try ExternalTool.run(["env", "-i"] + env + [Self.pluginBinary], input: stdin, timeout: .seconds(20))
             return (result.status, try? JSONValue(parsing: Data(result.standardOutput.utf8)))
         }
         let valid = String(decoding: Node.config(node.plugins()[1], version: "1.0.0", previous: nil).jsonData, as: UTF8.self)

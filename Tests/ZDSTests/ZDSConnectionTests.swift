@@ -148,9 +148,35 @@ struct ZDSConnectionTests {
                 #expect(!ack.isAck, "NACK: \(ack.error)")
                 #expect(ack.error.contains("descriptor"))
                 // The proxy then drops the connection and reconnects.
-                #expect(throws: ZDSSocket.Failure.closed) { try connection.receive(timeoutMilliseconds: 5000) }
+                await #expect(throws: ZDSSocket.Failure.closed) { try await offload { try connection.receive(timeoutMilliseconds: 5000) } }
             }
             #expect(handler.events.withLock { $0 } == [], "nothing was started or stopped")
+        }
+    }
+
+    @Test("liveness: a vanished proxy is noticed at the next check; unsolicited data from a proxy is a protocol error")
+    func liveness() async throws {
+        let (directory, path) = try Self.socketPath()
+        _ = directory
+        var timeouts = ZDSServer.Timeouts()
+        timeouts.liveness = .milliseconds(100)
+        let server = ZDSServer(path: path, timeouts: timeouts) { [] }
+        try server.listen()
+        try await Self.running([server]) {
+            try await Self.running([ZDSClient(path: path, handler: RecordingHandler())]) {
+                try await eventually("connected") { server.connectedProxies == 1 }
+            }
+            try await eventually(timeout: .seconds(2), "the closed connection noticed") { server.connectedProxies == 0 }
+
+            // A raw proxy: hello, ACK the (empty) snapshot's SnapshotSent, then talk out of turn.
+            let raw = try RawSeqPacket(path: path)
+            raw.send(ZDS.encode(hello: .v1))
+            #expect(try await offload { raw.receive() } == [0x1a, 0x00], "SnapshotSent")
+            raw.send(ZDS.encode(ZDS.Ack()))
+            try await eventually("the raw proxy is ready") { server.connectedProxies == 1 }
+            raw.send(ZDS.encode(ZDS.Ack()))
+            #expect(try await offload { raw.receiveEOF() }, "the agent dropped the proxy that spoke unasked")
+            try await eventually("dropped") { server.connectedProxies == 0 }
         }
     }
 
@@ -170,12 +196,12 @@ struct ZDSConnectionTests {
             #expect(throws: ZDSSocket.Failure.oversize(2000)) { try oversize.send(big) }
             let raw = try RawSeqPacket(path: path)
             raw.send(big)
-            #expect(raw.receiveEOF(), "the agent closed the connection that sent an oversize datagram")
+            #expect(try await offload { raw.receiveEOF() }, "the agent closed the connection that sent an oversize datagram")
             let garbage = try RawSeqPacket(path: path)
             garbage.send([0x0a, 0x05, 0x01])
-            #expect(garbage.receiveEOF(), "a truncated hello closes the connection")
+            #expect(try await offload { garbage.receiveEOF() }, "a truncated hello closes the connection")
             let silent = try RawSeqPacket(path: path)
-            #expect(silent.receiveEOF(), "no hello within the deadline closes the connection")
+            #expect(try await offload { silent.receiveEOF() }, "no hello within the deadline closes the connection")
 
             let handler = RecordingHandler()
             try await Self.running([ZDSClient(path: path, handler: handler)]) {
@@ -200,6 +226,14 @@ final class RawSeqPacket: Sendable {
     }
     deinit { close(self.fd) }
     func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(self.fd, $0.baseAddress, $0.count, 0) } }
+    /// One datagram (within 3 s).
+    func receive() -> [UInt8] {
+        var entry = pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, 3000) == 1 else { return [] }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        let count = recv(self.fd, &buffer, 1024, 0)
+        return Array(buffer.prefix(max(count, 0)))
+    }
     /// Whether the peer closed within 3 s.
     func receiveEOF() -> Bool {
         var entry = pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)
