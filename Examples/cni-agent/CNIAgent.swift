@@ -124,6 +124,8 @@ struct Run: AsyncParsableCommand {
         if let zds { services.append(zds) }
         logger.info("agent ready", metadata: ["backend": "\(backend)", "runDir": "\(runDirectory)", "metadata": "\(metadataPath)", "zds": "\(zds?.path ?? "none")"])
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        // One line on stdout for supervisors and tests; everything else is on stderr.
+        FileHandle.standardOutput.write(Data("agent ready\n".utf8))
         try await group.run()
     }
 }

@@ -144,8 +144,9 @@ public final class ExternalPeer: Sendable {
         var text: String { String(decoding: self.data.withLock { $0 }, as: UTF8.self) }
     }
 
-    /// Starts `arguments` and waits (up to 20 s) for its `listening <port>` line.
-    public init(_ arguments: [String]) throws {
+    /// Starts `arguments` and waits (up to 20 s) for its first stdout line to start with
+    /// `readyLine` (by default `listening <port>`; the port is 0 for other ready lines).
+    public init(_ arguments: [String], readyLine: String = "listening ") throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
@@ -176,11 +177,11 @@ public final class ExternalPeer: Sendable {
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline, line.withLock({ $0 }) == nil, process.isRunning { usleep(10_000) }
         let text = line.withLock { $0 } ?? ""
-        guard text.hasPrefix("listening "), let port = Int(text.dropFirst("listening ".count)) else {
+        guard text.hasPrefix(readyLine) else {
             process.terminate()
             throw PeerDidNotStart(command: arguments.joined(separator: " "), output: text)
         }
-        self.port = port
+        self.port = Int(text.dropFirst(readyLine.count)) ?? 0
     }
 
     /// Stops the peer and returns what it wrote to stderr (its logs).

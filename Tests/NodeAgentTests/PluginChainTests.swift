@@ -254,3 +254,67 @@ struct PluginChainTests {
         #expect(selector?["code"] == .number(7), "a malformed selector is an invalid configuration")
     }
 }
+
+/// The `cni-agent` binary: SIGTERM leaves everything in place (an upgrade or restart),
+/// `uninstall` removes the host side.
+@Suite("cni-agent binary: shutdown vs uninstall", .serialized,
+       .enabled(if: Capability.canCreateNetworkNamespaces, "needs root and `ip netns` to create network namespaces (CI has both)"))
+struct AgentBinaryTests {
+    static var agentBinary: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("cni-agent").path
+    }
+
+    @Test("SIGTERM keeps in-pod rules, host rules, ipsets and the record; a restarted agent keeps them unchanged; uninstall removes host rules and ipsets only")
+    func shutdownAndUninstall() async throws {
+        let network = try PodNetwork(tag: "bin")
+        let directory = try TemporaryDirectory(prefix: "hbone-agent-bin")
+        let run = directory.url.path
+        let uid = UUID().uuidString.lowercased()
+        try Data("""
+        namespaces:
+          - name: default
+            labels: {istio.io/dataplane-mode: ambient}
+        pods:
+          - name: sleep
+            uid: \(uid)
+            netns: \(network.podPath)
+            ips: [\(network.podIP)]
+
+        """.utf8).write(to: URL(fileURLWithPath: run + "/pods.yaml"))
+
+        @Sendable func startAgent() throws -> ExternalPeer {
+            try ExternalPeer(
+                ["ip", "netns", "exec", network.node, Self.agentBinary, "run", "--run-dir", run, "--no-proxy"],
+                readyLine: "agent ready"
+            )
+        }
+        let state = { () throws -> (pod: String, host: String, sets: String) in
+            (try network.inPod(["iptables-save"]).standardOutput.split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n"),
+             try network.inNode(["iptables-save", "-t", "nat"]).standardOutput.split(separator: "\n").filter { $0.contains("ISTIO") }.joined(separator: "\n"),
+             try network.inNode(["ipset", "list", "-n"]).standardOutput)
+        }
+
+        let first = try await offload { try startAgent() }
+        try await eventually("the pod enrolled") { (try? network.inPod(["iptables-save"]).standardOutput.contains("ISTIO_OUTPUT")) == true }
+        try await eventually("the probe entry") { (try? network.inNode(["ipset", "list", "istio-inpod-probes-v4"]).standardOutput.contains(uid)) == true }
+        let enrolled = try state()
+        #expect(enrolled.host.contains("-A ISTIO_POSTRT -p tcp -m owner --socket-exists -m set --match-set istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127"))
+        try await offload { first.stop() }
+        #expect(try state() == enrolled, "SIGTERM is an upgrade: nothing is removed")
+        #expect(FileManager.default.fileExists(atPath: run + "/enrollment.json"))
+
+        let second = try await offload { try startAgent() }
+        try await pause(.milliseconds(300))
+        #expect(try state() == enrolled, "a restarted agent re-derives its state and duplicates nothing")
+        try await offload { second.stop() }
+
+        let uninstall = try await offload {
+            try ExternalTool.run(["ip", "netns", "exec", network.node, Self.agentBinary, "uninstall"])
+        }
+        #expect(uninstall.status == 0, "\(uninstall.combined)")
+        let after = try state()
+        #expect(after.host.isEmpty, "host SNAT rules removed")
+        #expect(after.sets.isEmpty, "probe ipsets destroyed")
+        #expect(after.pod == enrolled.pod, "in-pod rules of running pods are never removed by the agent's shutdown or uninstall")
+    }
+}
