@@ -25,6 +25,7 @@ let package = Package(
         .library(name: "CNI", targets: ["CNI"]),
         .library(name: "NodeAgent", targets: ["NodeAgent"]),
         .library(name: "ZDS", targets: ["ZDS"]),
+        .library(name: "MeshState", targets: ["MeshState"]),
         .executable(name: "identity-demo", targets: ["IdentityDemo"]),
         .executable(name: "hbone-tunnel", targets: ["HBONETunnelExample"]),
         .executable(name: "istio-cni", targets: ["IstioCNIPlugin"]),
@@ -121,6 +122,14 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
+            swiftSettings: strictSettings
+        ),
+
+        /// MeshState: ztunnel's local config (workloads, services, policies), lookups,
+        /// outbound resolution and L4 authorization.
+        .target(
+            name: "MeshState",
+            dependencies: ["Netlink", .product(name: "Yams", package: "Yams")],
             swiftSettings: strictSettings
         ),
 
@@ -261,6 +270,12 @@ let package = Package(
                 "ZDS", "NodeAgent", "Redirect", "MeshTestSupport",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MeshStateTests",
+            dependencies: ["MeshState", "Netlink"],
+            exclude: ["Fixtures"],
             swiftSettings: strictSettings
         ),
         .testTarget(
