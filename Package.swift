@@ -18,6 +18,7 @@ let package = Package(
     name: "swift-hbone",
     platforms: [.macOS(.v15)],
     products: [
+        .library(name: "InternetAddress", targets: ["InternetAddress"]),
         .library(name: "MeshIdentity", targets: ["MeshIdentity"]),
         .library(name: "Netlink", targets: ["Netlink"]),
         .library(name: "HBONE", targets: ["HBONE"]),
@@ -58,10 +59,13 @@ let package = Package(
 
         // MARK: Library modules
 
+        /// IPAddress and IPNetwork: the one address type every module shares.
+        .target(name: "InternetAddress", swiftSettings: strictSettings),
+
         /// A safe Swift layer over libmnl: sockets, message building, attribute parsing.
         .target(
             name: "Netlink",
-            dependencies: ["CMNL"],
+            dependencies: ["CMNL", "InternetAddress"],
             swiftSettings: strictSettings
         ),
         /// SPIFFE identities, keys and CSRs, the embedded CA, trust bundles and the
@@ -84,7 +88,7 @@ let package = Package(
         /// Redirect: in-pod traffic capture with iptables and netlink (istio-cni's kernel half).
         .target(
             name: "Redirect",
-            dependencies: ["Netlink", "CLinuxNet"],
+            dependencies: ["Netlink", "CLinuxNet", "InternetAddress"],
             swiftSettings: strictSettings
         ),
 
@@ -100,6 +104,7 @@ let package = Package(
             dependencies: [
                 "Redirect",
                 "Netlink",
+                "InternetAddress",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -129,7 +134,7 @@ let package = Package(
         /// outbound resolution and L4 authorization.
         .target(
             name: "MeshState",
-            dependencies: ["Netlink", .product(name: "Yams", package: "Yams")],
+            dependencies: ["InternetAddress", .product(name: "Yams", package: "Yams")],
             swiftSettings: strictSettings
         ),
 
@@ -138,6 +143,7 @@ let package = Package(
             name: "HBONE",
             dependencies: [
                 "MeshIdentity",
+                "InternetAddress",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -170,6 +176,7 @@ let package = Package(
             dependencies: [
                 "MeshIdentity",
                 "HBONE",
+                "InternetAddress",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -233,6 +240,7 @@ let package = Package(
             name: "HBONETests",
             dependencies: [
                 "HBONE",
+                "InternetAddress",
                 "MeshIdentity",
                 "MeshTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -248,6 +256,7 @@ let package = Package(
             dependencies: [
                 "Redirect",
                 "Netlink",
+                "InternetAddress",
                 "MeshTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -274,7 +283,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshStateTests",
-            dependencies: ["MeshState", "Netlink"],
+            dependencies: ["MeshState", "InternetAddress"],
             exclude: ["Fixtures"],
             swiftSettings: strictSettings
         ),
@@ -285,7 +294,7 @@ let package = Package(
         ),
         .testTarget(
             name: "NetlinkTests",
-            dependencies: ["Netlink", "MeshTestSupport"],
+            dependencies: ["Netlink", "InternetAddress", "MeshTestSupport"],
             swiftSettings: strictSettings
         ),
     ]

@@ -41,6 +41,7 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "MeshIdentity", package: libraryPackage),
                 .product(name: "HBONE", package: libraryPackage),
+                .product(name: "InternetAddress", package: libraryPackage),
             ],
             path: "Benchmarks/HBONEBenchmarks",
             swiftSettings: [.swiftLanguageMode(.v6)],

@@ -1,3 +1,4 @@
+import InternetAddress
 import ArgumentParser
 import Foundation
 import HBONE

@@ -1,3 +1,4 @@
+public import InternetAddress
 public import MeshIdentity
 public import Logging
 internal import NIOCore

@@ -1,3 +1,4 @@
+internal import InternetAddress
 public import MeshIdentity
 public import ServiceLifecycle
 public import Logging

@@ -1,4 +1,4 @@
-public import Netlink
+public import InternetAddress
 
 /// An L4 authorization policy as ztunnel enforces it (`proto/authorization.proto`,
 /// `src/rbac.rs`): istiod's AuthorizationPolicy reduced to connection attributes.
@@ -207,35 +207,3 @@ extension Array where Element == Authorization {
     }
 }
 
-/// An address block (`10.0.0.0/8`, `fd00::/64`, a bare address as /32 or /128).
-public struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
-    public var address: IPAddress
-    public var prefixLength: Int
-
-    /// Parses CIDR notation or a bare address; `nil` when malformed.
-    public init?(_ text: String) {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count <= 2, let address = IPAddress(String(parts[0])) else { return nil }
-        let bits = address.bytes.count * 8
-        let length = parts.count == 2 ? Int(parts[1]) : bits
-        guard let length, (0...bits).contains(length) else { return nil }
-        self.address = address
-        self.prefixLength = length
-    }
-
-    public func contains(_ candidate: IPAddress) -> Bool {
-        let mine = self.address.bytes
-        let theirs = candidate.bytes
-        guard mine.count == theirs.count else { return false }
-        var remaining = self.prefixLength
-        for index in mine.indices where remaining > 0 {
-            let bits = min(remaining, 8)
-            let mask = UInt8(truncatingIfNeeded: 0xff << (8 - bits))
-            if mine[index] & mask != theirs[index] & mask { return false }
-            remaining -= bits
-        }
-        return true
-    }
-
-    public var description: String { "\(self.address)/\(self.prefixLength)" }
-}

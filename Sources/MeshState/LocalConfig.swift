@@ -1,4 +1,4 @@
-public import Netlink
+public import InternetAddress
 internal import Yams
 
 /// ztunnel's local configuration (`LOCAL_XDS_PATH`; `src/xds.rs` `LocalConfig`): workloads,

@@ -1,4 +1,4 @@
-public import Netlink
+public import InternetAddress
 
 /// The proxy's view of the mesh: one immutable snapshot of a ``LocalConfig`` with the
 /// indices ztunnel keeps (workloads by UID and by network address, services by VIP and by

@@ -1,4 +1,4 @@
-public import Netlink
+public import InternetAddress
 
 /// How a workload receives mesh traffic (`protocol` in ztunnel's local config).
 public enum TunnelProtocol: String, Hashable, Sendable {

@@ -1,3 +1,4 @@
+public import InternetAddress
 internal import CMNL
 
 /// ipset over nfnetlink (`NETLINK_NETFILTER`, subsystem `NFNL_SUBSYS_IPSET`, protocol

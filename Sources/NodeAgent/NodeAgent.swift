@@ -1,3 +1,4 @@
+internal import InternetAddress
 internal import Netlink
 public import Logging
 public import Redirect

@@ -1,5 +1,5 @@
 internal import CLinuxNet
-public import Netlink
+public import InternetAddress
 internal import Synchronization
 
 #if canImport(Glibc)
@@ -31,15 +31,16 @@ public struct SocketEndpoint: Hashable, Sendable, CustomStringConvertible {
     func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         var storage = sockaddr_storage()
         return withUnsafeMutableBytes(of: &storage) { raw in
+            let bytes = self.address.bytes
             switch self.address {
-            case .v4(let bytes):
+            case .v4:
                 var address = sockaddr_in()
                 address.sin_family = sa_family_t(AF_INET)
                 address.sin_port = self.port.bigEndian
                 withUnsafeMutableBytes(of: &address.sin_addr) { $0.copyBytes(from: bytes) }
                 raw.storeBytes(of: address, as: sockaddr_in.self)
                 return body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(MemoryLayout<sockaddr_in>.size))
-            case .v6(let bytes):
+            case .v6:
                 var address = sockaddr_in6()
                 address.sin6_family = sa_family_t(AF_INET6)
                 address.sin6_port = self.port.bigEndian
@@ -55,16 +56,12 @@ public struct SocketEndpoint: Hashable, Sendable, CustomStringConvertible {
         switch Int32(storage.ss_family) {
         case AF_INET:
             let address = withUnsafeBytes(of: &storage) { $0.loadUnaligned(as: sockaddr_in.self) }
-            self.init(address: .v4(withUnsafeBytes(of: address.sin_addr) { Array($0) }), port: UInt16(bigEndian: address.sin_port))
+            self.init(address: IPAddress(bytes: withUnsafeBytes(of: address.sin_addr) { Array($0) })!, port: UInt16(bigEndian: address.sin_port))
         case AF_INET6:
             let address = withUnsafeBytes(of: &storage) { $0.loadUnaligned(as: sockaddr_in6.self) }
             let bytes = withUnsafeBytes(of: address.sin6_addr) { Array($0) }
             // An IPv4-mapped address (::ffff:a.b.c.d) on a dual-stack socket is reported as IPv4.
-            if bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xff, bytes[11] == 0xff {
-                self.init(address: .v4(Array(bytes[12...])), port: UInt16(bigEndian: address.sin6_port))
-            } else {
-                self.init(address: .v6(bytes), port: UInt16(bigEndian: address.sin6_port))
-            }
+            self.init(address: IPAddress.v6(bytes).unmapped, port: UInt16(bigEndian: address.sin6_port))
         default:
             return nil
         }

@@ -1,3 +1,4 @@
+import InternetAddress
 import Foundation
 import HBONE
 import MeshIdentity

@@ -1,3 +1,4 @@
+import InternetAddress
 import HBONE
 import Testing
 

@@ -1,3 +1,4 @@
+import InternetAddress
 import Foundation
 @testable import HBONE
 import MeshIdentity

@@ -1,3 +1,4 @@
+import InternetAddress
 import Crypto
 import Foundation
 import Synchronization

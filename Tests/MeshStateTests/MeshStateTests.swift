@@ -1,6 +1,6 @@
+import InternetAddress
 import Foundation
 import MeshState
-import Netlink
 import Testing
 
 @Suite("ztunnel local config, store and L4 authorization")

@@ -1,3 +1,4 @@
+import InternetAddress
 import MeshTestSupport
 import Netlink
 import Testing

@@ -1,3 +1,4 @@
+import InternetAddress
 import Foundation
 import MeshTestSupport
 import NIOConcurrencyHelpers

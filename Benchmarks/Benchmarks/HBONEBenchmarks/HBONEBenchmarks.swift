@@ -1,3 +1,4 @@
+import InternetAddress
 import Benchmark
 import Foundation
 import HBONE
