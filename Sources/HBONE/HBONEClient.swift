@@ -95,15 +95,21 @@ public final class HBONEClient: Sendable {
     private let group: any EventLoopGroup
     private let contexts = TLSContextCache()
     private let pool = NIOLockedValueBox(PoolState())
+    private let sockets: HBONESocketProvider?
 
     /// Creates a client that takes certificates from `certificates`.
+    ///
+    /// - Parameter sockets: Where TCP connections to the next hop come from (default: the
+    ///   process's own namespace).
     public init(
         certificates: CertificateManager,
         configuration: HBONEConfiguration = HBONEConfiguration(),
+        sockets: HBONESocketProvider? = nil,
         logger: Logger = Logger(label: "swift-hbone.client")
     ) {
         self.certificates = certificates
         self.configuration = configuration
+        self.sockets = sockets
         self.logger = logger
         self.group = MultiThreadedEventLoopGroup.singleton
     }
@@ -281,7 +287,7 @@ public final class HBONEClient: Sendable {
         let multiplexerBox = NIOLockedValueBox<NIOHTTP2Handler.StreamMultiplexer?>(nil)
         // The pool ID once the connection is pooled; a GOAWAY before that marks it instead.
         let slot = NIOLockedValueBox<(id: Int?, goneAway: Bool)>((nil, false))
-        return ClientBootstrap(group: eventLoop)
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout.timeAmount)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: configuration.readAllocator)
@@ -317,7 +323,16 @@ public final class HBONEClient: Sendable {
                     })
                 }
             }
-            .connect(host: "\(target.nextHop.ip)", port: Int(target.nextHop.port))
+        let connected: EventLoopFuture<any Channel>
+        if let sockets = self.sockets {
+            let nextHop = target.nextHop
+            let source = target.sourceIP
+            connected = eventLoop.makeFutureWithTask { try await sockets.connect(nextHop, source) }
+                .flatMap { descriptor in bootstrap.withConnectedSocket(descriptor) }
+        } else {
+            connected = bootstrap.connect(host: "\(target.nextHop.ip)", port: Int(target.nextHop.port))
+        }
+        return connected
             .flatMapError { error in
                 handshake.fail(error)
                 return eventLoop.makeFailedFuture(HBONEClientError.connect("\(target.nextHop): \(error)"))

@@ -30,6 +30,11 @@ public final class HBONEServer: Service, Sendable {
         public var port: Int = Int(HBONEConfiguration.port)
         /// Protocol parameters.
         public var hbone = HBONEConfiguration()
+        /// An already bound listening socket to serve on instead of binding `host:port`
+        /// (a pod-namespace 15008 socket from `PodSockets`); the server owns it. Default `nil`.
+        public var listeningSocket: Int32?
+        /// Where upstream connections come from (default: the process's own namespace).
+        public var upstreamSockets: HBONESocketProvider?
 
         /// The defaults above.
         public init() {}
@@ -90,7 +95,7 @@ public final class HBONEServer: Service, Sendable {
                     connections.add(channel)
                     return self.initializeConnection(channel)
                 }
-                .bind(host: self.configuration.host, port: self.configuration.port)
+                .bind(to: self.configuration)
                 .get()
         } catch {
             self.bound.publish(.failure(error))
@@ -147,14 +152,22 @@ public final class HBONEServer: Service, Sendable {
                             peerIdentity: peerIdentity,
                             peerAddress: channel.remoteAddress.flatMap(HBONEAddress.init(socketAddress:)),
                             localAddress: channel.localAddress.flatMap(HBONEAddress.init(socketAddress:)),
-                            configuration: configuration, decide: self.decide, logger: self.logger,
-                            onClosed: self.onTunnelClosed
+                            configuration: configuration, upstreamSockets: self.configuration.upstreamSockets,
+                            decide: self.decide, logger: self.logger, onClosed: self.onTunnelClosed
                         )
                     )
                 }
             }
             try sync.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
         }
+    }
+}
+
+extension ServerBootstrap {
+    /// Binds `host:port`, or adopts the configured listening socket.
+    fileprivate func bind(to configuration: HBONEServer.Configuration) -> EventLoopFuture<any Channel> {
+        if let socket = configuration.listeningSocket { return self.withBoundSocket(socket) }
+        return self.bind(host: configuration.host, port: configuration.port)
     }
 }
 

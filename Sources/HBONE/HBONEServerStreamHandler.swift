@@ -27,6 +27,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
     private let peerAddress: HBONEAddress?
     private let localAddress: HBONEAddress?
     private let configuration: HBONEConfiguration
+    private let upstreamSockets: HBONESocketProvider?
     private let decide: HBONEServer.Decide
     private let logger: Logger
     private let onClosed: @Sendable (HBONETunnelRecord) -> Void
@@ -37,9 +38,10 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
 
     init(
         peerIdentity: SPIFFEID, peerAddress: HBONEAddress?, localAddress: HBONEAddress?,
-        configuration: HBONEConfiguration, decide: @escaping HBONEServer.Decide, logger: Logger,
-        onClosed: @escaping @Sendable (HBONETunnelRecord) -> Void
+        configuration: HBONEConfiguration, upstreamSockets: HBONESocketProvider?, decide: @escaping HBONEServer.Decide,
+        logger: Logger, onClosed: @escaping @Sendable (HBONETunnelRecord) -> Void
     ) {
+        self.upstreamSockets = upstreamSockets
         self.peerIdentity = peerIdentity
         self.peerAddress = peerAddress
         self.localAddress = localAddress
@@ -120,7 +122,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
             }
             let tcpSide = NIOLoopBound(glue.tcp, eventLoop: context.eventLoop)
             let boundGlue = NIOLoopBound(glue, eventLoop: context.eventLoop)
-            ClientBootstrap(group: context.eventLoop)
+            let bootstrap = ClientBootstrap(group: context.eventLoop)
                 .connectTimeout(self.configuration.connectTimeout.timeAmount)
                 .channelOption(.allowRemoteHalfClosure, value: true)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -132,7 +134,15 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
                     // delivers an EOF even with autoRead off; the stream side keeps both.
                     channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(tcpSide.value) }
                 }
-                .connect(host: "\(upstream.ip)", port: Int(upstream.port))
+            let connected: EventLoopFuture<any Channel>
+            if let sockets = self.upstreamSockets {
+                let source = self.request?.peerAddress?.ip
+                connected = context.eventLoop.makeFutureWithTask { try await sockets.connect(upstream, source) }
+                    .flatMap { descriptor in bootstrap.withConnectedSocket(descriptor) }
+            } else {
+                connected = bootstrap.connect(host: "\(upstream.ip)", port: Int(upstream.port))
+            }
+            connected
                 .whenComplete { result in
                     let (handler, context) = loopBound.value
                     switch result {
