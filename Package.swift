@@ -31,6 +31,7 @@ let package = Package(
         .executable(name: "hbone-tunnel", targets: ["HBONETunnelExample"]),
         .executable(name: "istio-cni", targets: ["IstioCNIPlugin"]),
         .executable(name: "cni-agent", targets: ["CNIAgentExample"]),
+        .executable(name: "ztunnel", targets: ["ZtunnelExample"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
@@ -205,6 +206,20 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             path: "Examples/cni-agent",
+            swiftSettings: strictSettings
+        ),
+
+        /// The node proxy (in-pod mode): ZDS, pod listeners, HBONE, L4 authorization, access log.
+        .executableTarget(
+            name: "ZtunnelExample",
+            dependencies: [
+                "HBONE", "MeshIdentity", "MeshState", "Redirect", "ZDS", "NodeAgent", "InternetAddress",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/ztunnel",
             swiftSettings: strictSettings
         ),
 

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The one-box ambient mesh: a node and pods as network namespaces on this machine.
+#
+#  node netns   cni-agent (node agent) + ztunnel (node proxy), bridge cni-ob0 10.88.0.1
+#  pods         curl-allow 10.88.0.10, curl-deny 10.88.0.11 (namespace client)
+#               httpbin    10.88.0.20 behind VIP 10.96.0.20:8000 -> 80 (namespace apps)
+#
+# Pods are created by the real CNI chain a runtime would run (loopback, bridge +
+# host-local, istio-cni last); the agent captures them and hands them to ztunnel over ZDS;
+# ztunnel serves each pod from inside its namespace. Then the scenarios run. Everything is
+# torn down on exit, Ctrl-C or failure. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if [ "$(id -u)" != 0 ]; then echo "the one-box mesh needs root (network namespaces, iptables)"; exit 1; fi
+dir="${ONEBOX_DIR:-/tmp/swift-hbone-onebox}"
+if [ -n "${ONEBOX_BIN:-}" ]; then
+    bin="$ONEBOX_BIN"   # prebuilt binaries (the test suite passes its own build)
+else
+    for product in istio-cni cni-agent ztunnel hbone-tunnel; do swift build --product $product >/dev/null; done
+    bin="$(swift build --show-bin-path)"
+fi
+node=hbob-node
+# tcp-echo is outside the mesh: namespace legacy is not labelled for ambient.
+pods=(curl-allow curl-deny httpbin tcp-echo)
+declare -A ip=([curl-allow]=10.88.0.10 [curl-deny]=10.88.0.11 [httpbin]=10.88.0.20 [tcp-echo]=10.88.0.30)
+declare -A ns=([curl-allow]=client [curl-deny]=client [httpbin]=apps [tcp-echo]=legacy)
+declare -A sa=([curl-allow]=curl-allow [curl-deny]=curl-deny [httpbin]=httpbin [tcp-echo]=default)
+declare -A uid=([curl-allow]=11111111-0000-4000-8000-000000000010 [curl-deny]=11111111-0000-4000-8000-000000000011 [httpbin]=11111111-0000-4000-8000-000000000020 [tcp-echo]=11111111-0000-4000-8000-000000000030)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    for p in "${pods[@]}"; do ip netns del "hbob-$p" 2>/dev/null || true; done
+    ip netns del $node 2>/dev/null || true
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$dir"; mkdir -p "$dir/bin" "$dir/run" "$dir/zds"
+for p in loopback bridge host-local; do ln -s "/usr/lib/cni/$p" "$dir/bin/$p"; done
+ln -s "$bin/istio-cni" "$dir/bin/istio-cni"
+ip netns add $node; ip -n $node link set lo up
+
+echo "== the mesh CA (Istio's cacerts layout) =="
+"$bin/hbone-tunnel" ca --dir "$dir/ca" >/dev/null && ls "$dir/ca" | sed 's/^/  /'
+
+cat > "$dir/run/pods.yaml" <<YAML
+namespaces:
+  - name: client
+    labels: {istio.io/dataplane-mode: ambient}
+  - name: apps
+    labels: {istio.io/dataplane-mode: ambient}
+  - name: legacy
+pods:
+YAML
+for p in "${pods[@]}"; do
+    printf '  - {name: %s, namespace: %s, uid: %s, serviceAccount: %s, netns: /var/run/netns/hbob-%s, ips: [%s]}\n' \
+        "$p" "${ns[$p]}" "${uid[$p]}" "${sa[$p]}" "$p" "${ip[$p]}" >> "$dir/run/pods.yaml"
+done
+cp Examples/onebox/mesh.yaml "$dir/mesh.yaml"
+
+echo "== node agent and node proxy (in the node namespace) =="
+ip netns exec $node "$bin/cni-agent" run --run-dir "$dir/run" --zds-socket "$dir/zds/ztunnel.sock" > "$dir/agent.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$dir/zds/ztunnel.sock" ] && [ -S "$dir/run/pluginevent.sock" ] && break; sleep 0.1; done
+ip netns exec $node "$bin/ztunnel" --config "$dir/mesh.yaml" --zds-socket "$dir/zds/ztunnel.sock" --ca-dir "$dir/ca" \
+    > "$dir/ztunnel.access.log" 2> "$dir/ztunnel.log" &
+pids+=($!)
+for _ in $(seq 100); do grep -q "ZDS snapshot received" "$dir/ztunnel.log" 2>/dev/null && break; sleep 0.1; done
+echo "  agent: $(grep -c 'agent ready' "$dir/agent.log") ready; ztunnel: connected over ZDS"
+
+echo "== pods through the CNI chain (loopback, bridge + host-local, istio-cni) =="
+cni() { # cni <pod> <plugin> <command> <json>
+    ip netns exec $node env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin CNI_COMMAND="$3" CNI_CONTAINERID="c-$1" \
+        CNI_NETNS="/var/run/netns/hbob-$1" CNI_IFNAME=eth0 CNI_PATH="$dir/bin" \
+        CNI_ARGS="IgnoreUnknown=1;IP=${ip[$1]};K8S_POD_NAMESPACE=${ns[$1]};K8S_POD_NAME=$1" "$dir/bin/$2" <<< "$4"
+}
+bridge='{"cniVersion":"1.0.0","name":"onebox","type":"bridge","bridge":"cni-ob0","isGateway":true,"isDefaultGateway":true,"ipam":{"type":"host-local","subnet":"10.88.0.0/16","dataDir":"'"$dir"'/ipam"}}'
+for p in "${pods[@]}"; do
+    ip netns add "hbob-$p"
+    cni "$p" loopback ADD '{"cniVersion":"1.0.0","name":"lo","type":"loopback"}' >/dev/null
+    result=$(cni "$p" bridge ADD "$bridge")
+    istio='{"cniVersion":"1.0.0","name":"onebox","type":"istio-cni","cni_agent_run_dir":"'"$dir/run"'","ambient_enabled":true,"exclude_namespaces":["kube-system"],"prevResult":'"$result"'}'
+    if ! cni "$p" istio-cni ADD "$istio" > "$dir/cni-$p.out" 2> "$dir/cni-$p.log"; then
+        echo "  $p: istio-cni ADD failed: $(cat "$dir/cni-$p.out")"; exit 1
+    fi
+    echo "  $p: ${ip[$p]} (${ns[$p]}/${sa[$p]}) in-pod redirect rules: $(ip netns exec "hbob-$p" iptables-save | grep -c 'ISTIO_'), proxy started: $(grep -c "pod=${ns[$p]}/$p" "$dir/ztunnel.log" || true)"
+done
+ip netns exec hbob-httpbin python3 -m http.server 80 --bind 0.0.0.0 > "$dir/httpbin.log" 2>&1 &
+pids+=($!)
+ip netns exec hbob-tcp-echo socat TCP-LISTEN:9000,fork,reuseaddr EXEC:cat > /dev/null 2>&1 &
+pids+=($!)
+sleep 1
+
+request() { # request <pod> <url> -> prints "exit=<curl exit> status=<http status>"
+    set +e
+    status=$(ip netns exec "hbob-$1" curl -s -o /dev/null -m 5 -w '%{http_code}' "$2")
+    code=$?
+    set -e
+    echo "exit=$code status=$status"
+}
+# Sniffs the bridge in the node namespace while a command runs: which TCP ports carried
+# payload between pods, and whether the HTTP request was ever visible in clear.
+sniff() {
+    ip netns exec $node python3 - "$@" <<'PY'
+import socket, subprocess, sys, threading
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+s.settimeout(0.2)  # every interface of the node namespace: the pods' veth ends
+ports, clear, stop = set(), False, False
+def capture():
+    global clear
+    while not stop:
+        try: frame = s.recv(65535)
+        except socket.timeout: continue
+        if frame[12:14] != b"\x08\x00" or frame[23] != 6: continue
+        ihl = (frame[14] & 0x0f) * 4; tcp = 14 + ihl
+        src, dst = int.from_bytes(frame[tcp:tcp+2], "big"), int.from_bytes(frame[tcp+2:tcp+4], "big")
+        payload = frame[tcp + (frame[tcp+12] >> 4) * 4:]
+        if payload: ports.add(min(src, dst))
+        if b"GET / HTTP" in payload: clear = True
+t = threading.Thread(target=capture); t.start()
+subprocess.run(sys.argv[1:], capture_output=True)
+stop = True; t.join()
+print("  on the wire (node side of the veths): TCP ports with payload %s; plaintext HTTP seen: %s" % (sorted(ports), clear))
+PY
+}
+echo
+echo "== 1. curl-allow -> httpbin VIP 10.96.0.20:8000: HBONE (mTLS + HTTP/2 CONNECT) =="
+echo "  $(request curl-allow http://10.96.0.20:8000/)"
+sniff ip netns exec hbob-curl-allow curl -s -o /dev/null -m 5 http://10.96.0.20:8000/
+echo "== 2. curl-deny -> the same: the ALLOW policy names only curl-allow =="
+echo "  $(request curl-deny http://10.96.0.20:8000/)   (curl exit 56: connection reset)"
+sleep 0.5
+echo "  httpbin's node proxy logged (the 401 with both SPIFFE identities):"
+grep 'direction="inbound"' "$dir/ztunnel.access.log" | grep 'error=' | cut -f2- | cut -c1-420 | tail -1 | sed 's/^/    /'
+echo "== 3. tcp-echo (outside the mesh) -> httpbin:80 in plaintext: the global STRICT policy denies =="
+echo "  $(request tcp-echo http://10.88.0.20/)"
+echo "== 4. curl-allow -> tcp-echo:9000 (a TCP workload, not HBONE) and -> a node server (passthrough) =="
+set +e
+echo "  tcp-echo answered: $(ip netns exec hbob-curl-allow python3 -c 'import socket;s=socket.create_connection(("10.88.0.30",9000),timeout=3);s.sendall(b"ping");s.shutdown(1);print(s.recv(64).decode())')"
+set -e
+ip netns exec $node python3 -m http.server 9999 --bind 10.88.0.1 > /dev/null 2>&1 &
+pids+=($!)
+sleep 0.5
+echo "  node server: $(request curl-allow http://10.88.0.1:9999/)"
+echo "== 5. a kubelet-style probe from the node: SNAT to 169.254.7.127, straight to the app =="
+set +e; ip netns exec $node curl -s -o /dev/null -m 3 -w '  exit=%{exitcode} status=%{http_code}\n' http://10.88.0.20/; set -e
+echo
+[ -n "${ONEBOX_HOLD:-}" ] && sleep "$ONEBOX_HOLD"
+echo "access log: $(grep -c 'connection complete' "$dir/ztunnel.access.log") connections; logs in $dir/{agent.log,ztunnel.log,ztunnel.access.log}"

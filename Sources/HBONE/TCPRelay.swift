@@ -1,0 +1,119 @@
+internal import NIOCore
+
+/// Splices two TCP channels on one event loop (plain TCP to a non-mesh destination or to
+/// the local app): bytes both ways, FIN propagated as `shutdown(SHUT_WR)` after the bytes
+/// before it, reads gated on the partner's writability, both closed when both directions
+/// are done or either fails. The channels must have `autoRead` off and
+/// `allowRemoteHalfClosure` on.
+final class TCPRelay {
+    final class Side: ChannelDuplexHandler, RemovableChannelHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+
+        /// Strong: the pipelines own the sides and the sides keep the relay alive until it
+        /// finishes, which breaks the cycle.
+        var relay: TCPRelay?
+        var partner: Side?
+        var context: ChannelHandlerContext?
+        var inputDone = false
+        var pendingRead = false
+        let isClient: Bool
+
+        init(isClient: Bool) { self.isClient = isClient }
+
+        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let buffer = Self.unwrapInboundIn(data)
+            self.relay?.count(buffer.readableBytes, fromClient: self.isClient)
+            self.partner?.context?.write(Self.wrapOutboundOut(buffer), promise: nil)
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            self.partner?.context?.flush()
+            self.readIfPartnerWritable()
+        }
+
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            if context.channel.isWritable { self.partner?.readIfPartnerWritable() }
+            context.fireChannelWritabilityChanged()
+        }
+
+        func readIfPartnerWritable() {
+            guard !self.inputDone, let context = self.context else { return }
+            if self.partner?.context?.channel.isWritable ?? false { context.read() }
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if let event = event as? ChannelEvent, event == .inputClosed {
+                self.inputDone = true
+                // Everything read before the FIN was written to the partner already; flush,
+                // then half-close its output.
+                if let partner = self.partner?.context {
+                    partner.flush()
+                    partner.channel.close(mode: .output, promise: nil)
+                }
+                self.relay?.directionDone()
+                return
+            }
+            context.fireUserInboundEventTriggered(event)
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.relay?.abort()
+            context.fireChannelInactive()
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            self.relay?.abort()
+        }
+    }
+
+    let client = Side(isClient: true)
+    let upstream = Side(isClient: false)
+    private var counts = TunnelByteCounts()
+    private var done = 0
+    private var finished = false
+    private let onClose: (TunnelByteCounts) -> Void
+
+    init(onClose: @escaping (TunnelByteCounts) -> Void) {
+        self.onClose = onClose
+        self.client.relay = self
+        self.upstream.relay = self
+        self.client.partner = self.upstream
+        self.upstream.partner = self.client
+    }
+
+    func count(_ bytes: Int, fromClient: Bool) {
+        if fromClient { self.counts.sent += bytes } else { self.counts.received += bytes }
+    }
+
+    /// Starts reading on both sides once both handlers are in their pipelines.
+    func start() {
+        self.client.readIfPartnerWritable()
+        self.upstream.readIfPartnerWritable()
+    }
+
+    func directionDone() {
+        self.done += 1
+        if self.done == 2 { self.finish() }
+    }
+
+    func abort() { self.finish() }
+
+    private func finish() {
+        guard !self.finished else { return }
+        self.finished = true
+        let client = self.client.context?.channel
+        let upstream = self.upstream.context?.channel
+        self.client.partner = nil
+        self.upstream.partner = nil
+        self.client.relay = nil
+        self.upstream.relay = nil
+        client?.close(promise: nil)
+        upstream?.close(promise: nil)
+        self.onClose(self.counts)
+    }
+}

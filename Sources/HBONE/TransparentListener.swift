@@ -1,0 +1,255 @@
+public import InternetAddress
+public import Logging
+public import ServiceLifecycle
+internal import NIOCore
+internal import NIOPosix
+internal import NIOConcurrencyHelpers
+
+/// Serves redirected TCP connections (iptables `REDIRECT` in a pod, notes: outbound 15001
+/// and inbound plaintext 15006): for each accepted connection it reads the destination the
+/// app was going to (`SO_ORIGINAL_DST`), asks `route`, and splices the connection into an
+/// HBONE tunnel or a plain TCP connection, or closes it. ztunnel's outbound and inbound
+/// plaintext listeners, minus the policy, which the `route` callback brings.
+public final class TransparentListener: Service, Sendable {
+    /// One redirected connection.
+    public struct Connection: Sendable {
+        /// The app's address (the TCP peer).
+        public var source: HBONEAddress?
+        /// Where it was going before the redirect.
+        public var originalDestination: HBONEAddress
+    }
+
+    /// What to do with a connection.
+    public enum Route: Sendable {
+        /// Through an HBONE tunnel.
+        case tunnel(HBONETunnelTarget)
+        /// Plain TCP to `address` (from `source` when the socket provider supports it).
+        case direct(HBONEAddress, source: IPAddress?)
+        /// Close it; `reason` goes to the record.
+        case reject(reason: String)
+    }
+
+    /// A finished connection, for access logs and metrics.
+    public struct Record: Sendable {
+        public var connection: Connection
+        /// `tunnel`, `direct` or `reject`.
+        public var route: String
+        public var bytes: TunnelByteCounts
+        /// Why it failed, if it did.
+        public var error: String?
+    }
+
+    private let listeningSocket: Int32
+    private let client: HBONEClient
+    private let sockets: HBONESocketProvider?
+    private let route: @Sendable (Connection) async -> Route
+    private let onClosed: @Sendable (Record) -> Void
+    private let logger: Logger
+    private let bound = BoundAddress()
+
+    /// A listener on an already bound and listening socket (created in the pod's namespace).
+    public init(
+        listeningSocket: Int32, client: HBONEClient, sockets: HBONESocketProvider?,
+        logger: Logger = Logger(label: "swift-hbone.transparent"),
+        onClosed: @escaping @Sendable (Record) -> Void = { _ in },
+        route: @escaping @Sendable (Connection) async -> Route
+    ) {
+        self.listeningSocket = listeningSocket
+        self.client = client
+        self.sockets = sockets
+        self.route = route
+        self.onClosed = onClosed
+        self.logger = logger
+    }
+
+    /// The bound address once serving.
+    public var listeningAddress: HBONEAddress {
+        get async throws { try await self.bound.value }
+    }
+
+    public func run() async throws {
+        let handler = RouteOnActive.Shared(client: self.client, sockets: self.sockets, route: self.route, onClosed: self.onClosed, logger: self.logger)
+        let channel: any Channel
+        do {
+            channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.autoRead, value: false)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: self.client.configuration.readAllocator)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(RouteOnActive(shared: handler)) }
+                }
+                .withBoundSocket(self.listeningSocket)
+                .get()
+        } catch {
+            self.bound.publish(.failure(error))
+            throw error
+        }
+        self.bound.publish(listening: channel)
+        await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                try? await channel.closeFuture.get()
+            } onCancel: {
+                channel.close(promise: nil)
+            }
+        } onGracefulShutdown: {
+            channel.close(promise: nil)
+        }
+    }
+}
+
+/// Reads the original destination, asks for the route, then splices. Until the splice is
+/// in place it keeps whatever arrives: NIO reads a peer's bytes and FIN as soon as it sees
+/// the FIN even with `autoRead` off, and a client that sends and half-closes at once must
+/// not lose either while the route is being decided.
+final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    struct Shared: Sendable {
+        let client: HBONEClient
+        let sockets: HBONESocketProvider?
+        let route: @Sendable (TransparentListener.Connection) async -> TransparentListener.Route
+        let onClosed: @Sendable (TransparentListener.Record) -> Void
+        let logger: Logger
+    }
+
+    let shared: Shared
+    private var context: ChannelHandlerContext?
+    private var early: [NIOAny] = []
+    private var inputClosed = false
+    private var released = false
+
+    init(shared: Shared) { self.shared = shared }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if self.released { context.fireChannelRead(data) } else { self.early.append(data) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !self.released, let event = event as? ChannelEvent, event == .inputClosed {
+            self.inputClosed = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Hands what arrived so far to the handlers added after this one, then steps aside.
+    func release() {
+        guard !self.released, let context = self.context else { return }
+        self.released = true
+        let early = self.early
+        self.early = []
+        for data in early { context.fireChannelRead(data) }
+        if !early.isEmpty { context.fireChannelReadComplete() }
+        if self.inputClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+        context.pipeline.syncOperations.removeHandler(self, promise: nil)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.fireChannelActive()
+        let shared = self.shared
+        let source = channel.remoteAddress.flatMap(HBONEAddress.init(socketAddress:)).map { HBONEAddress(ip: $0.ip.unmapped, port: $0.port) }
+        let this = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        Self.originalDestination(of: channel).flatMap { destination -> EventLoopFuture<(TransparentListener.Connection, TransparentListener.Route)> in
+            let connection = TransparentListener.Connection(source: source, originalDestination: destination)
+            return channel.eventLoop.makeFutureWithTask { (connection, await shared.route(connection)) }
+        }.whenComplete { result in
+            switch result {
+            case .failure(let error):
+                shared.logger.warning("no original destination", metadata: ["error": "\(error)"])
+                channel.close(promise: nil)
+            case .success(let (connection, route)):
+                Self.splice(channel, connection, route, shared, release: { this.value.release() })
+            }
+        }
+    }
+
+    private static func splice(
+        _ channel: any Channel, _ connection: TransparentListener.Connection, _ route: TransparentListener.Route, _ shared: Shared,
+        release: @escaping () -> Void
+    ) {
+        // Exactly one record per connection, whichever path ends it first.
+        let recorded = NIOLockedValueBox(false)
+        let onClosed = shared.onClosed
+        let record: @Sendable (TransparentListener.Record) -> Void = { record in
+            let first = recorded.withLockedValue { done in
+                defer { done = true }
+                return !done
+            }
+            if first { onClosed(record) }
+        }
+        let shared = Shared(client: shared.client, sockets: shared.sockets, route: shared.route, onClosed: record, logger: shared.logger)
+        switch route {
+        case .reject(let reason):
+            shared.onClosed(.init(connection: connection, route: "reject", bytes: .init(), error: reason))
+            channel.close(promise: nil)
+        case .tunnel(let target):
+            shared.client.splice(tcp: channel, target: target) { counts in
+                shared.onClosed(.init(connection: connection, route: "tunnel", bytes: counts, error: nil))
+            }.whenFailure { error in
+                shared.onClosed(.init(connection: connection, route: "tunnel", bytes: .init(), error: "\(error)"))
+                channel.close(promise: nil)
+            }
+            // The pump's TCP side is in the pipeline now and keeps early bytes and FIN.
+            release()
+        case .direct(let address, let source):
+            let relay = NIOLoopBound(TCPRelay { counts in
+                shared.onClosed(.init(connection: connection, route: "direct", bytes: counts, error: nil))
+            }, eventLoop: channel.eventLoop)
+            let clientSide = NIOLoopBound(relay.value.client, eventLoop: channel.eventLoop)
+            do {
+                try channel.pipeline.syncOperations.addHandler(clientSide.value)
+            } catch {
+                channel.close(promise: nil)
+                return
+            }
+            let upstreamSide = NIOLoopBound(relay.value.upstream, eventLoop: channel.eventLoop)
+            let bootstrap = ClientBootstrap(group: channel.eventLoop)
+                .channelOption(.allowRemoteHalfClosure, value: true)
+                .channelOption(.autoRead, value: false)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { upstream in
+                    upstream.eventLoop.makeCompletedFuture { try upstream.pipeline.syncOperations.addHandler(upstreamSide.value) }
+                }
+            let connected: EventLoopFuture<any Channel>
+            if let sockets = shared.sockets {
+                connected = channel.eventLoop.makeFutureWithTask { try await sockets.connect(address, source) }
+                    .flatMap { descriptor in bootstrap.withConnectedSocket(descriptor) }
+            } else {
+                connected = bootstrap.connect(host: "\(address.ip)", port: Int(address.port))
+            }
+            connected.whenComplete { result in
+                switch result {
+                case .success:
+                    release()
+                    relay.value.start()
+                case .failure(let error):
+                    shared.onClosed(.init(connection: connection, route: "direct", bytes: .init(), error: "connect \(address): \(error)"))
+                    relay.value.abort()
+                }
+            }
+        }
+    }
+
+    /// `SO_ORIGINAL_DST` (`IP6T_SO_ORIGINAL_DST` for IPv6 connections) through NIO's socket options.
+    static func originalDestination(of channel: any Channel) -> EventLoopFuture<HBONEAddress> {
+        guard let provider = channel as? any SocketOptionProvider else {
+            return channel.eventLoop.makeFailedFuture(ChannelError.operationUnsupported)
+        }
+        let local = channel.localAddress.flatMap(HBONEAddress.init(socketAddress:))
+        if let local, local.ip.unmapped.isIPv6 {
+            let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(level: SocketOptionLevel(41), name: SocketOptionName(80))
+            return future.map { address in
+                HBONEAddress(ip: .v6(withUnsafeBytes(of: address.sin6_addr) { Array($0) }), port: UInt16(bigEndian: address.sin6_port))
+            }
+        }
+        let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(level: SocketOptionLevel(0), name: SocketOptionName(80))
+        return future.map { address in
+            HBONEAddress(ip: IPAddress(bytes: withUnsafeBytes(of: address.sin_addr) { Array($0) })!, port: UInt16(bigEndian: address.sin_port))
+        }
+    }
+}
