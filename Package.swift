@@ -303,6 +303,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "OneBoxTests",
+            dependencies: ["MeshTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "CNITests",
             dependencies: ["CNI"],
             swiftSettings: strictSettings

@@ -161,7 +161,7 @@ struct RetryPending: Service {
     func run() async throws {
         try await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                try await NodeAgent.sleep(self.interval)
+                do { try await NodeAgent.sleep(self.interval) } catch { return }
                 await self.agent.retryPending()
             }
         }

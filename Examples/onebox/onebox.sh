@@ -28,10 +28,19 @@ declare -A sa=([curl-allow]=curl-allow [curl-deny]=curl-deny [httpbin]=httpbin [
 declare -A uid=([curl-allow]=11111111-0000-4000-8000-000000000010 [curl-deny]=11111111-0000-4000-8000-000000000011 [httpbin]=11111111-0000-4000-8000-000000000020 [tcp-echo]=11111111-0000-4000-8000-000000000030)
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    for p in "${pods[@]}"; do ip netns del "hbob-$p" 2>/dev/null || true; done
-    ip netns del $node 2>/dev/null || true
+    # SIGTERM first (the agent and ztunnel shut down gracefully), then SIGKILL whatever is
+    # still running in our namespaces (a signal mask inherited from a parent can leave a
+    # child deaf to SIGTERM), then the namespaces.
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 30); do
+        alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break; sleep 0.1
+    done
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    for n in "${pods[@]/#/hbob-}" $node; do
+        ip netns pids "$n" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+        ip netns del "$n" 2>/dev/null || true
+    done
 }
 trap cleanup EXIT
 cleanup

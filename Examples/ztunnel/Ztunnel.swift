@@ -78,7 +78,7 @@ struct ConfigWatcher: ServiceLifecycle.Service {
         try await cancelWhenGracefulShutdown {
             var last = try? String(contentsOfFile: self.path, encoding: .utf8)
             while !Task.isCancelled {
-                try await NodeAgent.sleep(.seconds(1))
+                do { try await NodeAgent.sleep(.seconds(1)) } catch { return }
                 guard let text = try? String(contentsOfFile: self.path, encoding: .utf8), text != last else { continue }
                 last = text
                 do {
