@@ -214,6 +214,10 @@ let package = Package(
             name: "ZtunnelExample",
             dependencies: [
                 "HBONE", "MeshIdentity", "MeshState", "Redirect", "ZDS", "NodeAgent", "InternetAddress",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

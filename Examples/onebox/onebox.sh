@@ -153,6 +153,20 @@ sleep 0.5
 echo "  node server: $(request curl-allow http://10.88.0.1:9999/)"
 echo "== 5. a kubelet-style probe from the node: SNAT to 169.254.7.127, straight to the app =="
 set +e; ip netns exec $node curl -s -o /dev/null -m 3 -w '  exit=%{exitcode} status=%{http_code}\n' http://10.88.0.20/; set -e
+echo "== 6. observability: readiness (15021), metrics (15020), /config_dump (15000) =="
+sleep 0.5
+echo "  readiness: $(ip netns exec $node curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15021/healthz/ready)"
+ip netns exec $node curl -s http://127.0.0.1:15020/metrics > "$dir/metrics.txt"
+echo "  metrics: $(grep -c '^istio_tcp' "$dir/metrics.txt") series lines, denials: $(grep '^istio_tcp_connections_opened_total' "$dir/metrics.txt" | grep -c 'response_flags="DENY"')"
+grep '^istio_tcp_connections_opened_total{reporter="destination",source_workload="curl-allow"' "$dir/metrics.txt" | head -1 | cut -c1-260 | sed 's/^/    /'
+ip netns exec $node curl -s http://127.0.0.1:15000/config_dump > "$dir/config_dump.json"
+python3 - "$dir/config_dump.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("  config_dump: %d workloads, %d services, %d policies, %d pods served, certificates: %s" % (
+    len(d["workloads"]), len(d["services"]), len(d["policies"]), len(d["pods"]),
+    ", ".join(sorted(c["identity"].rsplit("/", 1)[-1] + "=" + c["state"] for c in d["certificates"]))))
+PY
 echo
 [ -n "${ONEBOX_HOLD:-}" ] && sleep "$ONEBOX_HOLD"
 echo "access log: $(grep -c 'connection complete' "$dir/ztunnel.access.log") connections; logs in $dir/{agent.log,ztunnel.log,ztunnel.access.log}"

@@ -29,18 +29,33 @@ actor InPodProxies: ZDSWorkloadHandler {
     private let store: StoreBox
     private let certificates: CertificateManager
     private let log: AccessLog
+    private let metrics: Metrics
     private let logger: Logger
     private var running: [String: Running] = [:]
     private(set) var snapshotReceived = false
 
-    init(store: StoreBox, certificates: CertificateManager, log: AccessLog, logger: Logger) {
+    init(store: StoreBox, certificates: CertificateManager, log: AccessLog, metrics: Metrics, logger: Logger) {
         self.store = store
         self.certificates = certificates
         self.log = log
+        self.metrics = metrics
         self.logger = logger
     }
 
     var pods: [String: Workload] { self.running.mapValues(\.workload) }
+
+    /// Per-pod proxy state for `/config_dump`.
+    struct PodState: Sendable {
+        var uid: String
+        var workload: String
+        var inode: UInt64
+    }
+
+    func dump() -> [PodState] {
+        self.running.sorted { $0.key < $1.key }.map { uid, running in
+            PodState(uid: uid, workload: "\(running.workload.namespace)/\(running.workload.name)", inode: running.inode)
+        }
+    }
 
     func start(uid: String, workload info: ZDS.WorkloadInfo, namespace: NetworkNamespace) async throws {
         if let existing = self.running[uid], existing.inode == namespace.inode { return }
@@ -70,13 +85,35 @@ actor InPodProxies: ZDSWorkloadHandler {
         let client = HBONEClient(certificates: self.certificates, sockets: outboundSockets, logger: self.logger)
         let store = self.store
         let log = self.log
+        let metrics = self.metrics
+        let destinationPrincipal = identity.uri
+        @Sendable func inboundLabels(_ request: HBONEInboundRequest?, denied: Bool) -> Metrics.Labels {
+            Metrics.Labels(
+                reporter: "destination", source: request?.peerAddress.flatMap { store.current.workload(at: $0.ip.unmapped) },
+                sourcePrincipal: request?.peerIdentity.uri, destination: workload, destinationService: nil,
+                destinationPrincipal: destinationPrincipal, responseFlags: denied ? "DENY" : "-", mutualTLS: true
+            )
+        }
+        @Sendable func outboundLabels(_ connection: TransparentListener.Connection, route: String) -> Metrics.Labels {
+            let current = store.current
+            let address = connection.originalDestination.ip.unmapped
+            let destination = current.workload(at: address)
+            return Metrics.Labels(
+                reporter: "source", source: workload, sourcePrincipal: route == "tunnel" ? identity.uri : nil,
+                destination: destination, destinationService: current.service(vip: address, clientNamespace: workload.namespace),
+                destinationPrincipal: destination.flatMap { try? Self.identity(of: $0).uri }, mutualTLS: route == "tunnel"
+            )
+        }
 
         var serverConfiguration = HBONEServer.Configuration()
         serverConfiguration.listeningSocket = hboneSocket.takeDescriptor()
         serverConfiguration.upstreamSockets = appSockets
         let server = HBONEServer(
             configuration: serverConfiguration, identity: identity, certificates: self.certificates, logger: self.logger,
-            onTunnelClosed: { record in log.inbound(record, destination: workload) }
+            onTunnelClosed: { record in
+                log.inbound(record, destination: workload)
+                metrics.closed(inboundLabels(record.request, denied: record.status.code == 401), received: record.bytes.received, sent: record.bytes.sent, failed: record.status.code != 200)
+            }
         ) { request in
             guard request.target.ip.unmapped == podIP else {
                 return .reject(.badRequest, reason: "CONNECT to \(request.target) is not this pod (\(podIP))")
@@ -87,6 +124,7 @@ actor InPodProxies: ZDSWorkloadHandler {
             )
             let (decision, dryRun) = store.current.authorize(connection, to: workload)
             if !dryRun.isEmpty { log.note("dry-run policy matched: \(dryRun)") }
+            metrics.opened(inboundLabels(request, denied: !decision.isAllowed))
             switch decision {
             case .allow: return .forward(to: HBONEAddress(ip: podIP, port: request.target.port))
             case .explicitlyDenied(let policy): return .reject(.unauthorized, reason: "explicitly denied by: \(policy)")
@@ -95,18 +133,43 @@ actor InPodProxies: ZDSWorkloadHandler {
         }
         let outbound = TransparentListener(
             listeningSocket: outboundSocket.takeDescriptor(), client: client, sockets: outboundSockets, logger: self.logger,
-            onClosed: { record in log.outbound(record, source: workload, store: store.current) }
+            onClosed: { record in
+                log.outbound(record, source: workload, store: store.current)
+                metrics.closed(outboundLabels(record.connection, route: record.route), received: record.bytes.sent, sent: record.bytes.received, failed: record.error != nil)
+            }
         ) { connection in
-            Self.route(connection, from: workload, identity: identity, store: store.current)
+            let route = Self.route(connection, from: workload, identity: identity, store: store.current)
+            let kind: String
+            switch route {
+            case .tunnel: kind = "tunnel"
+            case .direct: kind = "direct"
+            case .reject: kind = "reject"
+            }
+            metrics.opened(outboundLabels(connection, route: kind))
+            return route
         }
         let inbound = TransparentListener(
             listeningSocket: inboundSocket.takeDescriptor(), client: client, sockets: appSockets, logger: self.logger,
-            onClosed: { record in log.plaintextInbound(record, destination: workload) }
+            onClosed: { record in
+                log.plaintextInbound(record, destination: workload)
+                let labels = Metrics.Labels(
+                    reporter: "destination", source: record.connection.source.flatMap { store.current.workload(at: $0.ip) }, sourcePrincipal: nil,
+                    destination: workload, destinationService: nil, destinationPrincipal: destinationPrincipal,
+                    responseFlags: record.route == "reject" ? "DENY" : "-", mutualTLS: false
+                )
+                metrics.closed(labels, received: record.bytes.sent, sent: record.bytes.received, failed: record.error != nil)
+            }
         ) { connection in
             let attributes = ConnectionAttributes(
                 source: nil, sourceIP: connection.source?.ip, destinationIP: podIP, destinationPort: connection.originalDestination.port
             )
-            guard store.current.authorize(attributes, to: workload).decision.isAllowed else {
+            let allowed = store.current.authorize(attributes, to: workload).decision.isAllowed
+            metrics.opened(Metrics.Labels(
+                reporter: "destination", source: connection.source.flatMap { store.current.workload(at: $0.ip) }, sourcePrincipal: nil,
+                destination: workload, destinationService: nil, destinationPrincipal: destinationPrincipal,
+                responseFlags: allowed ? "-" : "DENY", mutualTLS: false
+            ))
+            guard allowed else {
                 return .reject(reason: "plaintext connection denied by policy")
             }
             return .direct(HBONEAddress(ip: podIP, port: connection.originalDestination.port), source: connection.source?.ip)

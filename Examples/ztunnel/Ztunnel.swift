@@ -11,6 +11,7 @@ import HBONE
 import Logging
 import MeshIdentity
 import MeshState
+import NIOHTTP1
 import NodeAgent
 import ServiceLifecycle
 import UnixSignals
@@ -30,6 +31,12 @@ struct Ztunnel: AsyncParsableCommand {
     var caDir: String
     @Option(help: "The mesh trust domain.")
     var trustDomain = "cluster.local"
+    @Option(help: "Prometheus metrics port (/metrics, all addresses).")
+    var metricsPort = 15020
+    @Option(help: "Readiness port (/healthz/ready, all addresses).")
+    var readinessPort = 15021
+    @Option(help: "Admin port (/config_dump, /logging; 127.0.0.1 only).")
+    var adminPort = 15000
     @Flag(help: "Debug logging.")
     var verbose = false
 
@@ -51,11 +58,27 @@ struct Ztunnel: AsyncParsableCommand {
         let ca = try CertificateAuthority(directory: URL(fileURLWithPath: self.caDir), configuration: caConfiguration)
         let certificates = CertificateManager(provider: EmbeddedCAProvider(authority: ca))
         let store = StoreBox(MeshStore(initial))
-        let proxies = InPodProxies(store: store, certificates: certificates, log: AccessLog(store: store), logger: logger)
+        let metrics = Metrics()
+        let proxies = InPodProxies(store: store, certificates: certificates, log: AccessLog(store: store), metrics: metrics, logger: logger)
         let services: [any ServiceLifecycle.Service] = [
             certificates,
             ZDSClient(path: self.zdsSocket, handler: proxies, logger: logger),
             ConfigWatcher(path: self.config, store: store, logger: logger),
+            AdminServer(host: "0.0.0.0", port: self.metricsPort, handle: { path in
+                path == "/metrics" || path == "/stats/prometheus"
+                    ? (.ok, "text/plain; version=0.0.4", metrics.text) : (.notFound, "text/plain", "not found\n")
+            }, logger: logger),
+            AdminServer(host: "0.0.0.0", port: self.readinessPort, handle: { path in
+                guard path == "/healthz/ready" else { return (.notFound, "text/plain", "not found\n") }
+                return await proxies.snapshotReceived ? (.ok, "text/plain", "ready\n") : (.serviceUnavailable, "text/plain", "not ready: no ZDS snapshot yet\n")
+            }, logger: logger),
+            AdminServer(host: "127.0.0.1", port: self.adminPort, handle: { path in
+                switch path {
+                case "/config_dump": return (.ok, "application/json", await ConfigDump.render(store: store.current, proxies: proxies, certificates: certificates))
+                case "/logging": return (.ok, "text/plain", "current log level is \(self.verbose ? "debug" : "info")\n")
+                default: return (.notFound, "text/plain", "not found\n")
+                }
+            }, logger: logger),
         ]
         logger.info("ztunnel starting", metadata: [
             "workloads": "\(initial.workloads.count)", "services": "\(initial.services.count)", "policies": "\(initial.policies.count)",

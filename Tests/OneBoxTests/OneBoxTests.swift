@@ -45,6 +45,15 @@ struct OneBoxTests {
         // 5. kubelet-style probes reach the app.
         #expect(after("== 5.") == "  exit=0 status=200", "\(output)")
 
+        // 6. observability.
+        #expect(after("== 6.") == "  readiness: 200", "\(output)")
+        #expect(after("== 6.", 2).contains("denials: 2"), "curl-deny's HBONE and tcp-echo's plaintext: \(output)")
+        #expect(after("== 6.", 4) == "  config_dump: 5 workloads, 2 services, 3 policies, 3 pods served, certificates: curl-allow=Available, curl-deny=Available, httpbin=Available", "\(output)")
+        let metrics = try String(contentsOf: directory.url.appendingPathComponent("metrics.txt"), encoding: .utf8)
+        #expect(metrics.contains("istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"curl-allow\",source_canonical_service=\"unknown\",source_canonical_revision=\"unknown\",source_workload_namespace=\"client\",source_principal=\"spiffe://cluster.local/ns/client/sa/curl-allow\""))
+        #expect(metrics.contains("destination_canonical_service=\"httpbin\",destination_canonical_revision=\"v1\""))
+        #expect(metrics.contains("connection_security_policy=\"mutual_tls\""))
+
         let access = try String(contentsOf: directory.url.appendingPathComponent("ztunnel.access.log"), encoding: .utf8)
         #expect(access.contains("src.workload=\"curl-allow\" src.namespace=\"client\" src.identity=\"spiffe://cluster.local/ns/client/sa/curl-allow\" dst.addr=10.96.0.20:8000 dst.service=\"httpbin.apps.svc.cluster.local\""))
         #expect(access.contains("error=\"plaintext connection denied by policy\""))
