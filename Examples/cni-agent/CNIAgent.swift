@@ -73,6 +73,8 @@ struct Run: AsyncParsableCommand {
     var enablementSelectors: String?
     @Option(help: "Seconds between retries of pending pods.")
     var retrySeconds = 5
+    @Flag(help: "Capture the pods' DNS to the node proxy's 15053 (AMBIENT_DNS_CAPTURE). Off by default: the ztunnel example has no DNS proxy yet.")
+    var dnsCapture = false
 
     func run() async throws {
         let logger = self.common.logger()
@@ -82,6 +84,7 @@ struct Run: AsyncParsableCommand {
         let metadataPath = self.metadata ?? runDirectory + "/pods.yaml"
         let metadata = FileMetadataSource(path: metadataPath)
         var redirection = InPodRedirection.Configuration(backend: backend)
+        redirection.rules.captureDNS = self.dnsCapture
         redirection.ipv6 = self.common.ipv6 ? .whenEnabled : .disabled
         var configuration = NodeAgent.Configuration(redirection: redirection, runDirectory: runDirectory)
         configuration.eligibility.excludedNamespaces = Set(self.excludeNamespaces.split(separator: ",").map(String.init))

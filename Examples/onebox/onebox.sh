@@ -142,7 +142,7 @@ sleep 0.5
 echo "  httpbin's node proxy logged (the 401 with both SPIFFE identities):"
 grep 'direction="inbound"' "$dir/ztunnel.access.log" | grep 'error=' | cut -f2- | cut -c1-420 | tail -1 | sed 's/^/    /'
 echo "== 3. tcp-echo (outside the mesh) -> httpbin:80 in plaintext: the global STRICT policy denies =="
-echo "  $(request tcp-echo http://10.88.0.20/)"
+echo "  $(request tcp-echo http://10.88.0.20/)   (reset by httpbin's proxy: curl 56, or 7 when the reset comes first)"
 echo "== 4. curl-allow -> tcp-echo:9000 (a TCP workload, not HBONE) and -> a node server (passthrough) =="
 set +e
 echo "  tcp-echo answered: $(ip netns exec hbob-curl-allow python3 -c 'import socket;s=socket.create_connection(("10.88.0.30",9000),timeout=3);s.sendall(b"ping");s.shutdown(1);print(s.recv(64).decode())')"
@@ -167,6 +167,10 @@ print("  config_dump: %d workloads, %d services, %d policies, %d pods served, ce
     len(d["workloads"]), len(d["services"]), len(d["policies"]), len(d["pods"]),
     ", ".join(sorted(c["identity"].rsplit("/", 1)[-1] + "=" + c["state"] for c in d["certificates"]))))
 PY
-echo
 [ -n "${ONEBOX_HOLD:-}" ] && sleep "$ONEBOX_HOLD"
+echo "  \$ ztunnel zc workloads / services / certificates"
+ip netns exec $node "$bin/ztunnel" zc workloads | sed 's/^/    /'
+ip netns exec $node "$bin/ztunnel" zc services | sed 's/^/    /'
+ip netns exec $node "$bin/ztunnel" zc certificates | cut -c1-150 | head -4 | sed 's/^/    /'
+echo
 echo "access log: $(grep -c 'connection complete' "$dir/ztunnel.access.log") connections; logs in $dir/{agent.log,ztunnel.log,ztunnel.access.log}"

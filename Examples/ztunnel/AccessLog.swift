@@ -16,8 +16,12 @@ import Synchronization
 final class AccessLog: Sendable {
     private let lock = Mutex<Void>(())
     let store: StoreBox
+    let trustDomain: String
 
-    init(store: StoreBox) { self.store = store }
+    init(store: StoreBox, trustDomain: String) {
+        self.store = store
+        self.trustDomain = trustDomain
+    }
 
     func inbound(_ record: HBONETunnelRecord, destination: Workload) {
         let request = record.request
@@ -31,7 +35,7 @@ final class AccessLog: Sendable {
             ("dst.hbone_addr", request.map { "\($0.target)" }),
             ("dst.workload", Self.quoted(destination.name)),
             ("dst.namespace", Self.quoted(destination.namespace)),
-            ("dst.identity", Self.quoted((try? InPodProxies.identity(of: destination))?.uri)),
+            ("dst.identity", Self.quoted((try? InPodProxies.identity(of: destination, trustDomain: self.trustDomain))?.uri)),
             ("direction", Self.quoted("inbound")),
             ("bytes_sent", "\(record.bytes.received)"),
             ("bytes_recv", "\(record.bytes.sent)"),
@@ -48,7 +52,7 @@ final class AccessLog: Sendable {
             ("src.addr", record.connection.source.map { "\($0)" }),
             ("src.workload", Self.quoted(source.name)),
             ("src.namespace", Self.quoted(source.namespace)),
-            ("src.identity", record.route == "tunnel" ? Self.quoted((try? InPodProxies.identity(of: source))?.uri) : nil),
+            ("src.identity", record.route == "tunnel" ? Self.quoted((try? InPodProxies.identity(of: source, trustDomain: self.trustDomain))?.uri) : nil),
             ("dst.addr", "\(record.connection.originalDestination)"),
             ("dst.service", Self.quoted(service?.hostname)),
             ("dst.workload", Self.quoted(destination?.name)),

@@ -50,9 +50,11 @@ struct AdminServer: ServiceLifecycle.Service {
                     var headers = HTTPHeaders()
                     headers.add(name: "Content-Type", value: type)
                     headers.add(name: "Content-Length", value: "\(body.utf8.count)")
+                    headers.add(name: "Connection", value: "close")
                     try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
                     try await outbound.write(.body(.byteBuffer(ByteBuffer(string: body))))
                     try await outbound.write(.end(nil))
+                    return  // one request per connection (Connection: close)
                 }
             }
         }

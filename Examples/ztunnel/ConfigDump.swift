@@ -31,7 +31,7 @@ enum ConfigDump {
         var certs: [[String: Any]] = []
         let formatter = ISO8601DateFormatter()
         for workload in pods.values.sorted(by: { $0.uid < $1.uid }) {
-            guard let identity = try? InPodProxies.identity(of: workload) else { continue }
+            guard let identity = try? InPodProxies.identity(of: workload, trustDomain: proxies.trustDomain) else { continue }
             if let certificate = try? await certificates.certificate(for: identity) {
                 certs.append([
                     "identity": identity.uri, "state": "Available",

@@ -30,11 +30,14 @@ actor InPodProxies: ZDSWorkloadHandler {
     private let certificates: CertificateManager
     private let log: AccessLog
     private let metrics: Metrics
+    /// The mesh trust domain for workloads without one.
+    let trustDomain: String
     private let logger: Logger
     private var running: [String: Running] = [:]
     private(set) var snapshotReceived = false
 
-    init(store: StoreBox, certificates: CertificateManager, log: AccessLog, metrics: Metrics, logger: Logger) {
+    init(store: StoreBox, certificates: CertificateManager, log: AccessLog, metrics: Metrics, trustDomain: String, logger: Logger) {
+        self.trustDomain = trustDomain
         self.store = store
         self.certificates = certificates
         self.log = log
@@ -64,7 +67,8 @@ actor InPodProxies: ZDSWorkloadHandler {
             throw ProxyError("workload \(info.namespace)/\(info.name) is not in the mesh config")
         }
         guard let podIP = workload.workloadIPs.first else { throw ProxyError("workload \(info.namespace)/\(info.name) has no IP") }
-        let identity = try Self.identity(of: workload)
+        let trustDomain = self.trustDomain
+        let identity = try Self.identity(of: workload, trustDomain: trustDomain)
         var proxy = PodSocketOptions()
         proxy.transparent = true
         let any = IPAddress.v6([UInt8](repeating: 0, count: 16))
@@ -101,7 +105,7 @@ actor InPodProxies: ZDSWorkloadHandler {
             return Metrics.Labels(
                 reporter: "source", source: workload, sourcePrincipal: route == "tunnel" ? identity.uri : nil,
                 destination: destination, destinationService: current.service(vip: address, clientNamespace: workload.namespace),
-                destinationPrincipal: destination.flatMap { try? Self.identity(of: $0).uri }, mutualTLS: route == "tunnel"
+                destinationPrincipal: destination.flatMap { try? Self.identity(of: $0, trustDomain: trustDomain).uri }, mutualTLS: route == "tunnel"
             )
         }
 
@@ -122,7 +126,9 @@ actor InPodProxies: ZDSWorkloadHandler {
                 source: PeerIdentity(trustDomain: request.peerIdentity.trustDomain.name, namespace: request.peerIdentity.namespace, serviceAccount: request.peerIdentity.serviceAccount),
                 sourceIP: request.peerAddress?.ip.unmapped, destinationIP: podIP, destinationPort: request.target.port
             )
-            let (decision, dryRun) = store.current.authorize(connection, to: workload)
+            // The workload as the current config has it (a reload may have changed its policies).
+            let current = store.current.workload(uid: workload.uid) ?? workload
+            let (decision, dryRun) = store.current.authorize(connection, to: current)
             if !dryRun.isEmpty { log.note("dry-run policy matched: \(dryRun)") }
             metrics.opened(inboundLabels(request, denied: !decision.isAllowed))
             switch decision {
@@ -138,7 +144,7 @@ actor InPodProxies: ZDSWorkloadHandler {
                 metrics.closed(outboundLabels(record.connection, route: record.route), received: record.bytes.sent, sent: record.bytes.received, failed: record.error != nil)
             }
         ) { connection in
-            let route = Self.route(connection, from: workload, identity: identity, store: store.current)
+            let route = Self.route(connection, from: workload, identity: identity, trustDomain: trustDomain, store: store.current)
             let kind: String
             switch route {
             case .tunnel: kind = "tunnel"
@@ -163,7 +169,7 @@ actor InPodProxies: ZDSWorkloadHandler {
             let attributes = ConnectionAttributes(
                 source: nil, sourceIP: connection.source?.ip, destinationIP: podIP, destinationPort: connection.originalDestination.port
             )
-            let allowed = store.current.authorize(attributes, to: workload).decision.isAllowed
+            let allowed = store.current.authorize(attributes, to: store.current.workload(uid: workload.uid) ?? workload).decision.isAllowed
             metrics.opened(Metrics.Labels(
                 reporter: "destination", source: connection.source.flatMap { store.current.workload(at: $0.ip) }, sourcePrincipal: nil,
                 destination: workload, destinationService: nil, destinationPrincipal: destinationPrincipal,
@@ -183,9 +189,16 @@ actor InPodProxies: ZDSWorkloadHandler {
             }
             await client.closeAllConnections()
         }
-        _ = try await server.listeningAddress
-        _ = try await outbound.listeningAddress
-        _ = try await inbound.listeningAddress
+        do {
+            _ = try await server.listeningAddress
+            _ = try await outbound.listeningAddress
+            _ = try await inbound.listeningAddress
+        } catch {
+            // A listener that could not start: stop the others so a retried Add can bind again.
+            task.cancel()
+            await task.value
+            throw error
+        }
         self.running[uid] = Running(inode: namespace.inode, task: task, workload: workload)
         self.logger.info("pod proxy started", metadata: ["pod": "\(workload.namespace)/\(workload.name)", "identity": "\(identity)", "ip": "\(podIP)"])
     }
@@ -202,22 +215,23 @@ actor InPodProxies: ZDSWorkloadHandler {
         self.logger.info("ZDS snapshot received", metadata: ["pods": "\(self.running.count)"])
     }
 
-    /// The SPIFFE identity of a workload (the local config's empty trust domain means cluster.local).
-    static func identity(of workload: Workload) throws -> SPIFFEID {
+    /// The SPIFFE identity of a workload; `trustDomain` (the mesh's, `--trust-domain`) applies
+    /// when the config leaves the workload's empty.
+    static func identity(of workload: Workload, trustDomain: String) throws -> SPIFFEID {
         try SPIFFEID(
-            trustDomain: TrustDomain(workload.trustDomain.isEmpty ? "cluster.local" : workload.trustDomain),
+            trustDomain: TrustDomain(workload.trustDomain.isEmpty ? trustDomain : workload.trustDomain),
             namespace: workload.namespace, serviceAccount: workload.serviceAccount.isEmpty ? "default" : workload.serviceAccount
         )
     }
 
     /// Outbound routing (ztunnel `build_request`).
-    static func route(_ connection: TransparentListener.Connection, from source: Workload, identity: SPIFFEID, store: MeshStore) -> TransparentListener.Route {
+    static func route(_ connection: TransparentListener.Connection, from source: Workload, identity: SPIFFEID, trustDomain: String, store: MeshStore) -> TransparentListener.Route {
         var random = SystemRandomNumberGenerator()
         let destination = connection.originalDestination
         do {
             switch try store.resolve(destination: destination.ip.unmapped, port: destination.port, from: source, using: &random) {
             case .hbone(let workload, let address, let targetPort, let service):
-                var expected = [try Self.identity(of: workload)]
+                var expected = [try Self.identity(of: workload, trustDomain: trustDomain)]
                 if let service, let definition = store.config.services.first(where: { $0.hostname == service }) {
                     expected += definition.subjectAltNames.compactMap { try? SPIFFEID(parsing: $0) }
                 }

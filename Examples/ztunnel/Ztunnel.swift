@@ -18,9 +18,16 @@ import UnixSignals
 import ZDS
 
 @main
+struct ZtunnelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ztunnel", abstract: "The ambient node proxy (in-pod mode) over a ztunnel local config.",
+        subcommands: [Ztunnel.self, ZC.self], defaultSubcommand: Ztunnel.self
+    )
+}
+
 struct Ztunnel: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "ztunnel", abstract: "The ambient node proxy (in-pod mode) over a ztunnel local config."
+        commandName: "run", abstract: "Run the node proxy until SIGTERM/SIGINT."
     )
 
     @Option(help: "The ztunnel local config (LOCAL_XDS_PATH): workloads, services, policies. Re-read when it changes.")
@@ -59,7 +66,10 @@ struct Ztunnel: AsyncParsableCommand {
         let certificates = CertificateManager(provider: EmbeddedCAProvider(authority: ca))
         let store = StoreBox(MeshStore(initial))
         let metrics = Metrics()
-        let proxies = InPodProxies(store: store, certificates: certificates, log: AccessLog(store: store), metrics: metrics, logger: logger)
+        let proxies = InPodProxies(
+            store: store, certificates: certificates, log: AccessLog(store: store, trustDomain: self.trustDomain), metrics: metrics,
+            trustDomain: self.trustDomain, logger: logger
+        )
         let services: [any ServiceLifecycle.Service] = [
             certificates,
             ZDSClient(path: self.zdsSocket, handler: proxies, logger: logger),

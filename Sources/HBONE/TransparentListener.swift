@@ -186,13 +186,13 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
         switch route {
         case .reject(let reason):
             shared.onClosed(.init(connection: connection, route: "reject", bytes: .init(), error: reason))
-            channel.close(promise: nil)
+            Self.reset(channel)
         case .tunnel(let target):
             shared.client.splice(tcp: channel, target: target) { counts in
                 shared.onClosed(.init(connection: connection, route: "tunnel", bytes: counts, error: nil))
             }.whenFailure { error in
                 shared.onClosed(.init(connection: connection, route: "tunnel", bytes: .init(), error: "\(error)"))
-                channel.close(promise: nil)
+                Self.reset(channel)
             }
             // The pump's TCP side is in the pipeline now and keeps early bytes and FIN.
             release()
@@ -235,6 +235,17 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// Closes with a reset (`SO_LINGER` 0), as ztunnel ends a connection it refuses: the app
+    /// sees `ECONNRESET`, not an orderly end of stream.
+    static func reset(_ channel: any Channel) {
+        guard let provider = channel as? any SocketOptionProvider else {
+            channel.close(promise: nil)
+            return
+        }
+        provider.unsafeSetSocketOption(level: SocketOptionLevel(1) /* SOL_SOCKET */, name: SocketOptionName(13) /* SO_LINGER */, value: RawLinger(onOff: 1, seconds: 0))
+            .whenComplete { _ in channel.close(promise: nil) }
+    }
+
     /// `SO_ORIGINAL_DST` (`IP6T_SO_ORIGINAL_DST` for IPv6 connections) through NIO's socket options.
     static func originalDestination(of channel: any Channel) -> EventLoopFuture<HBONEAddress> {
         guard let provider = channel as? any SocketOptionProvider else {
@@ -242,14 +253,41 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
         }
         let local = channel.localAddress.flatMap(HBONEAddress.init(socketAddress:))
         if let local, local.ip.unmapped.isIPv6 {
-            let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(level: SocketOptionLevel(41), name: SocketOptionName(80))
+            let future: EventLoopFuture<RawSocketAddressV6> = provider.unsafeGetSocketOption(level: SocketOptionLevel(41), name: SocketOptionName(80))
             return future.map { address in
-                HBONEAddress(ip: .v6(withUnsafeBytes(of: address.sin6_addr) { Array($0) }), port: UInt16(bigEndian: address.sin6_port))
+                HBONEAddress(ip: .v6(withUnsafeBytes(of: address.address) { Array($0) }), port: UInt16(bigEndian: address.port))
             }
         }
-        let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(level: SocketOptionLevel(0), name: SocketOptionName(80))
+        let future: EventLoopFuture<RawSocketAddressV4> = provider.unsafeGetSocketOption(level: SocketOptionLevel(0), name: SocketOptionName(80))
         return future.map { address in
-            HBONEAddress(ip: IPAddress(bytes: withUnsafeBytes(of: address.sin_addr) { Array($0) })!, port: UInt16(bigEndian: address.sin_port))
+            HBONEAddress(ip: IPAddress(bytes: withUnsafeBytes(of: address.address) { Array($0) })!, port: UInt16(bigEndian: address.port))
         }
     }
+}
+
+// `sockaddr_in`, `sockaddr_in6` and `struct linger` laid out in Swift: the C structs are
+// declared both by Glibc and by NIO's C shims, and which one a clean build picks differs,
+// so their members cannot be named here.
+
+/// `struct sockaddr_in` (16 bytes).
+struct RawSocketAddressV4 {
+    var family: UInt16 = 0
+    var port: UInt16 = 0
+    var address: (UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0)
+    var zero: UInt64 = 0
+}
+
+/// `struct sockaddr_in6` (28 bytes).
+struct RawSocketAddressV6 {
+    var family: UInt16 = 0
+    var port: UInt16 = 0
+    var flowInfo: UInt32 = 0
+    var address: (UInt64, UInt64) = (0, 0)
+    var scope: UInt32 = 0
+}
+
+/// `struct linger`.
+struct RawLinger {
+    var onOff: Int32
+    var seconds: Int32
 }

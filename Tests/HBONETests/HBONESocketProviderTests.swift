@@ -1,5 +1,6 @@
 import Foundation
-import HBONE
+@testable import HBONE
+import NIOPosix
 import InternetAddress
 import MeshIdentity
 import MeshTestSupport
@@ -59,11 +60,13 @@ struct HBONESocketProviderTests {
             group.addTask { try await server.run() }
             defer { group.cancelAll() }
             #expect(try await server.listeningAddress.port == port, "the server serves the socket it was given")
+            // One event loop: the pool is per loop (a tunnel's connection shares its socket's loop).
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
             for round in 0..<2 {
-                let tunnel = try await client.connect(
-                    to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: port), authority: HBONEAddress(ip: .v4(10, 0, 0, 9), port: 80),
-                    expecting: [spiffe("default", "httpbin")], as: spiffe("default", "sleep")
-                )
+                let tunnel = try await client.connect(HBONETunnelTarget(
+                    source: spiffe("default", "sleep"), nextHop: HBONEAddress(ip: .v4(127, 0, 0, 1), port: port),
+                    expectedIdentities: [spiffe("default", "httpbin")], authority: HBONEAddress(ip: .v4(10, 0, 0, 9), port: 80)
+                ), on: loop)
                 let answer = try await tunnel.executeThenClose { inbound, outbound in
                     try await outbound.write(Array("round \(round)".utf8))
                     outbound.finish()
