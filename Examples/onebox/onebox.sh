@@ -153,7 +153,31 @@ sleep 0.5
 echo "  node server: $(request curl-allow http://10.88.0.1:9999/)"
 echo "== 5. a kubelet-style probe from the node: SNAT to 169.254.7.127, straight to the app =="
 set +e; ip netns exec $node curl -s -o /dev/null -m 3 -w '  exit=%{exitcode} status=%{http_code}\n' http://10.88.0.20/; set -e
-echo "== 6. observability: readiness (15021), metrics (15020), /config_dump (15000) =="
+echo "== 6. a policy change closes a live connection that it now denies =="
+# curl-allow holds a connection open; the ALLOW policy is edited to name someone else.
+ip netns exec hbob-curl-allow python3 - "$dir/mesh.yaml" <<'PY'
+import socket, sys, time
+s = socket.create_connection(("10.96.0.20", 8000), timeout=10)
+s.sendall(b"GET / HTTP/1.1\r\n")   # a request still being sent: the app keeps the connection open
+time.sleep(1)                        # the tunnel is up and allowed
+path = sys.argv[1]; text = open(path).read()
+open(path + ".tmp", "w").write(text.replace('!Exact "cluster.local/ns/client/sa/curl-allow"', '!Exact "cluster.local/ns/client/sa/someone-else"'))
+import os; os.rename(path + ".tmp", path)
+start = time.time()
+try:
+    while s.recv(65536): pass
+    how = "closed"
+except ConnectionResetError:
+    how = "reset"
+except socket.timeout:
+    how = "still open after 10 s"
+print("  the open connection was %s %.1f s after the policy edit" % (how, time.time() - start))
+open(path, "w").write(text)
+PY
+sleep 1.5
+echo "  $(grep -o 'connection closed due to policy change.*' "$dir/ztunnel.access.log" | head -1)"
+echo "  with the policy restored: $(request curl-allow http://10.96.0.20:8000/)"
+echo "== 7. observability: readiness (15021), metrics (15020), /config_dump (15000) =="
 sleep 0.5
 echo "  readiness: $(ip netns exec $node curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15021/healthz/ready)"
 ip netns exec $node curl -s http://127.0.0.1:15020/metrics > "$dir/metrics.txt"

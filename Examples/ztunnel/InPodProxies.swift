@@ -24,6 +24,8 @@ actor InPodProxies: ZDSWorkloadHandler {
         let inode: UInt64
         let task: Task<Void, Never>
         let workload: Workload
+        let server: HBONEServer
+        let podIP: IPAddress
     }
 
     private let store: StoreBox
@@ -199,8 +201,27 @@ actor InPodProxies: ZDSWorkloadHandler {
             await task.value
             throw error
         }
-        self.running[uid] = Running(inode: namespace.inode, task: task, workload: workload)
+        self.running[uid] = Running(inode: namespace.inode, task: task, workload: workload, server: server, podIP: podIP)
         self.logger.info("pod proxy started", metadata: ["pod": "\(workload.namespace)/\(workload.name)", "identity": "\(identity)", "ip": "\(podIP)"])
+    }
+
+    /// Re-checks every live inbound HBONE connection against the current policies and closes
+    /// the ones now denied (ztunnel: "connection closed due to policy change").
+    func reevaluate() {
+        let store = self.store.current
+        for running in self.running.values {
+            let workload = store.workload(uid: running.workload.uid) ?? running.workload
+            let closed = running.server.closeTunnels { request in
+                let connection = ConnectionAttributes(
+                    source: PeerIdentity(trustDomain: request.peerIdentity.trustDomain.name, namespace: request.peerIdentity.namespace, serviceAccount: request.peerIdentity.serviceAccount),
+                    sourceIP: request.peerAddress?.ip.unmapped, destinationIP: running.podIP, destinationPort: request.target.port
+                )
+                return !store.authorize(connection, to: workload).decision.isAllowed
+            }
+            if closed > 0 {
+                self.log.note("connection closed due to policy change: \(closed) to \(workload.namespace)/\(workload.name)")
+            }
+        }
     }
 
     func stop(uid: String) async {

@@ -73,7 +73,7 @@ struct Ztunnel: AsyncParsableCommand {
         let services: [any ServiceLifecycle.Service] = [
             certificates,
             ZDSClient(path: self.zdsSocket, handler: proxies, logger: logger),
-            ConfigWatcher(path: self.config, store: store, logger: logger),
+            ConfigWatcher(path: self.config, store: store, proxies: proxies, logger: logger),
             AdminServer(host: "0.0.0.0", port: self.metricsPort, handle: { path in
                 path == "/metrics" || path == "/stats/prometheus"
                     ? (.ok, "text/plain; version=0.0.4", metrics.text) : (.notFound, "text/plain", "not found\n")
@@ -101,10 +101,12 @@ struct Ztunnel: AsyncParsableCommand {
 }
 
 /// Re-reads the config when it changes; an invalid file is logged and the previous config
-/// stays in force. Live connections keep the store they started with.
+/// stays in force. After a reload, live inbound connections are re-checked and the ones the
+/// new policies deny are closed.
 struct ConfigWatcher: ServiceLifecycle.Service {
     let path: String
     let store: StoreBox
+    let proxies: InPodProxies
     let logger: Logger
 
     func run() async throws {
@@ -117,6 +119,7 @@ struct ConfigWatcher: ServiceLifecycle.Service {
                 do {
                     self.store.replace(MeshStore(try LocalConfig.parse(text)))
                     self.logger.info("config reloaded", metadata: ["path": "\(self.path)"])
+                    await self.proxies.reevaluate()
                 } catch {
                     self.logger.error("config rejected, previous config stays in force", metadata: ["error": "\(error)"])
                 }

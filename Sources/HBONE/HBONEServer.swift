@@ -50,6 +50,7 @@ public final class HBONEServer: Service, Sendable {
     private let contexts = TLSContextCache()
     private let bound = BoundAddress()
     private let connections = ServerConnections()
+    private let live = LiveTunnels()
 
     /// Creates a server presenting `identity`'s certificate from `certificates`.
     ///
@@ -80,6 +81,17 @@ public final class HBONEServer: Service, Sendable {
 
     /// TLS connections currently open (for tests, metrics and leak checks).
     public var openConnections: Int { self.connections.count }
+
+    /// Tunnels currently spliced to their upstream.
+    public var liveTunnels: Int { self.live.count }
+
+    /// Closes every live tunnel whose request `shouldClose` (ztunnel re-checks live
+    /// connections when policies change and closes the ones now denied). Returns how many
+    /// were closed; their streams are reset and their upstream connections closed.
+    @discardableResult
+    public func closeTunnels(where shouldClose: (HBONEInboundRequest) -> Bool) -> Int {
+        self.live.close(where: shouldClose)
+    }
 
     /// Binds and serves until cancelled or gracefully shut down.
     public func run() async throws {
@@ -152,7 +164,7 @@ public final class HBONEServer: Service, Sendable {
                             peerIdentity: peerIdentity,
                             peerAddress: channel.remoteAddress.flatMap(HBONEAddress.init(socketAddress:)),
                             localAddress: channel.localAddress.flatMap(HBONEAddress.init(socketAddress:)),
-                            configuration: configuration, upstreamSockets: self.configuration.upstreamSockets,
+                            configuration: configuration, upstreamSockets: self.configuration.upstreamSockets, live: self.live,
                             decide: self.decide, logger: self.logger, onClosed: self.onTunnelClosed
                         )
                     )
@@ -203,6 +215,25 @@ final class ResumptionGuard: ChannelInboundHandler, RemovableChannelHandler {
 }
 
 /// The server's open connections, for drain and forced close.
+/// Spliced tunnels by stream channel, with the request that opened them.
+final class LiveTunnels: Sendable {
+    private let tunnels = NIOLockedValueBox<[ObjectIdentifier: (request: HBONEInboundRequest, channel: any Channel)]>([:])
+
+    func add(_ request: HBONEInboundRequest, _ channel: any Channel) {
+        let key = ObjectIdentifier(channel)
+        self.tunnels.withLockedValue { $0[key] = (request, channel) }
+        channel.closeFuture.whenComplete { _ in self.tunnels.withLockedValue { $0[key] = nil } }
+    }
+
+    var count: Int { self.tunnels.withLockedValue { $0.count } }
+
+    func close(where shouldClose: (HBONEInboundRequest) -> Bool) -> Int {
+        let doomed = self.tunnels.withLockedValue { Array($0.values) }.filter { shouldClose($0.request) }
+        for tunnel in doomed { tunnel.channel.close(promise: nil) }
+        return doomed.count
+    }
+}
+
 final class ServerConnections: Sendable {
     private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
 

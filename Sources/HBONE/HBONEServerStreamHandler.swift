@@ -28,6 +28,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
     private let localAddress: HBONEAddress?
     private let configuration: HBONEConfiguration
     private let upstreamSockets: HBONESocketProvider?
+    private let live: LiveTunnels
     private let decide: HBONEServer.Decide
     private let logger: Logger
     private let onClosed: @Sendable (HBONETunnelRecord) -> Void
@@ -38,10 +39,11 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
 
     init(
         peerIdentity: SPIFFEID, peerAddress: HBONEAddress?, localAddress: HBONEAddress?,
-        configuration: HBONEConfiguration, upstreamSockets: HBONESocketProvider?, decide: @escaping HBONEServer.Decide,
-        logger: Logger, onClosed: @escaping @Sendable (HBONETunnelRecord) -> Void
+        configuration: HBONEConfiguration, upstreamSockets: HBONESocketProvider?, live: LiveTunnels,
+        decide: @escaping HBONEServer.Decide, logger: Logger, onClosed: @escaping @Sendable (HBONETunnelRecord) -> Void
     ) {
         self.upstreamSockets = upstreamSockets
+        self.live = live
         self.peerIdentity = peerIdentity
         self.peerAddress = peerAddress
         self.localAddress = localAddress
@@ -174,6 +176,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
             context.close(promise: nil)
             return
         }
+        if let request = self.request { self.live.add(request, context.channel) }
         let early = self.early
         self.early = []
         context.pipeline.syncOperations.removeHandler(self, promise: nil)

@@ -47,16 +47,20 @@ struct OneBoxTests {
         // 5. kubelet-style probes reach the app.
         #expect(after("== 5.") == "  exit=0 status=200", "\(output)")
 
-        // 6. observability.
-        #expect(after("== 6.") == "  readiness: 200", "\(output)")
-        #expect(after("== 6.", 2).contains("denials: 2"), "curl-deny's HBONE and tcp-echo's plaintext: \(output)")
-        #expect(after("== 6.", 4) == "  config_dump: 5 workloads, 2 services, 3 policies, 3 pods served, certificates: curl-allow=Available, curl-deny=Available, httpbin=Available", "\(output)")
+        // 6. a policy change closes the live connection it denies (within the 1 s reload).
+        #expect(after("== 6.").contains("the open connection was closed") || after("== 6.").contains("the open connection was reset"), "\(output)")
+        #expect(after("== 6.", 2).contains("connection closed due to policy change: 1 to apps/httpbin"), "\(output)")
+        #expect(after("== 6.", 3) == "  with the policy restored: exit=0 status=200", "\(output)")
+        // 7. observability.
+        #expect(after("== 7.") == "  readiness: 200", "\(output)")
+        #expect(after("== 7.", 2).contains("denials: 2"), "curl-deny's HBONE and tcp-echo's plaintext: \(output)")
+        #expect(after("== 7.", 4) == "  config_dump: 5 workloads, 2 services, 3 policies, 3 pods served, certificates: curl-allow=Available, curl-deny=Available, httpbin=Available", "\(output)")
         let metrics = try String(contentsOf: directory.url.appendingPathComponent("metrics.txt"), encoding: .utf8)
         #expect(metrics.contains("istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"curl-allow\",source_canonical_service=\"unknown\",source_canonical_revision=\"unknown\",source_workload_namespace=\"client\",source_principal=\"spiffe://cluster.local/ns/client/sa/curl-allow\""))
         #expect(metrics.contains("destination_canonical_service=\"httpbin\",destination_canonical_revision=\"v1\""))
         #expect(metrics.contains("connection_security_policy=\"mutual_tls\""))
 
-        #expect(after("== 6.", 6).hasPrefix("    NAMESPACE") && after("== 6.", 6).contains("POD NAME") && after("== 6.", 6).contains("PROTOCOL"), "zc workloads header: \(output)")
+        #expect(after("== 7.", 6).hasPrefix("    NAMESPACE") && after("== 7.", 6).contains("POD NAME") && after("== 7.", 6).contains("PROTOCOL"), "zc workloads header: \(output)")
         #expect(output.contains("    apps        httpbin      10.88.0.20") || output.range(of: #"apps\s+httpbin\s+10\.88\.0\.20"#, options: .regularExpression) != nil, "\(output)")
         #expect(output.range(of: #"spiffe://cluster.local/ns/apps/sa/httpbin\s+Leaf\s+Available\s+true"#, options: .regularExpression) != nil, "zc certificates: \(output)")
 
