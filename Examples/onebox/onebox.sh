@@ -177,7 +177,23 @@ PY
 sleep 1.5
 echo "  $(grep -o 'connection closed due to policy change.*' "$dir/ztunnel.access.log" | head -1)"
 echo "  with the policy restored: $(request curl-allow http://10.96.0.20:8000/)"
-echo "== 7. observability: readiness (15021), metrics (15020), /config_dump (15000) =="
+echo "== 7. bad input: an independent HBONE client (Python ssl + h2) CONNECTs to httpbin's 15008 =="
+"$bin/hbone-tunnel" issue --dir "$dir/ca" --identity spiffe://cluster.local/ns/client/sa/curl-allow --out "$dir/py-client" >/dev/null
+hbone() { # hbone <authority> -> the status httpbin's proxy answered
+    ip netns exec $node python3 Tests/Interop/hbone_client.py --host 10.88.0.20 --port 15008 --ca "$dir/py-client-root.pem" \
+        --cert "$dir/py-client.pem" --key "$dir/py-client.key" --authority "$1" --payload "$(printf 'GET / HTTP/1.0\r\n\r\n')" \
+        | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r.get("status", r.get("error")), r.get("received", "")[:15].split("\r")[0])'
+}
+echo "  authority 10.88.0.20:80 (this pod): $(hbone 10.88.0.20:80)"
+echo "  authority 10.88.0.10:80 (another pod's IP): $(hbone 10.88.0.10:80)"
+echo "  an invalid mesh config is rejected and the previous one stays in force:"
+cp "$dir/mesh.yaml" "$dir/mesh.good"
+printf 'workloads:\n- namespace: apps\n  workloadIp: 10.0.0.1\n  services: {}\n' > "$dir/mesh.yaml"
+sleep 1.5
+echo "    $(grep 'config rejected' "$dir/ztunnel.log" | tail -1 | cut -d' ' -f2- | cut -c1-200)"
+echo "    curl-allow still: $(request curl-allow http://10.96.0.20:8000/)"
+cp "$dir/mesh.good" "$dir/mesh.yaml"
+echo "== 8. observability: readiness (15021), metrics (15020), /config_dump (15000) =="
 sleep 0.5
 echo "  readiness: $(ip netns exec $node curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15021/healthz/ready)"
 ip netns exec $node curl -s http://127.0.0.1:15020/metrics > "$dir/metrics.txt"

@@ -51,16 +51,21 @@ struct OneBoxTests {
         #expect(after("== 6.").contains("the open connection was closed") || after("== 6.").contains("the open connection was reset"), "\(output)")
         #expect(after("== 6.", 2).contains("connection closed due to policy change: 1 to apps/httpbin"), "\(output)")
         #expect(after("== 6.", 3) == "  with the policy restored: exit=0 status=200", "\(output)")
-        // 7. observability.
-        #expect(after("== 7.") == "  readiness: 200", "\(output)")
-        #expect(after("== 7.", 2).contains("denials: 2"), "curl-deny's HBONE and tcp-echo's plaintext: \(output)")
-        #expect(after("== 7.", 4) == "  config_dump: 5 workloads, 2 services, 3 policies, 3 pods served, certificates: curl-allow=Available, curl-deny=Available, httpbin=Available", "\(output)")
+        // 7. an independent HBONE client: this pod's IP → 200, another pod's IP → 400; a bad config is refused.
+        #expect(after("== 7.") == "  authority 10.88.0.20:80 (this pod): 200 HTTP/1.0 200 OK", "\(output)")
+        #expect(after("== 7.", 2) == "  authority 10.88.0.10:80 (another pod's IP): 400 ", "\(output)")
+        #expect(after("== 7.", 4).contains("config rejected") && after("== 7.", 4).contains("workloadIp"), "\(output)")
+        #expect(after("== 7.", 5) == "    curl-allow still: exit=0 status=200", "\(output)")
+        // 8. observability.
+        #expect(after("== 8.") == "  readiness: 200", "\(output)")
+        #expect(after("== 8.", 2).contains("denials: 2"), "curl-deny's HBONE and tcp-echo's plaintext: \(output)")
+        #expect(after("== 8.", 4) == "  config_dump: 5 workloads, 2 services, 3 policies, 3 pods served, certificates: curl-allow=Available, curl-deny=Available, httpbin=Available", "\(output)")
         let metrics = try String(contentsOf: directory.url.appendingPathComponent("metrics.txt"), encoding: .utf8)
         #expect(metrics.contains("istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"curl-allow\",source_canonical_service=\"unknown\",source_canonical_revision=\"unknown\",source_workload_namespace=\"client\",source_principal=\"spiffe://cluster.local/ns/client/sa/curl-allow\""))
         #expect(metrics.contains("destination_canonical_service=\"httpbin\",destination_canonical_revision=\"v1\""))
         #expect(metrics.contains("connection_security_policy=\"mutual_tls\""))
 
-        #expect(after("== 7.", 6).hasPrefix("    NAMESPACE") && after("== 7.", 6).contains("POD NAME") && after("== 7.", 6).contains("PROTOCOL"), "zc workloads header: \(output)")
+        #expect(after("== 8.", 6).hasPrefix("    NAMESPACE") && after("== 8.", 6).contains("POD NAME") && after("== 8.", 6).contains("PROTOCOL"), "zc workloads header: \(output)")
         #expect(output.contains("    apps        httpbin      10.88.0.20") || output.range(of: #"apps\s+httpbin\s+10\.88\.0\.20"#, options: .regularExpression) != nil, "\(output)")
         #expect(output.range(of: #"spiffe://cluster.local/ns/apps/sa/httpbin\s+Leaf\s+Available\s+true"#, options: .regularExpression) != nil, "zc certificates: \(output)")
 
