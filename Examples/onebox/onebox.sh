@@ -190,7 +190,7 @@ echo "  an invalid mesh config is rejected and the previous one stays in force:"
 cp "$dir/mesh.yaml" "$dir/mesh.good"
 printf 'workloads:\n- namespace: apps\n  workloadIp: 10.0.0.1\n  services: {}\n' > "$dir/mesh.yaml"
 sleep 1.5
-echo "    $(grep 'config rejected' "$dir/ztunnel.log" | tail -1 | cut -d' ' -f2- | cut -c1-200)"
+echo "    config rejected: $(grep 'config rejected' "$dir/ztunnel.log" | tail -1 | grep -o 'error=line [0-9]*, column [0-9]*: [^:]*: [^,]*' | cut -c7-)"
 echo "    curl-allow still: $(request curl-allow http://10.96.0.20:8000/)"
 cp "$dir/mesh.good" "$dir/mesh.yaml"
 echo "== 8. observability: readiness (15021), metrics (15020), /config_dump (15000) =="

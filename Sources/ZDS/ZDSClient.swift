@@ -1,3 +1,4 @@
+internal import NodeAgent
 public import Redirect
 public import Logging
 public import ServiceLifecycle
@@ -100,7 +101,7 @@ public struct ZDSClient: Service {
     }
 
     static func pause(_ duration: Duration) async throws {
-        try await zdsPause(duration)
+        try await NodeAgent.sleep(duration)
     }
 }
 

@@ -177,7 +177,7 @@ public final class ZDSServer: WorkloadProxyLink, Service {
     /// Every `liveness` interval: a 10 ms read under the exchange lock. Timeout = healthy.
     private func watchLiveness(_ connection: Connection) async throws {
         while !Task.isCancelled {
-            try await zdsPause(self.timeouts.liveness)
+            try await NodeAgent.sleep(self.timeouts.liveness)
             try await Blocking.run {
                 connection.lock.lock()
                 defer { connection.lock.unlock() }
