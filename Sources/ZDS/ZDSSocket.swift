@@ -41,38 +41,41 @@ public final class ZDSSocket: Sendable {
         }
     }
 
-    private let state: Mutex<Int32>
+    private let fd: Int32
+    private let closed = Atomic<Bool>(false)
 
     init(descriptor: Int32) {
-        self.state = Mutex(descriptor)
+        self.fd = descriptor
     }
 
     deinit {
-        self.close()
+        Glibc.close(self.fd)
     }
 
-    /// Closes the socket (idempotent); a blocked receive returns.
+    /// Ends the connection (idempotent): a receive blocked on another thread returns. The
+    /// descriptor itself is closed only when the socket is released, never while another
+    /// thread may still be inside `poll`/`recvmsg` on it (a closed number can be reused by
+    /// a new socket at once, and that thread would then wait on a stranger's socket).
     public func close() {
-        let descriptor = self.state.withLock { value -> Int32 in
-            let old = value
-            value = -1
-            return old
-        }
-        if descriptor >= 0 {
-            shutdown(descriptor, Int32(SHUT_RDWR))
-            Glibc.close(descriptor)
-        }
+        guard !self.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        shutdown(self.fd, Int32(SHUT_RDWR))
     }
 
-    private var descriptor: Int32 { self.state.withLock { $0 } }
+    private var descriptor: Int32 { self.closed.load(ordering: .acquiring) ? -1 : self.fd }
 
     /// Connects to a listening agent at `path`.
     public static func connect(to path: String) throws(Failure) -> ZDSSocket {
         let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .system("socket", errno) }
         let socket = ZDSSocket(descriptor: fd)
+        // Non-blocking: a Unix connect to a listener whose backlog is full would otherwise
+        // block forever (and no cancellation reaches a thread blocked in connect); with
+        // O_NONBLOCK it fails with EAGAIN and the caller retries after its backoff.
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
         let result = try Self.withAddress(path) { Glibc.connect(fd, $0, $1) }
         guard result == 0 else { throw .system("connect \(path)", errno) }
+        _ = fcntl(fd, F_SETFL, flags)
         return socket
     }
 
@@ -132,8 +135,8 @@ public final class ZDSSocket: Sendable {
 
 /// The listening socket the node agent owns (stale socket file removed first).
 public final class ZDSListener: Sendable {
-    private let socket: ZDSSocket
     private let fd: Int32
+    private let closed = Atomic<Bool>(false)
     /// The socket path.
     public let path: String
 
@@ -142,15 +145,19 @@ public final class ZDSListener: Sendable {
         unlink(path)
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .system("socket", errno) }
-        self.socket = ZDSSocket(descriptor: fd)
         self.fd = fd
         self.path = path
         guard try ZDSSocket.withAddress(path, { bind(fd, $0, $1) }) == 0 else { throw .system("bind \(path)", errno) }
         guard listen(fd, 16) == 0 else { throw .system("listen", errno) }
     }
 
+    deinit {
+        Glibc.close(self.fd)
+    }
+
     /// Accepts one connection, waiting at most `timeoutMilliseconds`.
     public func accept(timeoutMilliseconds: Int32) throws(ZDSSocket.Failure) -> ZDSSocket {
+        guard !self.closed.load(ordering: .acquiring) else { throw .closed }
         var entry = pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)
         let ready = poll(&entry, 1, timeoutMilliseconds)
         if ready == 0 { throw .timeout }
@@ -161,9 +168,11 @@ public final class ZDSListener: Sendable {
         return ZDSSocket(descriptor: accepted)
     }
 
-    /// Stops listening and removes the socket file.
+    /// Stops listening and removes the socket file (the descriptor is closed on release, as
+    /// for ``ZDSSocket/close()``).
     public func close() {
-        self.socket.close()
+        guard !self.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        shutdown(self.fd, Int32(SHUT_RDWR))
         unlink(self.path)
     }
 }
