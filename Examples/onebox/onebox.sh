@@ -174,7 +174,7 @@ except socket.timeout:
 print("  the open connection was %s %.1f s after the policy edit" % (how, time.time() - start))
 open(path, "w").write(text)
 PY
-sleep 1.5
+for _ in $(seq 50); do grep -q 'policy change' "$dir/ztunnel.access.log" && break; sleep 0.1; done
 echo "  $(grep -o 'connection closed due to policy change.*' "$dir/ztunnel.access.log" | head -1)"
 echo "  with the policy restored: $(request curl-allow http://10.96.0.20:8000/)"
 echo "== 7. bad input: an independent HBONE client (Python ssl + h2) CONNECTs to httpbin's 15008 =="
@@ -189,7 +189,7 @@ echo "  authority 10.88.0.10:80 (another pod's IP): $(hbone 10.88.0.10:80)"
 echo "  an invalid mesh config is rejected and the previous one stays in force:"
 cp "$dir/mesh.yaml" "$dir/mesh.good"
 printf 'workloads:\n- namespace: apps\n  workloadIp: 10.0.0.1\n  services: {}\n' > "$dir/mesh.yaml"
-sleep 1.5
+for _ in $(seq 100); do grep -q 'config rejected' "$dir/ztunnel.log" && break; sleep 0.1; done
 echo "    config rejected: $(grep 'config rejected' "$dir/ztunnel.log" | tail -1 | grep -o 'error=line [0-9]*, column [0-9]*: [^:]*: [^,]*' | cut -c7-)"
 echo "    curl-allow still: $(request curl-allow http://10.96.0.20:8000/)"
 cp "$dir/mesh.good" "$dir/mesh.yaml"

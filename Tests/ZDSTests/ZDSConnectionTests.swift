@@ -121,7 +121,9 @@ struct ZDSConnectionTests {
             try second.listen()
             try await Self.running([second]) {
                 try await eventually("the second snapshot") { handler.events.withLock { $0.contains("snapshot") } }
-                #expect(second.connectedProxies == 1)
+                // The agent counts the proxy once the SnapshotSent ack is back, just after the
+                // proxy recorded the snapshot.
+                try await eventually("the agent counts the reconnected proxy") { second.connectedProxies == 1 }
             }
             #expect(handler.events.withLock { $0 } == ["stop a", "snapshot"], "b kept, a drained")
         }
