@@ -155,6 +155,11 @@ echo "== 5. a kubelet-style probe from the node: SNAT to 169.254.7.127, straight
 set +e; ip netns exec $node curl -s -o /dev/null -m 3 -w '  exit=%{exitcode} status=%{http_code}\n' http://10.88.0.20/; set -e
 echo "== 6. a policy change closes a live connection that it now denies =="
 # curl-allow holds a connection open; the ALLOW policy is edited to name someone else.
+reloads() { grep -c 'config reloaded' "$dir/ztunnel.log" || true; }
+wait_reloads() { # wait_reloads <count>: until ztunnel has reloaded its config that many times
+    for _ in $(seq 100); do [ "$(reloads)" -ge "$1" ] && return; sleep 0.1; done
+}
+before=$(reloads)
 ip netns exec hbob-curl-allow python3 - "$dir/mesh.yaml" <<'PY'
 import socket, sys, time
 s = socket.create_connection(("10.96.0.20", 8000), timeout=10)
@@ -176,6 +181,7 @@ open(path, "w").write(text)
 PY
 for _ in $(seq 50); do grep -q 'policy change' "$dir/ztunnel.access.log" && break; sleep 0.1; done
 echo "  $(grep -o 'connection closed due to policy change.*' "$dir/ztunnel.access.log" | head -1)"
+wait_reloads $((before + 2))   # the edit, then the restore
 echo "  with the policy restored: $(request curl-allow http://10.96.0.20:8000/)"
 echo "== 7. bad input: an independent HBONE client (Python ssl + h2) CONNECTs to httpbin's 15008 =="
 "$bin/hbone-tunnel" issue --dir "$dir/ca" --identity spiffe://cluster.local/ns/client/sa/curl-allow --out "$dir/py-client" >/dev/null
@@ -192,7 +198,9 @@ printf 'workloads:\n- namespace: apps\n  workloadIp: 10.0.0.1\n  services: {}\n'
 for _ in $(seq 100); do grep -q 'config rejected' "$dir/ztunnel.log" && break; sleep 0.1; done
 echo "    config rejected: $(grep 'config rejected' "$dir/ztunnel.log" | tail -1 | grep -o 'error=line [0-9]*, column [0-9]*: [^:]*: [^,]*' | cut -c7-)"
 echo "    curl-allow still: $(request curl-allow http://10.96.0.20:8000/)"
+before=$(reloads)
 cp "$dir/mesh.good" "$dir/mesh.yaml"
+wait_reloads $((before + 1))
 echo "== 8. observability: readiness (15021), metrics (15020), /config_dump (15000) =="
 sleep 0.5
 echo "  readiness: $(ip netns exec $node curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15021/healthz/ready)"
