@@ -328,7 +328,7 @@ public final class HBONEClient: Sendable {
             let nextHop = target.nextHop
             let source = target.sourceIP
             connected = eventLoop.makeFutureWithTask { try await sockets.connect(nextHop, source) }
-                .flatMap { descriptor in bootstrap.withConnectedSocket(descriptor) }
+                .flatMap { [bootstrap = NIOLoopBound(bootstrap, eventLoop: eventLoop)] descriptor in bootstrap.value.withConnectedSocket(descriptor) }
         } else {
             connected = bootstrap.connect(host: "\(target.nextHop.ip)", port: Int(target.nextHop.port))
         }

@@ -140,7 +140,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
             if let sockets = self.upstreamSockets {
                 let source = self.request?.peerAddress?.ip
                 connected = context.eventLoop.makeFutureWithTask { try await sockets.connect(upstream, source) }
-                    .flatMap { descriptor in bootstrap.withConnectedSocket(descriptor) }
+                    .flatMap { [bootstrap = NIOLoopBound(bootstrap, eventLoop: context.eventLoop)] descriptor in bootstrap.value.withConnectedSocket(descriptor) }
             } else {
                 connected = bootstrap.connect(host: "\(upstream.ip)", port: Int(upstream.port))
             }

@@ -170,7 +170,7 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
 
     private static func splice(
         _ channel: any Channel, _ connection: TransparentListener.Connection, _ route: TransparentListener.Route, _ shared: Shared,
-        release: @escaping () -> Void
+        release: @escaping @Sendable () -> Void
     ) {
         // Exactly one record per connection, whichever path ends it first.
         let recorded = NIOLockedValueBox(false)
@@ -218,7 +218,7 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
             let connected: EventLoopFuture<any Channel>
             if let sockets = shared.sockets {
                 connected = channel.eventLoop.makeFutureWithTask { try await sockets.connect(address, source) }
-                    .flatMap { descriptor in bootstrap.withConnectedSocket(descriptor) }
+                    .flatMap { [bootstrap = NIOLoopBound(bootstrap, eventLoop: channel.eventLoop)] descriptor in bootstrap.value.withConnectedSocket(descriptor) }
             } else {
                 connected = bootstrap.connect(host: "\(address.ip)", port: Int(address.port))
             }
