@@ -162,7 +162,7 @@ struct RetryPending: Service {
     let agent: NodeAgent
     let interval: Duration
     func run() async throws {
-        try await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do { try await NodeAgent.sleep(self.interval) } catch { return }
                 await self.agent.retryPending()

@@ -1,6 +1,7 @@
 import Foundation
 import MeshIdentity
 import MeshState
+import InternetAddress
 import X509
 
 /// `/config_dump`: workloads, services, policies, certificates and the per-pod proxies, in

@@ -121,12 +121,13 @@ actor InPodProxies: ZDSWorkloadHandler {
                 metrics.closed(inboundLabels(record.request, denied: record.status.code == 401), received: record.bytes.received, sent: record.bytes.sent, failed: record.status.code != 200)
             }
         ) { request in
-            guard request.target.ip.unmapped == podIP else {
-                return .reject(.badRequest, reason: "CONNECT to \(request.target) is not this pod (\(podIP))")
+            let target = request.target.ip.unmapped
+            guard workload.workloadIPs.contains(target) else {
+                return .reject(.badRequest, reason: "CONNECT to \(request.target) is not this pod (\(workload.workloadIPs.map(\.description).joined(separator: ", ")))")
             }
             let connection = ConnectionAttributes(
                 source: PeerIdentity(trustDomain: request.peerIdentity.trustDomain.name, namespace: request.peerIdentity.namespace, serviceAccount: request.peerIdentity.serviceAccount),
-                sourceIP: request.peerAddress?.ip.unmapped, destinationIP: podIP, destinationPort: request.target.port
+                sourceIP: request.peerAddress?.ip.unmapped, destinationIP: target, destinationPort: request.target.port
             )
             // The workload as the current config has it (a reload may have changed its policies).
             let current = store.current.workload(uid: workload.uid) ?? workload
@@ -134,7 +135,7 @@ actor InPodProxies: ZDSWorkloadHandler {
             if !dryRun.isEmpty { log.note("dry-run policy matched: \(dryRun)") }
             metrics.opened(inboundLabels(request, denied: !decision.isAllowed))
             switch decision {
-            case .allow: return .forward(to: HBONEAddress(ip: podIP, port: request.target.port))
+            case .allow: return .forward(to: HBONEAddress(ip: target, port: request.target.port))
             case .explicitlyDenied(let policy): return .reject(.unauthorized, reason: "explicitly denied by: \(policy)")
             case .notAllowed: return .reject(.unauthorized, reason: "allow policy not matched")
             }
@@ -229,6 +230,11 @@ actor InPodProxies: ZDSWorkloadHandler {
         running.task.cancel()
         await running.task.value
         self.logger.info("pod proxy stopped", metadata: ["pod": "\(running.workload.namespace)/\(running.workload.name)"])
+    }
+
+    func connectionLost() async {
+        self.snapshotReceived = false
+        self.logger.warning("ZDS connection to the node agent lost; not ready until its snapshot is replayed")
     }
 
     func snapshotComplete() async {

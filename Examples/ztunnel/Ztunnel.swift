@@ -110,7 +110,7 @@ struct ConfigWatcher: ServiceLifecycle.Service {
     let logger: Logger
 
     func run() async throws {
-        try await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             var last = try? String(contentsOfFile: self.path, encoding: .utf8)
             while !Task.isCancelled {
                 do { try await NodeAgent.sleep(.seconds(1)) } catch { return }

@@ -12,6 +12,13 @@ public protocol ZDSWorkloadHandler: Sendable {
     func stop(uid: String) async
     /// The agent's snapshot has been received in full (the proxy is ready).
     func snapshotComplete() async
+    /// The connection to the agent ended; a new one will replay the snapshot (the proxy
+    /// is not ready until then). Default: nothing.
+    func connectionLost() async
+}
+
+extension ZDSWorkloadHandler {
+    public func connectionLost() async {}
 }
 
 /// The node proxy's end of ZDS (ztunnel `src/inpod/workloadmanager.rs`): connects to the
@@ -39,8 +46,13 @@ public struct ZDSClient: Service {
                 let socket = try await Blocking.run { try ZDSSocket.connect(to: path) }
                 backoff = .milliseconds(10)
                 machine.connectionStarted()
-                try await cancelWhenShuttingDown(socket) {
-                    try await self.serve(socket, &machine)
+                do {
+                    try await cancelWhenShuttingDown(socket) {
+                        try await self.serve(socket, &machine)
+                    }
+                } catch {
+                    await self.handler.connectionLost()
+                    throw error
                 }
             } catch {
                 if Task.isCancelled || Task.isShuttingDownGracefully { break }

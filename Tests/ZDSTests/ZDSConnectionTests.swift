@@ -30,6 +30,7 @@ final class RecordingHandler: ZDSWorkloadHandler {
 
     func stop(uid: String) async { self.events.withLock { $0.append("stop \(uid)") } }
     func snapshotComplete() async { self.events.withLock { $0.append("snapshot") } }
+    func connectionLost() async { self.events.withLock { $0.append("lost") } }
 
     struct TestFailure: Error, CustomStringConvertible { var description: String }
 }
@@ -114,7 +115,8 @@ struct ZDSConnectionTests {
             try await Self.running([first]) {
                 try await eventually("the first snapshot") { handler.events.withLock { $0.contains("snapshot") } }
             }
-            #expect(handler.events.withLock { $0 } == ["start a", "start b", "snapshot"])
+            try await eventually("the proxy noticed the agent went away") { handler.events.withLock { $0.last == "lost" } }
+            #expect(handler.events.withLock { $0 } == ["start a", "start b", "snapshot", "lost"])
             handler.events.withLock { $0 = [] }
             // The agent restarts knowing only "b" (netns unknown: a Keep).
             let second = ZDSServer(path: path) { [.init(uid: "b", workload: Self.workload, netnsPath: nil)] }
@@ -125,7 +127,8 @@ struct ZDSConnectionTests {
                 // proxy recorded the snapshot.
                 try await eventually("the agent counts the reconnected proxy") { second.connectedProxies == 1 }
             }
-            #expect(handler.events.withLock { $0 } == ["stop a", "snapshot"], "b kept, a drained")
+            // ("lost" may appear again: a reconnect can land on the old server while it stops.)
+            #expect(Array(handler.events.withLock { $0 }.filter { $0 != "lost" }.prefix(2)) == ["stop a", "snapshot"], "b kept, a drained")
         }
     }
 
@@ -152,7 +155,8 @@ struct ZDSConnectionTests {
                 // The proxy then drops the connection and reconnects.
                 await #expect(throws: ZDSSocket.Failure.closed) { try await offload { try connection.receive(timeoutMilliseconds: 5000) } }
             }
-            #expect(handler.events.withLock { $0 } == [], "nothing was started or stopped")
+            #expect(handler.events.withLock { $0 }.filter { $0 != "lost" } == [], "nothing was started or stopped")
+            #expect(handler.events.withLock { $0 }.filter { $0 == "lost" }.count >= 2, "each protocol error ended the connection")
         }
     }
 
