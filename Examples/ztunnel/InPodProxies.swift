@@ -4,6 +4,7 @@ import InternetAddress
 import Logging
 import MeshIdentity
 import MeshState
+import NodeAgent
 import Redirect
 import Synchronization
 import ZDS

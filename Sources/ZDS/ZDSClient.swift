@@ -1,4 +1,4 @@
-internal import NodeAgent
+public import NodeAgent
 public import Redirect
 public import Logging
 public import ServiceLifecycle

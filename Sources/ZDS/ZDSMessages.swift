@@ -1,3 +1,5 @@
+public import NodeAgent
+
 /// The ZDS messages (`istio.workload.zds`, istio `pkg/zdsapi/zds.proto`, ztunnel
 /// `proto/zds.proto`) with their exact field numbers, encoded and decoded by hand: proto3,
 /// one message per SEQPACKET datagram, no length prefix.
@@ -20,18 +22,9 @@ public enum ZDS {
     /// `MSG_TRUNC`, so no encoded message may be longer.
     public static let maximumMessageSize = 1024
 
-    /// `WorkloadInfo`.
-    public struct WorkloadInfo: Hashable, Sendable {
-        public var name: String
-        public var namespace: String
-        public var serviceAccount: String
-
-        public init(name: String, namespace: String, serviceAccount: String) {
-            self.name = name
-            self.namespace = namespace
-            self.serviceAccount = serviceAccount
-        }
-    }
+    /// `WorkloadInfo{name = 1, namespace = 2, service_account = 3}`: the node agent's
+    /// ``WorkloadIdentity``, one type for both ends.
+    public typealias WorkloadInfo = WorkloadIdentity
 
     /// `WorkloadRequest` (agent → proxy).
     public enum Request: Hashable, Sendable {

@@ -100,13 +100,13 @@ public final class ZDSServer: WorkloadProxyLink, Service {
         guard let newest = self.connections.withLock({ $0.last { $0.ready.load(ordering: .acquiring) } }) else {
             throw AgentError(.noProxyConnection, "no ztunnel connection")
         }
-        let request = ZDS.Request.add(uid: uid, workload: .init(name: workload.name, namespace: workload.namespace, serviceAccount: workload.serviceAccount))
+        let request = ZDS.Request.add(uid: uid, workload: workload)
         try await self.exchange(request, descriptor: namespace.descriptorForTransfer, on: newest)
     }
 
     public func delete(uid: String) async throws(AgentError) {
         for connection in self.connections.withLock({ $0 }) {
-            try? await self.exchange(.delete(uid: uid), descriptor: nil, on: connection)
+            _ = try? await self.exchange(.delete(uid: uid), descriptor: nil, on: connection)
         }
     }
 
@@ -134,7 +134,7 @@ public final class ZDSServer: WorkloadProxyLink, Service {
             guard hello.descriptors.isEmpty else { throw ZDS.ProtocolError("descriptor on ZdsHello") }
             guard try ZDS.decodeHello(hello.bytes) == .v1 else { throw ZDS.ProtocolError("ZdsHello without version V1") }
             for entry in await self.snapshot() {
-                let info = ZDS.WorkloadInfo(name: entry.workload.name, namespace: entry.workload.namespace, serviceAccount: entry.workload.serviceAccount)
+                let info = entry.workload
                 if let path = entry.netnsPath, let namespace = try? NetworkNamespace(path: path) {
                     try await self.exchange(.add(uid: entry.uid, workload: info), descriptor: namespace.descriptorForTransfer, on: connection)
                 } else {

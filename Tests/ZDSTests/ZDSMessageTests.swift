@@ -1,5 +1,6 @@
 import Testing
 import ZDS
+import NodeAgent
 
 /// Wire bytes against the byte sequences in the notes (`istio-cni.md` §3.2), decoding of
 /// every message, and bad input.
