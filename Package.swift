@@ -300,7 +300,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshStateTests",
-            dependencies: ["MeshState", "InternetAddress"],
+            dependencies: ["MeshState", "InternetAddress", "MeshTestSupport"],
             exclude: ["Fixtures"],
             swiftSettings: strictSettings
         ),

@@ -1,5 +1,6 @@
 internal import NIOConcurrencyHelpers
 internal import NIOCore
+internal import ServiceLifecycle
 
 /// The address a listener bound to, published once by its `run()` and awaited by callers
 /// that started it with port 0 (tests, `hbone-tunnel`'s `listening <port>` line).
@@ -51,5 +52,19 @@ final class BoundAddress: Sendable {
         } else {
             self.publish(.failure(HBONEClientError.closed))
         }
+    }
+}
+
+/// Waits until a listening channel closes, closing it on cancellation or graceful shutdown
+/// (the listeners that need no drain: the forwarder and the transparent listeners).
+func serveUntilShutdown(_ channel: any Channel) async {
+    await withGracefulShutdownHandler {
+        await withTaskCancellationHandler {
+            try? await channel.closeFuture.get()
+        } onCancel: {
+            channel.close(promise: nil)
+        }
+    } onGracefulShutdown: {
+        channel.close(promise: nil)
     }
 }

@@ -63,15 +63,7 @@ public final class HBONEForwarder: Service, Sendable {
             throw error
         }
         self.bound.publish(listening: channel)
-        await withGracefulShutdownHandler {
-            await withTaskCancellationHandler {
-                try? await channel.closeFuture.get()
-            } onCancel: {
-                channel.close(promise: nil)
-            }
-        } onGracefulShutdown: {
-            channel.close(promise: nil)
-        }
+        await serveUntilShutdown(channel)
     }
 }
 

@@ -86,15 +86,7 @@ public final class TransparentListener: Service, Sendable {
             throw error
         }
         self.bound.publish(listening: channel)
-        await withGracefulShutdownHandler {
-            await withTaskCancellationHandler {
-                try? await channel.closeFuture.get()
-            } onCancel: {
-                channel.close(promise: nil)
-            }
-        } onGracefulShutdown: {
-            channel.close(promise: nil)
-        }
+        await serveUntilShutdown(channel)
     }
 }
 

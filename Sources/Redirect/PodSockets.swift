@@ -210,20 +210,21 @@ public enum PodSockets {
 
     /// `getsockname` as an endpoint.
     public static func localEndpoint(of descriptor: Int32) -> SocketEndpoint? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let result = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-        }
-        return result == 0 ? SocketEndpoint(storage: storage) : nil
+        Self.endpoint(of: descriptor, getsockname)
     }
 
     /// `getpeername` as an endpoint.
     public static func peerEndpoint(of descriptor: Int32) -> SocketEndpoint? {
+        Self.endpoint(of: descriptor, getpeername)
+    }
+
+    private static func endpoint(
+        of descriptor: Int32, _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32
+    ) -> SocketEndpoint? {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let result = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(descriptor, $0, &length) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(descriptor, $0, &length) }
         }
         return result == 0 ? SocketEndpoint(storage: storage) : nil
     }

@@ -1,3 +1,4 @@
+import MeshTestSupport
 import Testing
 import ZDS
 import NodeAgent
@@ -61,22 +62,12 @@ struct ZDSMessageTests {
 
     @Test("fuzz: mutated messages never crash the decoders", arguments: [UInt64(51), 52])
     func fuzz(seed: UInt64) {
-        var state = seed
-        func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var random = SeededGenerator(seed: seed)
         let seeds = [ZDS.encode(.add(uid: "uid", workload: .init(name: "a", namespace: "b", serviceAccount: "c"))),
                      ZDS.encode(.delete(uid: "uid")), ZDS.encode(ZDS.Ack(error: "x"))]
         var decoded = 0
         for iteration in 0..<6000 {
-            var bytes = seeds[iteration % seeds.count]
-            for _ in 0..<Int(next() % 3 + 1) where !bytes.isEmpty {
-                bytes[Int(next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: next())
-            }
+            let bytes = random.mutate(seeds[iteration % seeds.count])
             if (try? ZDS.decodeRequest(bytes)) != nil { decoded += 1 }
             _ = try? ZDS.decodeResponse(bytes)
             _ = try? ZDS.decodeHello(bytes)
