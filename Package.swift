@@ -27,6 +27,8 @@ let package = Package(
         .library(name: "NodeAgent", targets: ["NodeAgent"]),
         .library(name: "ZDS", targets: ["ZDS"]),
         .library(name: "MeshState", targets: ["MeshState"]),
+        .library(name: "ProtobufWire", targets: ["ProtobufWire"]),
+        .library(name: "IstioCA", targets: ["IstioCA"]),
         .executable(name: "identity-demo", targets: ["IdentityDemo"]),
         .executable(name: "hbone-tunnel", targets: ["HBONETunnelExample"]),
         .executable(name: "istio-cni", targets: ["IstioCNIPlugin"]),
@@ -116,10 +118,35 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        /// The proto3 wire format by hand, for ZDS and Istio's certificate service.
+        .target(name: "ProtobufWire", swiftSettings: strictSettings),
+
+        /// IstioCA: Istio's certificate service (`istio.v1.auth.IstioCertificateService`,
+        /// gRPC over TLS + HTTP/2): a server in front of the embedded CA and a client that is
+        /// a `CertificateProvider`, so the node proxy can run with its CA in another process.
+        .target(
+            name: "IstioCA",
+            dependencies: [
+                "MeshIdentity",
+                "ProtobufWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
         /// ZDS: the agent ⇄ node proxy protocol that hands over pod network namespaces.
         .target(
             name: "ZDS",
             dependencies: [
+                "ProtobufWire",
                 "Redirect",
                 "NodeAgent",
                 "CLinuxNet",
@@ -174,6 +201,7 @@ let package = Package(
             name: "HBONETunnelExample",
             dependencies: [
                 "MeshIdentity",
+                "IstioCA",
                 "HBONE",
                 "InternetAddress",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -211,7 +239,7 @@ let package = Package(
         .executableTarget(
             name: "ZtunnelExample",
             dependencies: [
-                "HBONE", "MeshIdentity", "MeshState", "Redirect", "ZDS", "NodeAgent", "InternetAddress",
+                "HBONE", "IstioCA", "MeshIdentity", "MeshState", "Redirect", "ZDS", "NodeAgent", "InternetAddress",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -302,6 +330,11 @@ let package = Package(
             name: "MeshStateTests",
             dependencies: ["MeshState", "InternetAddress", "MeshTestSupport"],
             exclude: ["Fixtures"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IstioCATests",
+            dependencies: ["IstioCA", "MeshIdentity", "MeshTestSupport", .product(name: "X509", package: "swift-certificates")],
             swiftSettings: strictSettings
         ),
         .testTarget(

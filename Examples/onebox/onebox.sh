@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # The one-box ambient mesh: a node and pods as network namespaces on this machine.
 #
-#  node netns   cni-agent (node agent) + ztunnel (node proxy), bridge cni-ob0 10.88.0.1
+#  node netns   cni-agent (node agent) + ztunnel (node proxy) + the mesh CA (istiod's gRPC
+#               CA endpoint on 127.0.0.1:15012), bridge cni-ob0 10.88.0.1
 #  pods         curl-allow 10.88.0.10, curl-deny 10.88.0.11 (namespace client)
 #               httpbin    10.88.0.20 behind VIP 10.96.0.20:8000 -> 80 (namespace apps)
+#               tcp-echo   10.88.0.30 (namespace legacy, outside the mesh)
+#               client-1…N 10.88.1.N (namespace client, ONEBOX_PODS=N, default 2)
 #
 # Pods are created by the real CNI chain a runtime would run (loopback, bridge +
 # host-local, istio-cni last); the agent captures them and hands them to ztunnel over ZDS;
 # ztunnel serves each pod from inside its namespace. Then the scenarios run. Everything is
 # torn down on exit, Ctrl-C or failure. Needs root.
+#
+# Environment: ONEBOX_PODS (extra client pods, default 2, at most 200), ONEBOX_DIR (state and
+# logs, default /tmp/swift-hbone-onebox), ONEBOX_BIN (prebuilt binaries instead of `swift
+# build`), ONEBOX_CHURN_SECONDS (after the scenarios, create/use/delete pods for this long and
+# compare the proxy's and the agent's fds and RSS before and after), ONEBOX_HOLD (seconds to
+# keep the mesh up before the zc views).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "$(id -u)" != 0 ]; then echo "the one-box mesh needs root (network namespaces, iptables)"; exit 1; fi
@@ -26,6 +35,22 @@ declare -A ip=([curl-allow]=10.88.0.10 [curl-deny]=10.88.0.11 [httpbin]=10.88.0.
 declare -A ns=([curl-allow]=client [curl-deny]=client [httpbin]=apps [tcp-echo]=legacy)
 declare -A sa=([curl-allow]=curl-allow [curl-deny]=curl-deny [httpbin]=httpbin [tcp-echo]=default)
 declare -A uid=([curl-allow]=11111111-0000-4000-8000-000000000010 [curl-deny]=11111111-0000-4000-8000-000000000011 [httpbin]=11111111-0000-4000-8000-000000000020 [tcp-echo]=11111111-0000-4000-8000-000000000030)
+declare -A mode=()   # per-pod istio.io/dataplane-mode label (unset: the namespace decides)
+extra="${ONEBOX_PODS:-2}"
+if ! [[ "$extra" =~ ^[0-9]+$ ]] || [ "$extra" -gt 200 ]; then echo "ONEBOX_PODS must be 0..200, not $extra"; exit 1; fi
+for i in $(seq 1 "$extra"); do
+    p="client-$i"; pods+=("$p"); ip[$p]="10.88.1.$i"; ns[$p]=client; sa[$p]=curl-allow
+    uid[$p]=$(printf '11111111-0000-4000-8000-1000000%05d' "$i")
+done
+# Pods that churn creates and deletes (listed in the mesh config from the start).
+churners=(churn-a churn-b churn-c churn-d)
+for i in 0 1 2 3; do
+    p="${churners[$i]}"; ip[$p]="10.88.2.$((i + 1))"; ns[$p]=client; sa[$p]=curl-allow
+    uid[$p]=$(printf '11111111-0000-4000-8000-2000000%05d' "$i")
+done
+# A pod with an identity of its own, created while the CA is down (scenario 12).
+ip[newcomer]=10.88.2.9; ns[newcomer]=client; sa[newcomer]=newcomer; uid[newcomer]=11111111-0000-4000-8000-200000000009
+live=("${pods[@]}")   # pods that exist right now (pods.yaml lists them)
 pids=()
 cleanup() {
     # SIGTERM first (the agent and ztunnel shut down gracefully), then SIGKILL whatever is
@@ -37,7 +62,7 @@ cleanup() {
         [ $alive = 0 ] && break; sleep 0.1
     done
     for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    for n in "${pods[@]/#/hbob-}" $node; do
+    for n in "${pods[@]/#/hbob-}" "${churners[@]/#/hbob-}" hbob-newcomer $node; do
         ip netns pids "$n" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
         ip netns del "$n" 2>/dev/null || true
     done
@@ -52,30 +77,72 @@ ip netns add $node; ip -n $node link set lo up
 echo "== the mesh CA (Istio's cacerts layout) =="
 "$bin/hbone-tunnel" ca --dir "$dir/ca" >/dev/null && ls "$dir/ca" | sed 's/^/  /'
 
-cat > "$dir/run/pods.yaml" <<YAML
-namespaces:
-  - name: client
-    labels: {istio.io/dataplane-mode: ambient}
-  - name: apps
-    labels: {istio.io/dataplane-mode: ambient}
-  - name: legacy
-pods:
-YAML
-for p in "${pods[@]}"; do
-    printf '  - {name: %s, namespace: %s, uid: %s, serviceAccount: %s, netns: /var/run/netns/hbob-%s, ips: [%s]}\n' \
-        "$p" "${ns[$p]}" "${uid[$p]}" "${sa[$p]}" "$p" "${ip[$p]}" >> "$dir/run/pods.yaml"
-done
-cp Examples/onebox/mesh.yaml "$dir/mesh.yaml"
+# The pod metadata the agent follows (what the Kubernetes API would say), written atomically.
+write_pods() {
+    {
+        printf 'namespaces:\n  - name: client\n    labels: {istio.io/dataplane-mode: ambient}\n'
+        printf '  - name: apps\n    labels: {istio.io/dataplane-mode: ambient}\n  - name: legacy\npods:\n'
+        for p in "${live[@]}"; do
+            labels=""; [ -n "${mode[$p]:-}" ] && labels=", labels: {istio.io/dataplane-mode: ${mode[$p]}}"
+            printf '  - {name: %s, namespace: %s, uid: %s, serviceAccount: %s, netns: /var/run/netns/hbob-%s, ips: [%s]%s}\n' \
+                "$p" "${ns[$p]}" "${uid[$p]}" "${sa[$p]}" "$p" "${ip[$p]}" "$labels"
+        done
+    } > "$dir/run/pods.yaml.tmp"
+    mv "$dir/run/pods.yaml.tmp" "$dir/run/pods.yaml"
+}
+write_pods
+# The mesh config: the checked-in one plus a workload for every extra and churn pod.
+python3 - Examples/onebox/mesh.yaml "$dir/mesh.yaml" "$extra" <<'PY'
+import sys
+text, n = open(sys.argv[1]).read(), int(sys.argv[3])
+pods = [("client-%d" % i, "10.88.1.%d" % i) for i in range(1, n + 1)]
+pods += [("churn-" + c, "10.88.2.%d" % (i + 1)) for i, c in enumerate("abcd")]
+pods = [(p, a, "curl-allow") for p, a in pods] + [("newcomer", "10.88.2.9", "newcomer")]
+added = "".join(
+    "- uid: cluster1//v1/Pod/client/%s\n  name: %s\n  namespace: client\n  serviceAccount: %s\n"
+    "  trustDomain: cluster.local\n  workloadIps: [\"%s\"]\n  protocol: HBONE\n  node: onebox\n  services: {}\n" % (p, p, s, a)
+    for p, a, s in pods)
+open(sys.argv[2], "w").write(text.replace("\nworkloads:\n", "\nworkloads:\n" + added, 1))
+PY
 
 echo "== node agent and node proxy (in the node namespace) =="
-ip netns exec $node "$bin/cni-agent" run --run-dir "$dir/run" --zds-socket "$dir/zds/ztunnel.sock" > "$dir/agent.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do [ -S "$dir/zds/ztunnel.sock" ] && [ -S "$dir/run/pluginevent.sock" ] && break; sleep 0.1; done
-ip netns exec $node "$bin/ztunnel" --config "$dir/mesh.yaml" --zds-socket "$dir/zds/ztunnel.sock" --ca-dir "$dir/ca" \
-    > "$dir/ztunnel.access.log" 2> "$dir/ztunnel.log" &
-pids+=($!)
-for _ in $(seq 100); do grep -q "ZDS snapshot received" "$dir/ztunnel.log" 2>/dev/null && break; sleep 0.1; done
-echo "  agent: $(grep -c 'agent ready' "$dir/agent.log") ready; ztunnel: connected over ZDS"
+agent_pid=; ztunnel_pid=
+start_agent() {
+    ip netns exec $node "$bin/cni-agent" run --run-dir "$dir/run" --zds-socket "$dir/zds/ztunnel.sock" >> "$dir/agent.log" 2>&1 &
+    agent_pid=$!; pids+=($agent_pid)
+    for _ in $(seq 100); do [ -S "$dir/zds/ztunnel.sock" ] && [ -S "$dir/run/pluginevent.sock" ] && break; sleep 0.1; done
+}
+ca_pid=
+start_ca() { # istiod's CA endpoint: gRPC CreateCertificate over TLS on 127.0.0.1:15012
+    ip netns exec $node "$bin/hbone-tunnel" ca-server --dir "$dir/ca" --host 127.0.0.1 --port 15012 --tokens "$dir/ca-tokens" \
+        > "$dir/ca.out" 2>> "$dir/ca.log" &
+    ca_pid=$!; pids+=($ca_pid)
+    for _ in $(seq 100); do grep -q listening "$dir/ca.out" 2>/dev/null && break; sleep 0.1; done
+}
+start_ztunnel() { # start_ztunnel <access log file> [text|json]
+    ip netns exec $node "$bin/ztunnel" --config "$dir/mesh.yaml" --zds-socket "$dir/zds/ztunnel.sock" \
+        --ca-address 127.0.0.1:15012 --ca-root "$dir/ca/root-cert.pem" --ca-token "$dir/ztunnel-token" \
+        --log-format "${2:-text}" >> "$1" 2>> "$dir/ztunnel.log" &
+    ztunnel_pid=$!; pids+=($ztunnel_pid)
+}
+snapshots() { grep -c "ZDS snapshot received" "$dir/ztunnel.log" 2>/dev/null || true; }
+wait_snapshots() { # wait_snapshots <count>: until ztunnel has taken that many ZDS snapshots
+    for _ in $(seq 150); do [ "$(snapshots)" -ge "$1" ] && return; sleep 0.1; done
+}
+stop_process() { # stop_process <pid>: SIGTERM, then wait for it to exit
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
+}
+# ztunnel authenticates to the CA with its own token (Istio: its service-account JWT) and
+# may ask for its pods' identities (CA_TRUSTED_NODE_ACCOUNTS: istio-system/ztunnel).
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/ztunnel-token"
+echo "$(cat "$dir/ztunnel-token") spiffe://cluster.local/ns/istio-system/sa/ztunnel" > "$dir/ca-tokens"
+start_ca
+start_agent
+start_ztunnel "$dir/ztunnel.access.log"
+wait_snapshots 1
+echo "  CA: $(cat "$dir/ca.out") (gRPC); agent: $(grep -q 'agent ready' "$dir/agent.log" && echo ready); ztunnel: connected over ZDS"
 
 echo "== pods through the CNI chain (loopback, bridge + host-local, istio-cni) =="
 cni() { # cni <pod> <plugin> <command> <json>
@@ -84,16 +151,33 @@ cni() { # cni <pod> <plugin> <command> <json>
         CNI_ARGS="IgnoreUnknown=1;IP=${ip[$1]};K8S_POD_NAMESPACE=${ns[$1]};K8S_POD_NAME=$1" "$dir/bin/$2" <<< "$4"
 }
 bridge='{"cniVersion":"1.0.0","name":"onebox","type":"bridge","bridge":"cni-ob0","isGateway":true,"isDefaultGateway":true,"ipam":{"type":"host-local","subnet":"10.88.0.0/16","dataDir":"'"$dir"'/ipam"}}'
-for p in "${pods[@]}"; do
-    ip netns add "hbob-$p"
-    cni "$p" loopback ADD '{"cniVersion":"1.0.0","name":"lo","type":"loopback"}' >/dev/null
-    result=$(cni "$p" bridge ADD "$bridge")
-    istio='{"cniVersion":"1.0.0","name":"onebox","type":"istio-cni","cni_agent_run_dir":"'"$dir/run"'","ambient_enabled":true,"exclude_namespaces":["kube-system"],"prevResult":'"$result"'}'
-    if ! cni "$p" istio-cni ADD "$istio" > "$dir/cni-$p.out" 2> "$dir/cni-$p.log"; then
-        echo "  $p: istio-cni ADD failed: $(cat "$dir/cni-$p.out")"; exit 1
+istio_conf() { echo '{"cniVersion":"1.0.0","name":"onebox","type":"istio-cni","cni_agent_run_dir":"'"$dir/run"'","ambient_enabled":true,"exclude_namespaces":["kube-system"]'"$1"'}'; }
+add_pod() { # add_pod <pod>: what a runtime does for a new sandbox (the pod is already in pods.yaml)
+    ip netns add "hbob-$1"
+    cni "$1" loopback ADD '{"cniVersion":"1.0.0","name":"lo","type":"loopback"}' >/dev/null
+    result=$(cni "$1" bridge ADD "$bridge")
+    if ! cni "$1" istio-cni ADD "$(istio_conf ',"prevResult":'"$result")" > "$dir/cni-$1.out" 2> "$dir/cni-$1.log"; then
+        echo "  $1: istio-cni ADD failed: $(cat "$dir/cni-$1.out")"; exit 1
     fi
-    echo "  $p: ${ip[$p]} (${ns[$p]}/${sa[$p]}) in-pod redirect rules: $(ip netns exec "hbob-$p" iptables-save | grep -c 'ISTIO_'), proxy started: $(grep -c "pod=${ns[$p]}/$p" "$dir/ztunnel.log" || true)"
+}
+del_pod() { # del_pod <pod>: the runtime tears the sandbox down (chain in reverse), then the netns
+    # CNI: DEL must succeed even when the netns is already gone.
+    if ! { cni "$1" istio-cni DEL "$(istio_conf '')" && cni "$1" bridge DEL "$bridge" &&
+           cni "$1" loopback DEL '{"cniVersion":"1.0.0","name":"lo","type":"loopback"}'; } > "$dir/cni-$1.del" 2>&1; then
+        echo "  $1: CNI DEL failed: $(cat "$dir/cni-$1.del")"; exit 1
+    fi
+    [ ! -e "/var/run/netns/hbob-$1" ] || ip netns del "hbob-$1"
+}
+started() { grep -c "pod=$1 .*pod proxy started" "$dir/ztunnel.log" || true; }
+stopped() { grep -c "pod=$1 .*pod proxy stopped" "$dir/ztunnel.log" || true; }
+for p in "${pods[@]}"; do
+    add_pod "$p"
+    case "$p" in client-*) [ "$p" = client-1 ] || continue ;; esac   # one line for the extra pods
+    echo "  $p: ${ip[$p]} (${ns[$p]}/${sa[$p]}) in-pod redirect rules: $(ip netns exec "hbob-$p" iptables-save | grep -c 'ISTIO_'), proxy started: $(started "${ns[$p]}/$p")"
 done
+if [ "$extra" -gt 1 ]; then echo "  … and client-2 … client-$extra (10.88.1.2 … 10.88.1.$extra)"; fi
+for _ in $(seq 100); do [ "$(grep -c 'pod proxy started' "$dir/ztunnel.log")" -ge $((3 + extra)) ] && break; sleep 0.1; done
+echo "  pods served by ztunnel: $(grep -c 'pod proxy started' "$dir/ztunnel.log") of $((3 + extra)) ambient pods"
 ip netns exec hbob-httpbin python3 -m http.server 80 --bind 0.0.0.0 > "$dir/httpbin.log" 2>&1 &
 pids+=($!)
 ip netns exec hbob-tcp-echo socat TCP-LISTEN:9000,fork,reuseaddr EXEC:cat > /dev/null 2>&1 &
@@ -217,8 +301,145 @@ print("  config_dump: %d workloads, %d services, %d policies, %d pods served, ce
 PY
 [ -n "${ONEBOX_HOLD:-}" ] && sleep "$ONEBOX_HOLD"
 echo "  \$ ztunnel zc workloads / services / certificates"
-ip netns exec $node "$bin/ztunnel" zc workloads | sed 's/^/    /'
+ip netns exec $node "$bin/ztunnel" zc workloads | head -8 | sed 's/^/    /'
 ip netns exec $node "$bin/ztunnel" zc services | sed 's/^/    /'
 ip netns exec $node "$bin/ztunnel" zc certificates | cut -c1-150 | head -4 | sed 's/^/    /'
+
+# Per-pod in-pod rules and ip rules, then the node's host rules and probe-set entries: a
+# restart must leave this string exactly as it was (nothing duplicated, nothing lost).
+rule_counts() {
+    for p in "${live[@]}"; do
+        [ -e "/var/run/netns/hbob-$p" ] || continue
+        printf '%s:%s/%s ' "$p" "$(ip netns exec "hbob-$p" iptables-save | grep -c 'ISTIO_')" "$(ip -n "hbob-$p" rule | wc -l)"
+    done
+    printf 'host:%s probe-set:%s' "$(ip netns exec $node iptables-save | grep -c 'ISTIO')" "$(ip netns exec $node ipset list 2>/dev/null | grep -c '^10\.88\.')"
+}
+ready() { ip netns exec $node curl -s -o /dev/null -m 2 -w '%{http_code}' http://127.0.0.1:15021/healthz/ready || true; }
+wait_ready() { for _ in $(seq 100); do [ "$(ready)" = 200 ] && return; sleep 0.1; done; }
+forget() { # forget <pod>: the pod is gone from the API (pods.yaml)
+    local kept=() q; for q in "${live[@]}"; do [ "$q" = "$1" ] || kept+=("$q"); done; live=("${kept[@]}"); write_pods
+}
+create() { # create <pod>: in the API, then the sandbox through the CNI chain; waits until served
+    local before; before=$(started "${ns[$1]}/$1")
+    live+=("$1"); write_pods; add_pod "$1"
+    for _ in $(seq 100); do [ "$(started "${ns[$1]}/$1")" -gt "$before" ] && return; sleep 0.05; done
+}
+delete() { # delete <pod>: gone from the API and the sandbox torn down; waits until unserved
+    local before; before=$(stopped "${ns[$1]}/$1")
+    forget "$1"; del_pod "$1"
+    for _ in $(seq 100); do [ "$(stopped "${ns[$1]}/$1")" -gt "$before" ] && return; sleep 0.05; done
+}
+
+echo "== 9. ztunnel restarts (graceful drain on SIGTERM), now with LOG_FORMAT=json =="
+rules=$(rule_counts)
+before=$(snapshots)
+stop_process "$ztunnel_pid"
+echo "  while it is down: curl-allow $(request curl-allow http://10.96.0.20:8000/)   (captured, nobody listening: refused)"
+start_ztunnel "$dir/ztunnel.access.json" json
+wait_snapshots $((before + 1)); wait_ready
+echo "  back: readiness $(ready), $(grep 'ZDS snapshot received' "$dir/ztunnel.log" | tail -1 | grep -o 'pods=[0-9]*'); curl-allow $(request curl-allow http://10.96.0.20:8000/)"
+if [ "$(rule_counts)" = "$rules" ]; then echo "  rules after the restart: identical ($rules)"; else echo "  rules changed: $rules -> $(rule_counts)"; fi
+sleep 0.3
+python3 - "$dir/ztunnel.access.json" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+done = [l for l in lines if l["message"] == "connection complete" and l.get("direction") == "inbound"]
+l = done[-1]
+print("  JSON access log: %d lines parse; the last inbound one: %s" % (len(lines), ", ".join(
+    "%s=%s" % (k, l[k]) for k in ("level", "scope", "src.identity", "dst.identity", "dst.hbone_addr", "bytes_sent", "bytes_recv", "duration"))))
+PY
+
+echo "== 10. a pod's netns vanishes behind the agent's back, and the agent restarts =="
+create churn-a
+rules=$(rule_counts)
+ip netns del hbob-churn-a   # the runtime lost the sandbox; ztunnel still holds the netns fd
+before=$(snapshots)
+stop_process "$agent_pid"
+for _ in $(seq 50); do [ "$(ready)" = 503 ] && break; sleep 0.1; done
+echo "  agent down: ztunnel readiness $(ready); curl-allow $(request curl-allow http://10.96.0.20:8000/)   (traffic keeps flowing)"
+start_agent
+wait_snapshots $((before + 1)); wait_ready
+echo "  agent back: snapshot replayed, readiness $(ready)"
+grep 'churn-a' "$dir/agent.log" | grep -i 'fail\|warn\|error' | tail -1 | sed 's/^[^ ]* [a-z]* [^ ]* //' | cut -c1-200 | sed 's/^/    the agent on churn-a: /'
+now=$(rule_counts)
+if [ "$now" = "$(echo "$rules" | sed 's/churn-a:[0-9]*\/[0-9]* //')" ]; then echo "  rules of the other pods and the node after the restart: identical"; else echo "  rules changed: $rules -> $now"; fi
+delete churn-a
+echo "  churn-a deleted from the API: proxy stopped $(stopped client/churn-a); agent and ztunnel alive: $(kill -0 "$agent_pid" && kill -0 "$ztunnel_pid" && echo yes || echo no)"
+
+echo "== 11. a pod's life: created, served, opted out (rules removed), deleted (proxy and probe entry gone) =="
+create churn-b
+echo "  created: in-pod rules $(ip netns exec hbob-churn-b iptables-save | grep -c 'ISTIO_'), proxy started $(started client/churn-b), churn-b -> VIP $(request churn-b http://10.96.0.20:8000/)"
+mode[churn-b]=none; write_pods
+for _ in $(seq 50); do [ "$(stopped client/churn-b)" -ge 1 ] && break; sleep 0.1; done
+echo "  labelled istio.io/dataplane-mode=none: in-pod rules $(ip netns exec hbob-churn-b iptables-save | grep -c 'ISTIO_'), ip rules $(ip -n hbob-churn-b rule | wc -l), proxy stopped $(stopped client/churn-b)"
+echo "  churn-b -> httpbin 10.88.0.20:80 in plaintext now: $(request churn-b http://10.88.0.20/)   (STRICT at httpbin's proxy: reset, curl 56 or 7)"
+unset 'mode[churn-b]'; write_pods
+for _ in $(seq 50); do [ "$(started client/churn-b)" -ge 2 ] && break; sleep 0.1; done
+echo "  label removed: re-enrolled (proxy started $(started client/churn-b)), probe-set entries $(ip netns exec $node ipset list | grep -c '^10\.88\.2\.2 ')"
+delete churn-b
+echo "  deleted: proxy stopped $(stopped client/churn-b), probe-set entries $(ip netns exec $node ipset list | grep -c '^10\.88\.2\.2 '), enrollment record $(grep -c churn-b "$dir/run/enrollment.json" || true), netns $( [ -e /var/run/netns/hbob-churn-b ] && echo present || echo gone)"
+
+echo "== 12. the CA goes down: certificates already issued keep serving; a new identity waits for it =="
+cert_state() { # cert_state <service account>: the certificate state /config_dump reports
+    ip netns exec $node curl -s http://127.0.0.1:15000/config_dump | python3 -c 'import json,sys
+for c in json.load(sys.stdin)["certificates"]:
+    if c["identity"].endswith("/sa/" + sys.argv[1]): print(c["state"].split(":")[0]); break
+else: print("none")' "$1"
+}
+stop_process "$ca_pid"
+echo "  CA down: curl-allow $(request curl-allow http://10.96.0.20:8000/) (its certificate is cached until it expires)"
+create newcomer
+sleep 1
+echo "  newcomer (a new identity) -> VIP: $(request newcomer http://10.96.0.20:8000/); its certificate: $(cert_state newcomer)"
+grep 'certificate signing failed' "$dir/ztunnel.log" | tail -1 | grep -o 'error=[^]]*' | cut -c1-150 | sed 's/^/    ztunnel: /'
+start_ca
+for i in $(seq 300); do [ "$(cert_state newcomer)" = Available ] && break; sleep 0.1; done
+echo "  CA back: the newcomer's certificate is $(cert_state newcomer) (retried with backoff); newcomer -> VIP: $(request newcomer http://10.96.0.20:8000/)"
+delete newcomer
+
+if [ -n "${ONEBOX_CHURN_SECONDS:-}" ]; then
+    echo "== churn: pods created, used and deleted for ${ONEBOX_CHURN_SECONDS} s =="
+    usage() { # usage <pid>: open fds and RSS (KiB)
+        echo "$(ls "/proc/$1/fd" | wc -l) $(awk '/^VmRSS/ {print $2}' "/proc/$1/status")"
+    }
+    cycles=0; requests=0; failures=0
+    cycle() { # one pod's life: created, three requests through HBONE and a connection left open, deleted
+        local p=${churners[$((cycles % 4))]}
+        create "$p"
+        for _ in 1 2 3; do
+            requests=$((requests + 1))
+            result=$(request "$p" http://10.96.0.20:8000/)
+            if [ "$result" != "exit=0 status=200" ]; then
+                failures=$((failures + 1)); echo "$(date +%T.%N) $p $result" >> "$dir/churn-failures.log"
+            fi
+        done
+        # still open when the pod is deleted: ztunnel must drop it with the pod
+        ip netns exec "hbob-$p" python3 -c 'import socket,time;s=socket.create_connection(("10.96.0.20",8000),timeout=3);s.sendall(b"GET / HTTP/1.1\r\n");time.sleep(5)' >/dev/null 2>&1 &
+        sleep 0.2
+        delete "$p"
+        cycles=$((cycles + 1))
+    }
+    # A deleted pod's veth is gone before ztunnel hears of the deletion, so the peers of its
+    # HBONE connections see no FIN: their keepalive ends them (PING every 10 s, dead after
+    # 20 s unanswered, then up to 5 s for the TLS close). Measure after that has passed.
+    settle=40
+    cycle; cycle   # warm-up: the first pods create the caches and pools that stay
+    sleep $settle
+    z0=$(usage "$ztunnel_pid"); a0=$(usage "$agent_pid"); ls -l "/proc/$ztunnel_pid/fd" > "$dir/ztunnel.fds.before"
+    end=$((SECONDS + ONEBOX_CHURN_SECONDS))
+    samples=""; next=$((SECONDS + 60))
+    while [ $SECONDS -lt $end ]; do
+        cycle
+        if [ $SECONDS -ge $next ]; then samples+=" $(awk '/^VmRSS/ {print $2}' "/proc/$ztunnel_pid/status")"; next=$((SECONDS + 60)); fi
+    done
+    wait_ready; sleep $settle
+    z1=$(usage "$ztunnel_pid"); a1=$(usage "$agent_pid"); ls -l "/proc/$ztunnel_pid/fd" > "$dir/ztunnel.fds.after"
+    echo "  $cycles pods created and deleted, $requests requests, $failures failed"
+    echo "  ztunnel: fds ${z0% *} -> ${z1% *}, RSS ${z0#* } -> ${z1#* } KiB"
+    echo "  agent:   fds ${a0% *} -> ${a1% *}, RSS ${a0#* } -> ${a1#* } KiB"
+    echo "  ztunnel RSS each minute (KiB):${samples:- (run shorter than a minute)}"
+    echo "  pods served now: $(ip netns exec $node curl -s http://127.0.0.1:15000/config_dump | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["pods"]))'), churn namespaces left: $(ip netns list | grep -c 'hbob-churn' || true)"
+fi
+[ -n "${ONEBOX_HOLD_END:-}" ] && sleep "$ONEBOX_HOLD_END"
 echo
-echo "access log: $(grep -c 'connection complete' "$dir/ztunnel.access.log") connections; logs in $dir/{agent.log,ztunnel.log,ztunnel.access.log}"
+echo "access log: $(cat "$dir"/ztunnel.access.* | grep -c 'connection complete') connections; logs in $dir/{agent.log,ztunnel.log,ztunnel.access.log,ztunnel.access.json}"

@@ -28,20 +28,22 @@ enum ConfigDump {
         let policies: [[String: Any]] = config.policies.map { p in
             ["name": p.name, "namespace": p.namespace, "scope": p.scope.rawValue, "action": p.action.rawValue, "dryRun": p.dryRun, "rules": p.rules.count]
         }
-        let pods = await proxies.pods
+        // Every identity the certificate manager holds, once, sorted (ztunnel `dump_certs`).
         var certs: [[String: Any]] = []
         let formatter = ISO8601DateFormatter()
-        for workload in pods.values.sorted(by: { $0.uid < $1.uid }) {
-            guard let identity = try? InPodProxies.identity(of: workload, trustDomain: proxies.trustDomain) else { continue }
-            if let certificate = try? await certificates.certificate(for: identity) {
+        for identity in await certificates.identities {
+            switch await certificates.state(of: identity) {
+            case .available(let certificate):
                 certs.append([
                     "identity": identity.uri, "state": "Available",
                     "certChain": certificate.presentedChain.map { c in
                         ["serialNumber": "\(c.serialNumber)", "validFrom": formatter.string(from: c.notValidBefore), "expirationTime": formatter.string(from: c.notValidAfter)]
                     },
                 ])
-            } else {
-                certs.append(["identity": identity.uri, "state": "Unavailable"])
+            case .initializing, nil:
+                certs.append(["identity": identity.uri, "state": "Initializing", "certChain": [Any]()])
+            case .unavailable(let error):
+                certs.append(["identity": identity.uri, "state": "Unavailable: \(error)", "certChain": [Any]()])
             }
         }
         let dump: [String: Any] = [

@@ -26,7 +26,7 @@ actor InPodProxies: ZDSWorkloadHandler {
         let task: Task<Void, Never>
         let workload: Workload
         let server: HBONEServer
-        let podIP: IPAddress
+        let inbound: TransparentListener
     }
 
     private let store: StoreBox
@@ -69,7 +69,7 @@ actor InPodProxies: ZDSWorkloadHandler {
         guard let workload = self.store.current.workload(namespace: info.namespace, name: info.name) else {
             throw ProxyError("workload \(info.namespace)/\(info.name) is not in the mesh config")
         }
-        guard let podIP = workload.workloadIPs.first else { throw ProxyError("workload \(info.namespace)/\(info.name) has no IP") }
+        guard !workload.workloadIPs.isEmpty else { throw ProxyError("workload \(info.namespace)/\(info.name) has no IP") }
         let trustDomain = self.trustDomain
         let identity = try Self.identity(of: workload, trustDomain: trustDomain)
         var proxy = PodSocketOptions()
@@ -170,10 +170,8 @@ actor InPodProxies: ZDSWorkloadHandler {
                 metrics.closed(labels, received: record.bytes.sent, sent: record.bytes.received, failed: record.error != nil)
             }
         ) { connection in
-            let attributes = ConnectionAttributes(
-                source: nil, sourceIP: connection.source?.ip, destinationIP: podIP, destinationPort: connection.originalDestination.port
-            )
-            let allowed = store.current.authorize(attributes, to: store.current.workload(uid: workload.uid) ?? workload).decision.isAllowed
+            let current = store.current
+            let allowed = Self.plaintextAllowed(connection, to: current.workload(uid: workload.uid) ?? workload, store: current)
             metrics.opened(Metrics.Labels(
                 reporter: "destination", source: connection.source.flatMap { store.current.workload(at: $0.ip) }, sourcePrincipal: nil,
                 destination: workload, destinationService: nil, destinationPrincipal: destinationPrincipal,
@@ -182,7 +180,7 @@ actor InPodProxies: ZDSWorkloadHandler {
             guard allowed else {
                 return .reject(reason: "plaintext connection denied by policy")
             }
-            return .direct(HBONEAddress(ip: podIP, port: connection.originalDestination.port), source: connection.source?.ip)
+            return .direct(HBONEAddress(ip: Self.localAddress(connection, of: workload), port: connection.originalDestination.port), source: connection.source?.ip)
         }
         let logger = self.logger
         let task = Task {
@@ -203,12 +201,31 @@ actor InPodProxies: ZDSWorkloadHandler {
             await task.value
             throw error
         }
-        self.running[uid] = Running(inode: namespace.inode, task: task, workload: workload, server: server, podIP: podIP)
-        self.logger.info("pod proxy started", metadata: ["pod": "\(workload.namespace)/\(workload.name)", "identity": "\(identity)", "ip": "\(podIP)"])
+        self.running[uid] = Running(inode: namespace.inode, task: task, workload: workload, server: server, inbound: inbound)
+        // ztunnel prefetches the certificate of every local workload (`cert_fetcher.rs`).
+        await self.certificates.prefetch(identity)
+        self.logger.info("pod proxy started", metadata: ["pod": "\(workload.namespace)/\(workload.name)", "identity": "\(identity)", "ips": "\(workload.workloadIPs.map(\.description).joined(separator: ","))"])
     }
 
-    /// Re-checks every live inbound HBONE connection against the current policies and closes
-    /// the ones now denied (ztunnel: "connection closed due to policy change").
+    /// The pod address a redirected inbound connection was for: the original destination when
+    /// it is one of the pod's addresses (a dual-stack pod has several), else the first.
+    static func localAddress(_ connection: TransparentListener.Connection, of workload: Workload) -> IPAddress {
+        let target = connection.originalDestination.ip.unmapped
+        return workload.workloadIPs.contains(target) ? target : (workload.workloadIPs.first ?? target)
+    }
+
+    /// L4 authorization of a plaintext (15006) connection: no identity, only addresses and port.
+    static func plaintextAllowed(_ connection: TransparentListener.Connection, to workload: Workload, store: MeshStore) -> Bool {
+        let attributes = ConnectionAttributes(
+            source: nil, sourceIP: connection.source?.ip.unmapped, destinationIP: Self.localAddress(connection, of: workload),
+            destinationPort: connection.originalDestination.port
+        )
+        return store.authorize(attributes, to: workload).decision.isAllowed
+    }
+
+    /// Re-checks every live inbound connection, HBONE (15008) and plaintext (15006), against
+    /// the current policies and closes the ones now denied (ztunnel: "connection closed due to
+    /// policy change").
     func reevaluate() {
         let store = self.store.current
         for running in self.running.values {
@@ -216,9 +233,11 @@ actor InPodProxies: ZDSWorkloadHandler {
             let closed = running.server.closeTunnels { request in
                 let connection = ConnectionAttributes(
                     source: PeerIdentity(trustDomain: request.peerIdentity.trustDomain.name, namespace: request.peerIdentity.namespace, serviceAccount: request.peerIdentity.serviceAccount),
-                    sourceIP: request.peerAddress?.ip.unmapped, destinationIP: running.podIP, destinationPort: request.target.port
+                    sourceIP: request.peerAddress?.ip.unmapped, destinationIP: request.target.ip.unmapped, destinationPort: request.target.port
                 )
                 return !store.authorize(connection, to: workload).decision.isAllowed
+            } + running.inbound.closeConnections { connection in
+                !Self.plaintextAllowed(connection, to: workload, store: store)
             }
             if closed > 0 {
                 self.log.note("connection closed due to policy change: \(closed) to \(workload.namespace)/\(workload.name)")
@@ -230,6 +249,11 @@ actor InPodProxies: ZDSWorkloadHandler {
         guard let running = self.running.removeValue(forKey: uid) else { return }
         running.task.cancel()
         await running.task.value
+        // The last pod of an identity is gone: stop rotating its certificate (ztunnel forgets it).
+        if let identity = try? Self.identity(of: running.workload, trustDomain: self.trustDomain),
+           !self.running.values.contains(where: { (try? Self.identity(of: $0.workload, trustDomain: self.trustDomain)) == identity }) {
+            await self.certificates.forget(identity)
+        }
         self.logger.info("pod proxy stopped", metadata: ["pod": "\(running.workload.namespace)/\(running.workload.name)"])
     }
 
@@ -265,7 +289,7 @@ actor InPodProxies: ZDSWorkloadHandler {
                 }
                 return .tunnel(HBONETunnelTarget(
                     source: identity, nextHop: HBONEAddress(ip: address, port: 15008), expectedIdentities: expected,
-                    authority: HBONEAddress(ip: address, port: targetPort), sourceIP: source.workloadIPs.first
+                    authority: HBONEAddress(ip: address, port: targetPort), sourceIP: connection.source?.ip ?? source.workloadIPs.first
                 ))
             case .tcp(_, let address, let port, _):
                 return .direct(HBONEAddress(ip: address, port: port), source: nil)

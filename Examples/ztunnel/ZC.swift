@@ -29,7 +29,7 @@ struct ZC: ParsableCommand {
                 + (object["workloads"] as? [[String: Any]] ?? []).map { w in
                     [w["namespace"] as? String ?? "", w["name"] as? String ?? "", (w["workloadIps"] as? [String])?.first ?? "",
                      w["node"] as? String ?? "", "None", w["protocol"] as? String ?? ""]
-                }
+                }.sorted { ($0[0], $0[1]) < ($1[0], $1[1]) }   // istioctl: by namespace, then name
         case .service, .services:
             rows = [["NAMESPACE", "SERVICE NAME", "SERVICE VIP", "WAYPOINT", "ENDPOINTS"]]
                 + (object["services"] as? [[String: Any]] ?? []).map { s in
@@ -37,7 +37,7 @@ struct ZC: ParsableCommand {
                     return [s["namespace"] as? String ?? "", s["name"] as? String ?? "",
                             ((s["vips"] as? [String])?.first ?? "").split(separator: "/").last.map(String.init) ?? "",
                             "None", "\(endpoints)/\(endpoints)"]
-                }
+                }.sorted { ($0[0], $0[1]) < ($1[0], $1[1]) }
         case .certificate, .certificates:
             var table = [["CERTIFICATE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE"]]
             for certificate in object["certificates"] as? [[String: Any]] ?? [] {

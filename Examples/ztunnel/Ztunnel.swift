@@ -8,6 +8,7 @@
 import ArgumentParser
 import Foundation
 import HBONE
+import IstioCA
 import Logging
 import MeshIdentity
 import MeshState
@@ -34,8 +35,16 @@ struct Ztunnel: AsyncParsableCommand {
     var config: String
     @Option(help: "The node agent's ZDS socket (INPOD_UDS).")
     var zdsSocket = "/var/run/ztunnel/ztunnel.sock"
-    @Option(help: "The mesh CA in Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).")
-    var caDir: String
+    @Option(help: "The mesh CA in Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), embedded in this process.")
+    var caDir: String?
+    @Option(help: "Istio's CA over gRPC instead (CA_ADDRESS), host:port, e.g. 127.0.0.1:15012.")
+    var caAddress: String?
+    @Option(help: "With --ca-address: the roots the CA's certificate must chain to (CA_ROOT_CA).")
+    var caRoot: String?
+    @Option(help: "With --ca-address: the bearer token file (AUTH_TOKEN), re-read for every request.")
+    var caToken: String?
+    @Option(help: "With --ca-address: the identity the CA presents. Default spiffe://<trust-domain>/ns/istio-system/sa/istiod.")
+    var caIdentity: String?
     @Option(help: "The mesh trust domain.")
     var trustDomain = "cluster.local"
     @Option(help: "Prometheus metrics port (/metrics, all addresses).")
@@ -44,6 +53,8 @@ struct Ztunnel: AsyncParsableCommand {
     var readinessPort = 15021
     @Option(help: "Admin port (/config_dump, /logging; 127.0.0.1 only).")
     var adminPort = 15000
+    @Option(help: "Access log format, text or json (ztunnel's LOG_FORMAT; the environment variable is the default).")
+    var logFormat = ProcessInfo.processInfo.environment["LOG_FORMAT"] ?? "text"
     @Flag(help: "Debug logging.")
     var verbose = false
 
@@ -54,20 +65,20 @@ struct Ztunnel: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "swift-hbone.ztunnel")
+        guard let logFormat = AccessLog.Format(rawValue: self.logFormat) else {
+            throw ValidationError("--log-format must be one of \(AccessLog.Format.allCases.map(\.rawValue).joined(separator: ", ")), not \(self.logFormat)")
+        }
         let initial: LocalConfig
         do {
             initial = try LocalConfig.parse(try String(contentsOfFile: self.config, encoding: .utf8))
         } catch let error as LocalConfigError {
             throw ValidationError("\(self.config): \(error)")
         }
-        var caConfiguration = CertificateAuthority.Configuration()
-        caConfiguration.trustDomain = try TrustDomain(self.trustDomain)
-        let ca = try CertificateAuthority(directory: URL(fileURLWithPath: self.caDir), configuration: caConfiguration)
-        let certificates = CertificateManager(provider: EmbeddedCAProvider(authority: ca))
+        let certificates = CertificateManager(provider: try self.certificateProvider())
         let store = StoreBox(MeshStore(initial))
         let metrics = Metrics()
         let proxies = InPodProxies(
-            store: store, certificates: certificates, log: AccessLog(store: store, trustDomain: self.trustDomain), metrics: metrics,
+            store: store, certificates: certificates, log: AccessLog(store: store, trustDomain: self.trustDomain, format: logFormat), metrics: metrics,
             trustDomain: self.trustDomain, logger: logger
         )
         let services: [any ServiceLifecycle.Service] = [
@@ -94,9 +105,38 @@ struct Ztunnel: AsyncParsableCommand {
             "workloads": "\(initial.workloads.count)", "services": "\(initial.services.count)", "policies": "\(initial.policies.count)",
             "zds": "\(self.zdsSocket)",
         ])
-        FileHandle.standardOutput.write(Data("ztunnel started\n".utf8))
+        FileHandle.standardError.write(Data("ztunnel started\n".utf8))
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+}
+
+extension Ztunnel {
+    /// The embedded CA (`--ca-dir`) or Istio's CA over gRPC (`--ca-address`).
+    func certificateProvider() throws -> any CertificateProvider {
+        let trustDomain = try TrustDomain(self.trustDomain)
+        switch (self.caDir, self.caAddress) {
+        case (let directory?, nil):
+            var configuration = CertificateAuthority.Configuration()
+            configuration.trustDomain = trustDomain
+            return EmbeddedCAProvider(authority: try CertificateAuthority(directory: URL(fileURLWithPath: directory), configuration: configuration))
+        case (nil, let address?):
+            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+                throw ValidationError("--ca-address must be host:port, not \(address)")
+            }
+            guard let root = self.caRoot, let token = self.caToken else { throw ValidationError("--ca-address needs --ca-root and --ca-token") }
+            let roots = try TrustBundle(pem: try String(contentsOfFile: root, encoding: .utf8))
+            let identity = try self.caIdentity.map { try SPIFFEID(parsing: $0) }
+                ?? SPIFFEID(trustDomain: trustDomain, namespace: "istio-system", serviceAccount: "istiod")
+            var configuration = IstioCAClient.Configuration(roots: roots, caIdentity: identity) {
+                try String(contentsOfFile: token, encoding: .utf8)
+            }
+            configuration.host = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+            configuration.port = port
+            return IstioCAClient(configuration: configuration)
+        default:
+            throw ValidationError("give exactly one of --ca-dir (embedded CA) and --ca-address (Istio's CA over gRPC)")
+        }
     }
 }
 

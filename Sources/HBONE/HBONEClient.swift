@@ -365,7 +365,7 @@ public final class HBONEClient: Sendable {
         self.pool.withLockedValue { $0.machine.release(key, id, now: now) }
         let timeout = self.configuration.poolIdleTimeout
         guard let connection = self.pool.withLockedValue({ $0.connections[id] }) else { return }
-        connection.channel.eventLoop.scheduleTask(in: timeout.timeAmount) { self.evictIdle() }
+        connection.channel.eventLoop.scheduleTask(in: timeout.timeAmount) { [weak self] in self?.evictIdle() }
     }
 
     private func evictIdle() {

@@ -52,4 +52,6 @@ public struct HBONETunnelRecord: Sendable {
     public var reason: String?
     /// Bytes in each direction.
     public var bytes: TunnelByteCounts
+    /// From the request's HEADERS to the end of the tunnel (ztunnel's access-log `duration`).
+    public var duration: Duration
 }

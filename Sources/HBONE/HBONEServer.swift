@@ -50,7 +50,7 @@ public final class HBONEServer: Service, Sendable {
     private let contexts = TLSContextCache()
     private let bound = BoundAddress()
     private let connections = ServerConnections()
-    private let live = LiveTunnels()
+    private let live = LiveChannels<HBONEInboundRequest>()
 
     /// Creates a server presenting `identity`'s certificate from `certificates`.
     ///
@@ -214,26 +214,28 @@ final class ResumptionGuard: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// The server's open connections, for drain and forced close.
-/// Spliced tunnels by stream channel, with the request that opened them.
-final class LiveTunnels: Sendable {
-    private let tunnels = NIOLockedValueBox<[ObjectIdentifier: (request: HBONEInboundRequest, channel: any Channel)]>([:])
+/// Live spliced connections (HBONE tunnels by stream channel, redirected connections by
+/// their TCP channel), each with what opened it, so a policy change can close the ones it
+/// now denies.
+final class LiveChannels<Info: Sendable>: Sendable {
+    private let channels = NIOLockedValueBox<[ObjectIdentifier: (info: Info, channel: any Channel)]>([:])
 
-    func add(_ request: HBONEInboundRequest, _ channel: any Channel) {
+    func add(_ info: Info, _ channel: any Channel) {
         let key = ObjectIdentifier(channel)
-        self.tunnels.withLockedValue { $0[key] = (request, channel) }
-        channel.closeFuture.whenComplete { _ in self.tunnels.withLockedValue { $0[key] = nil } }
+        self.channels.withLockedValue { $0[key] = (info, channel) }
+        channel.closeFuture.whenComplete { _ in self.channels.withLockedValue { $0[key] = nil } }
     }
 
-    var count: Int { self.tunnels.withLockedValue { $0.count } }
+    var count: Int { self.channels.withLockedValue { $0.count } }
 
-    func close(where shouldClose: (HBONEInboundRequest) -> Bool) -> Int {
-        let doomed = self.tunnels.withLockedValue { Array($0.values) }.filter { shouldClose($0.request) }
-        for tunnel in doomed { tunnel.channel.close(promise: nil) }
+    func close(where shouldClose: (Info) -> Bool) -> Int {
+        let doomed = self.channels.withLockedValue { Array($0.values) }.filter { shouldClose($0.info) }
+        for entry in doomed { entry.channel.close(promise: nil) }
         return doomed.count
     }
 }
 
+/// The server's open connections, for drain and forced close.
 final class ServerConnections: Sendable {
     private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
 

@@ -28,18 +28,20 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
     private let localAddress: HBONEAddress?
     private let configuration: HBONEConfiguration
     private let upstreamSockets: HBONESocketProvider?
-    private let live: LiveTunnels
+    private let live: LiveChannels<HBONEInboundRequest>
     private let decide: HBONEServer.Decide
     private let logger: Logger
     private let onClosed: @Sendable (HBONETunnelRecord) -> Void
     private var state = State.waitingForHeaders
+    /// When the stream opened, for the record's duration.
+    private let opened = ContinuousClock.now
     private var request: HBONEInboundRequest?
     /// DATA that arrived before the tunnel was spliced (a client may send early).
     private var early: [HTTP2Frame.FramePayload] = []
 
     init(
         peerIdentity: SPIFFEID, peerAddress: HBONEAddress?, localAddress: HBONEAddress?,
-        configuration: HBONEConfiguration, upstreamSockets: HBONESocketProvider?, live: LiveTunnels,
+        configuration: HBONEConfiguration, upstreamSockets: HBONESocketProvider?, live: LiveChannels<HBONEInboundRequest>,
         decide: @escaping HBONEServer.Decide, logger: Logger, onClosed: @escaping @Sendable (HBONETunnelRecord) -> Void
     ) {
         self.upstreamSockets = upstreamSockets
@@ -70,7 +72,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
             self.state = .done
             self.onClosed(HBONETunnelRecord(
                 request: self.request, status: .ok, reason: "stream closed by the client before it was established",
-                bytes: TunnelByteCounts()
+                bytes: TunnelByteCounts(), duration: self.opened.duration(to: .now)
             ))
         }
         context.fireChannelInactive()
@@ -119,8 +121,9 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             let request = self.request
             let onClosed = self.onClosed
+            let opened = self.opened
             let glue = TunnelGlue { counts in
-                onClosed(HBONETunnelRecord(request: request, status: .ok, reason: nil, bytes: counts))
+                onClosed(HBONETunnelRecord(request: request, status: .ok, reason: nil, bytes: counts, duration: opened.duration(to: .now)))
             }
             let tcpSide = NIOLoopBound(glue.tcp, eventLoop: context.eventLoop)
             let boundGlue = NIOLoopBound(glue, eventLoop: context.eventLoop)
@@ -192,6 +195,6 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
         var headers = HPACKHeaders()
         headers.add(name: ":status", value: "\(status.code)")
         context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
-        self.onClosed(HBONETunnelRecord(request: self.request, status: status, reason: reason, bytes: TunnelByteCounts()))
+        self.onClosed(HBONETunnelRecord(request: self.request, status: status, reason: reason, bytes: TunnelByteCounts(), duration: self.opened.duration(to: .now)))
     }
 }

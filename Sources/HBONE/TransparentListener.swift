@@ -37,6 +37,8 @@ public final class TransparentListener: Service, Sendable {
         public var bytes: TunnelByteCounts
         /// Why it failed, if it did.
         public var error: String?
+        /// From accept to the end of the connection (ztunnel's access-log `duration`).
+        public var duration: Duration = .zero
     }
 
     private let listeningSocket: Int32
@@ -46,6 +48,9 @@ public final class TransparentListener: Service, Sendable {
     private let onClosed: @Sendable (Record) -> Void
     private let logger: Logger
     private let bound = BoundAddress()
+    private let live = LiveChannels<Connection>()
+    /// Every accepted connection, routed or not: cancellation (the pod is gone) closes them all.
+    private let accepted = LiveChannels<Void>()
 
     /// A listener on an already bound and listening socket (created in the pod's namespace).
     public init(
@@ -67,8 +72,20 @@ public final class TransparentListener: Service, Sendable {
         get async throws { try await self.bound.value }
     }
 
+    /// Connections spliced and still open.
+    public var liveConnections: Int { self.live.count }
+
+    /// Closes every live connection that `shouldClose` picks (ztunnel re-checks live
+    /// connections when policies change and closes the ones now denied). Returns how many.
+    @discardableResult
+    public func closeConnections(where shouldClose: (Connection) -> Bool) -> Int {
+        self.live.close(where: shouldClose)
+    }
+
     public func run() async throws {
-        let handler = RouteOnActive.Shared(client: self.client, sockets: self.sockets, route: self.route, onClosed: self.onClosed, logger: self.logger)
+        let handler = RouteOnActive.Shared(
+            client: self.client, sockets: self.sockets, route: self.route, onClosed: self.onClosed, live: self.live, logger: self.logger
+        )
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -76,8 +93,9 @@ public final class TransparentListener: Service, Sendable {
                 .childChannelOption(.autoRead, value: false)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.recvAllocator, value: self.client.configuration.readAllocator)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(RouteOnActive(shared: handler)) }
+                .childChannelInitializer { [accepted] channel in
+                    accepted.add((), channel)
+                    return channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(RouteOnActive(shared: handler)) }
                 }
                 .withBoundSocket(self.listeningSocket)
                 .get()
@@ -86,7 +104,10 @@ public final class TransparentListener: Service, Sendable {
             throw error
         }
         self.bound.publish(listening: channel)
+        // Graceful shutdown stops accepting and lets open connections finish; cancellation
+        // (the pod was removed) also closes every connection it accepted.
         await serveUntilShutdown(channel)
+        if Task.isCancelled { self.accepted.close { _ in true } }
     }
 }
 
@@ -102,6 +123,7 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
         let sockets: HBONESocketProvider?
         let route: @Sendable (TransparentListener.Connection) async -> TransparentListener.Route
         let onClosed: @Sendable (TransparentListener.Record) -> Void
+        let live: LiveChannels<TransparentListener.Connection>
         let logger: Logger
     }
 
@@ -146,6 +168,7 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
         let shared = self.shared
         let source = channel.remoteAddress.flatMap(HBONEAddress.init(socketAddress:)).map { HBONEAddress(ip: $0.ip.unmapped, port: $0.port) }
         let this = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        let opened = ContinuousClock.now
         Self.originalDestination(of: channel).flatMap { destination -> EventLoopFuture<(TransparentListener.Connection, TransparentListener.Route)> in
             let connection = TransparentListener.Connection(source: source, originalDestination: destination)
             return channel.eventLoop.makeFutureWithTask { (connection, await shared.route(connection)) }
@@ -155,14 +178,14 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
                 shared.logger.warning("no original destination", metadata: ["error": "\(error)"])
                 channel.close(promise: nil)
             case .success(let (connection, route)):
-                Self.splice(channel, connection, route, shared, release: { this.value.release() })
+                Self.splice(channel, connection, route, shared, opened: opened, release: { this.value.release() })
             }
         }
     }
 
     private static func splice(
         _ channel: any Channel, _ connection: TransparentListener.Connection, _ route: TransparentListener.Route, _ shared: Shared,
-        release: @escaping @Sendable () -> Void
+        opened: ContinuousClock.Instant, release: @escaping @Sendable () -> Void
     ) {
         // Exactly one record per connection, whichever path ends it first.
         let recorded = NIOLockedValueBox(false)
@@ -172,9 +195,14 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
                 defer { done = true }
                 return !done
             }
+            var record = record
+            record.duration = opened.duration(to: .now)
             if first { onClosed(record) }
         }
-        let shared = Shared(client: shared.client, sockets: shared.sockets, route: shared.route, onClosed: record, logger: shared.logger)
+        let shared = Shared(
+            client: shared.client, sockets: shared.sockets, route: shared.route, onClosed: record, live: shared.live, logger: shared.logger
+        )
+        if case .reject = route {} else { shared.live.add(connection, channel) }
         switch route {
         case .reject(let reason):
             shared.onClosed(.init(connection: connection, route: "reject", bytes: .init(), error: reason))

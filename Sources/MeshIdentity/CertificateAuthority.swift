@@ -201,8 +201,11 @@ public struct CertificateAuthority: Sendable {
     ///   - identity: The identity the caller authenticated as; must be in this CA's trust domain.
     ///   - lifetime: Requested validity; `nil` or non-positive means the default.
     ///   - now: The signing time.
+    ///   - dnsNames: DNS names to add to the SAN, for a control-plane server's certificate
+    ///     (istiod presents `istiod.istio-system.svc`); workload certificates have none.
     public func sign(
-        _ csr: CertificateSigningRequest, for identity: SPIFFEID, lifetime: Duration? = nil, now: Date = Date()
+        _ csr: CertificateSigningRequest, for identity: SPIFFEID, lifetime: Duration? = nil, now: Date = Date(),
+        dnsNames: [String] = []
     ) throws(IdentityError) -> [Certificate] {
         guard identity.trustDomain == self.configuration.trustDomain else {
             throw IdentityError.wrongTrustDomain(expected: self.configuration.trustDomain, actual: identity.trustDomain)
@@ -234,7 +237,7 @@ public struct CertificateAuthority: Sendable {
                 Critical(BasicConstraints.notCertificateAuthority)
                 Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
                 try ExtendedKeyUsage([.serverAuth, .clientAuth])
-                Critical(SubjectAlternativeNames([.uniformResourceIdentifier(identity.uri)]))
+                Critical(SubjectAlternativeNames([.uniformResourceIdentifier(identity.uri)] + dnsNames.map { .dnsName($0) }))
                 try CertificateAuthority.authorityKeyIdentifier(of: self.signingCertificate)
             }
             var generator = SystemRandomNumberGenerator()

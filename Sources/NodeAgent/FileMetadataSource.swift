@@ -63,18 +63,23 @@ public struct FileMetadataSource: PodMetadataSource {
         }
     }
 
-    /// Yields the state now and after every change of the file's contents. While the file
-    /// is missing or unparsable (being rewritten) nothing is yielded: an unreadable file
-    /// must never look like an empty cluster, which would unenroll every pod.
+    /// Yields the state now and after every change of the file: its contents, or the file
+    /// itself (a new inode or modification time). The second matters because the agent also
+    /// changes enrollment on its own (a plugin `ADD`): a pod added and removed again between
+    /// two polls leaves the same contents behind, and only the replaced file says that the
+    /// agent must reconcile again. While the file is missing or unparsable (being rewritten)
+    /// nothing is yielded: an unreadable file must never look like an empty cluster, which
+    /// would unenroll every pod.
     public func updates() -> AsyncThrowingStream<ClusterState, any Error> {
         let path = self.path
         let interval = self.pollInterval
         return AsyncThrowingStream { continuation in
             let task = Task {
-                var last: ClusterState?
+                var last: (state: ClusterState, version: FileVersion?)?
                 while !Task.isCancelled {
-                    if let state = try? Self.load(path), state != last {
-                        last = state
+                    let version = FileVersion(path: path)
+                    if let state = try? Self.load(path), state != last?.state || version != last?.version {
+                        last = (state, version)
                         continuation.yield(state)
                     }
                     do { try await pause(interval) } catch { break }
@@ -83,6 +88,21 @@ public struct FileMetadataSource: PodMetadataSource {
             }
             continuation.onTermination = { _ in task.cancel() }
         }
+    }
+}
+
+/// Which file a path names and when it was last written.
+struct FileVersion: Equatable {
+    var inode: UInt64
+    var modified: Date
+
+    init?(path: String) {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+              let inode = (attributes[.systemFileNumber] as? NSNumber)?.uint64Value,
+              let modified = attributes[.modificationDate] as? Date
+        else { return nil }
+        self.inode = inode
+        self.modified = modified
     }
 }
 

@@ -1,3 +1,4 @@
+internal import Foundation
 internal import InternetAddress
 internal import Netlink
 public import Logging
@@ -223,9 +224,14 @@ public actor NodeAgent {
             let wanted = self.configuration.eligibility.decide(pod, namespace: state.namespace(pod.namespace)) == .eligible
             let entry = self.enrolled[pod.uid]
             let ipsChanged = !pod.ips.isEmpty && entry?.ips != pod.ips
-            if wanted, entry?.state != .enabled || ipsChanged, pod.netns != nil || entry?.netns != nil {
+            if wanted, entry?.state != .enabled || ipsChanged, let path = entry?.netns ?? pod.netns {
+                // A pod whose sandbox does not exist yet is enrolled by its CNI ADD.
+                guard entry != nil || FileManager.default.fileExists(atPath: path) else {
+                    self.logger.debug("pod has no network namespace yet", metadata: ["pod": "\(pod.namespace)/\(pod.name)", "netns": "\(path)"])
+                    continue
+                }
                 do {
-                    try await self.addPodToMesh(pod, netnsPath: entry?.netns ?? pod.netns)
+                    try await self.addPodToMesh(pod, netnsPath: path)
                 } catch {
                     self.logger.warning("enrollment failed", metadata: ["pod": "\(pod.namespace)/\(pod.name)", "error": "\(error)"])
                 }

@@ -1,4 +1,5 @@
 public import NodeAgent
+internal import ProtobufWire
 
 /// The ZDS messages (`istio.workload.zds`, istio `pkg/zdsapi/zds.proto`, ztunnel
 /// `proto/zds.proto`) with their exact field numbers, encoded and decoded by hand: proto3,
@@ -185,87 +186,15 @@ public enum ZDS {
     }
 }
 
-/// Proto3 wire writing: varints and length-delimited fields; default values omitted.
-struct ProtoWriter {
-    var bytes: [UInt8] = []
+/// The shared proto wire codec, with malformed input reported as ``ZDS/ProtocolError``.
+typealias ProtoWriter = ProtobufWriter
 
-    mutating func rawVarint(_ value: UInt64) {
-        var value = value
-        while value >= 0x80 {
-            self.bytes.append(UInt8(value & 0x7f) | 0x80)
-            value >>= 7
-        }
-        self.bytes.append(UInt8(value))
-    }
-
-    mutating func varint(field: Int, _ value: UInt64) {
-        guard value != 0 else { return }
-        self.rawVarint(UInt64(field << 3))
-        self.rawVarint(value)
-    }
-
-    mutating func bytes(field: Int, _ payload: [UInt8], always: Bool = false) {
-        guard always || !payload.isEmpty else { return }
-        self.rawVarint(UInt64(field << 3 | 2))
-        self.rawVarint(UInt64(payload.count))
-        self.bytes += payload
-    }
-
-    mutating func string(field: Int, _ text: String) {
-        self.bytes(field: field, Array(text.utf8))
-    }
-}
-
-/// Proto wire reading with bounds checks: any truncation or malformed varint is a
-/// ``ZDS/ProtocolError``; unknown fields of every wire type are skipped.
 enum ProtoReader {
-    enum Value {
-        case varint(UInt64)
-        case bytes([UInt8])
-        case fixed
-    }
-
-    static func each(_ bytes: [UInt8], _ body: (Int, Value) throws(ZDS.ProtocolError) -> Void) throws(ZDS.ProtocolError) {
-        var index = 0
-        func varint() throws(ZDS.ProtocolError) -> UInt64 {
-            var result: UInt64 = 0
-            var shift: UInt64 = 0
-            while true {
-                guard index < bytes.count else { throw ZDS.ProtocolError("truncated varint") }
-                guard shift < 64 else { throw ZDS.ProtocolError("varint longer than 10 bytes") }
-                let byte = bytes[index]
-                index += 1
-                result |= UInt64(byte & 0x7f) << shift
-                if byte & 0x80 == 0 { return result }
-                shift += 7
-            }
-        }
-        while index < bytes.count {
-            let key = try varint()
-            let field = Int(key >> 3)
-            guard field > 0 else { throw ZDS.ProtocolError("field number 0") }
-            switch key & 7 {
-            case 0:
-                try body(field, .varint(try varint()))
-            case 1, 5:
-                let size = key & 7 == 1 ? 8 : 4
-                guard index + size <= bytes.count else { throw ZDS.ProtocolError("truncated fixed field \(field)") }
-                index += size
-                try body(field, .fixed)
-            case 2:
-                let length = try varint()
-                guard length <= UInt64(bytes.count - index) else { throw ZDS.ProtocolError("field \(field) length \(length) past the end") }
-                let payload = Array(bytes[index..<index + Int(length)])
-                index += Int(length)
-                try body(field, .bytes(payload))
-            default:
-                throw ZDS.ProtocolError("unsupported wire type \(key & 7) for field \(field)")
-            }
-        }
+    static func each(_ bytes: [UInt8], _ body: (Int, ProtobufReader.Value) throws(ZDS.ProtocolError) -> Void) throws(ZDS.ProtocolError) {
+        try ProtobufReader.each(bytes, malformed: ZDS.ProtocolError.init, body)
     }
 
     static func string(_ raw: [UInt8]) throws(ZDS.ProtocolError) -> String {
-        guard let text = String(validating: raw, as: UTF8.self) else { throw ZDS.ProtocolError("string field is not UTF-8") }
-        return text
+        try ProtobufReader.string(raw, malformed: ZDS.ProtocolError.init)
     }
 }
