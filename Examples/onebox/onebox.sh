@@ -42,14 +42,17 @@ for i in $(seq 1 "$extra"); do
     p="client-$i"; pods+=("$p"); ip[$p]="10.88.1.$i"; ns[$p]=client; sa[$p]=curl-allow
     uid[$p]=$(printf '11111111-0000-4000-8000-1000000%05d' "$i")
 done
-# Pods that churn creates and deletes (listed in the mesh config from the start).
-churners=(churn-a churn-b churn-c churn-d)
-for i in 0 1 2 3; do
+# Pods that churn creates and deletes (listed in the mesh config from the start). Sixteen,
+# so an address comes back only after the bridge's neighbours have forgotten its old MAC.
+churners=(churn-{a..p})
+for i in $(seq 0 15); do
     p="${churners[$i]}"; ip[$p]="10.88.2.$((i + 1))"; ns[$p]=client; sa[$p]=curl-allow
     uid[$p]=$(printf '11111111-0000-4000-8000-2000000%05d' "$i")
 done
 # A pod with an identity of its own, created while the CA is down (scenario 12).
-ip[newcomer]=10.88.2.9; ns[newcomer]=client; sa[newcomer]=newcomer; uid[newcomer]=11111111-0000-4000-8000-200000000009
+ip[newcomer]=10.88.3.9; ns[newcomer]=client; sa[newcomer]=newcomer; uid[newcomer]=11111111-0000-4000-8000-200000000009
+# A pod that the mesh config does not list until scenario 13 adds it.
+ip[stranger]=10.88.3.10; ns[stranger]=client; sa[stranger]=stranger; uid[stranger]=11111111-0000-4000-8000-200000000010
 live=("${pods[@]}")   # pods that exist right now (pods.yaml lists them)
 pids=()
 cleanup() {
@@ -62,7 +65,7 @@ cleanup() {
         [ $alive = 0 ] && break; sleep 0.1
     done
     for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    for n in "${pods[@]/#/hbob-}" "${churners[@]/#/hbob-}" hbob-newcomer $node; do
+    for n in "${pods[@]/#/hbob-}" "${churners[@]/#/hbob-}" hbob-newcomer hbob-stranger $node; do
         ip netns pids "$n" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
         ip netns del "$n" 2>/dev/null || true
     done
@@ -96,8 +99,8 @@ python3 - Examples/onebox/mesh.yaml "$dir/mesh.yaml" "$extra" <<'PY'
 import sys
 text, n = open(sys.argv[1]).read(), int(sys.argv[3])
 pods = [("client-%d" % i, "10.88.1.%d" % i) for i in range(1, n + 1)]
-pods += [("churn-" + c, "10.88.2.%d" % (i + 1)) for i, c in enumerate("abcd")]
-pods = [(p, a, "curl-allow") for p, a in pods] + [("newcomer", "10.88.2.9", "newcomer")]
+pods += [("churn-" + c, "10.88.2.%d" % (i + 1)) for i, c in enumerate("abcdefghijklmnop")]
+pods = [(p, a, "curl-allow") for p, a in pods] + [("newcomer", "10.88.3.9", "newcomer")]
 added = "".join(
     "- uid: cluster1//v1/Pod/client/%s\n  name: %s\n  namespace: client\n  serviceAccount: %s\n"
     "  trustDomain: cluster.local\n  workloadIps: [\"%s\"]\n  protocol: HBONE\n  node: onebox\n  services: {}\n" % (p, p, s, a)
@@ -397,6 +400,31 @@ for i in $(seq 300); do [ "$(cert_state newcomer)" = Available ] && break; sleep
 echo "  CA back: the newcomer's certificate is $(cert_state newcomer) (retried with backoff); newcomer -> VIP: $(request newcomer http://10.96.0.20:8000/)"
 delete newcomer
 
+echo "== 13. a pod the mesh config does not know: ztunnel NACKs it and the ADD fails closed; a config update lets the agent's retry in =="
+live+=(stranger); write_pods
+ip netns add hbob-stranger
+cni stranger loopback ADD '{"cniVersion":"1.0.0","name":"lo","type":"loopback"}' >/dev/null
+result=$(cni stranger bridge ADD "$bridge")
+if cni stranger istio-cni ADD "$(istio_conf ',"prevResult":'"$result")" > "$dir/cni-stranger.out" 2> "$dir/cni-stranger.log"; then
+    echo "  istio-cni ADD succeeded (unexpected)"
+else
+    echo "  istio-cni ADD failed: $(python3 -c 'import json,sys; e=json.load(open(sys.argv[1])); print("code %s: %s" % (e["code"], e["msg"]))' "$dir/cni-stranger.out")"
+fi
+echo "  ztunnel and agent alive: $(kill -0 "$agent_pid" && kill -0 "$ztunnel_pid" && echo yes || echo no); curl-allow $(request curl-allow http://10.96.0.20:8000/)"
+before=$(reloads)
+python3 - "$dir/mesh.yaml" <<'PY'
+import sys
+path = sys.argv[1]; text = open(path).read()
+added = ("- uid: cluster1//v1/Pod/client/stranger\n  name: stranger\n  namespace: client\n  serviceAccount: stranger\n"
+         "  trustDomain: cluster.local\n  workloadIps: [\"10.88.3.10\"]\n  protocol: HBONE\n  node: onebox\n  services: {}\n")
+open(path + ".tmp", "w").write(text.replace("\nworkloads:\n", "\nworkloads:\n" + added, 1))
+import os; os.rename(path + ".tmp", path)
+PY
+wait_reloads $((before + 1))
+for _ in $(seq 150); do [ "$(started client/stranger)" -ge 1 ] && break; sleep 0.1; done
+echo "  stranger added to the config: the agent's retry enrolled it, proxy started $(started client/stranger); stranger -> VIP $(request stranger http://10.96.0.20:8000/)   (not allowed by the policy: reset)"
+delete stranger
+
 if [ -n "${ONEBOX_CHURN_SECONDS:-}" ]; then
     echo "== churn: pods created, used and deleted for ${ONEBOX_CHURN_SECONDS} s =="
     usage() { # usage <pid>: open fds and RSS (KiB)
@@ -404,7 +432,7 @@ if [ -n "${ONEBOX_CHURN_SECONDS:-}" ]; then
     }
     cycles=0; requests=0; failures=0
     cycle() { # one pod's life: created, three requests through HBONE and a connection left open, deleted
-        local p=${churners[$((cycles % 4))]}
+        local p=${churners[$((cycles % 16))]}
         create "$p"
         for _ in 1 2 3; do
             requests=$((requests + 1))
@@ -435,6 +463,7 @@ if [ -n "${ONEBOX_CHURN_SECONDS:-}" ]; then
     wait_ready; sleep $settle
     z1=$(usage "$ztunnel_pid"); a1=$(usage "$agent_pid"); ls -l "/proc/$ztunnel_pid/fd" > "$dir/ztunnel.fds.after"
     echo "  $cycles pods created and deleted, $requests requests, $failures failed"
+    [ ! -s "$dir/churn-failures.log" ] || sed 's/^/    failed: /' "$dir/churn-failures.log" >&2
     echo "  ztunnel: fds ${z0% *} -> ${z1% *}, RSS ${z0#* } -> ${z1#* } KiB"
     echo "  agent:   fds ${a0% *} -> ${a1% *}, RSS ${a0#* } -> ${a1#* } KiB"
     echo "  ztunnel RSS each minute (KiB):${samples:- (run shorter than a minute)}"
