@@ -56,6 +56,12 @@ ip[stranger]=10.88.3.10; ns[stranger]=client; sa[stranger]=stranger; uid[strange
 live=("${pods[@]}")   # pods that exist right now (pods.yaml lists them)
 pids=()
 cleanup() {
+    local status=$?
+    if [ "$status" != 0 ] && [ -d "$dir" ]; then   # a failed run: the logs' tails, for CI
+        for log in ztunnel.log agent.log ca.log ztunnel.access.log; do
+            [ -f "$dir/$log" ] && { echo "--- $log (tail)"; tail -25 "$dir/$log"; } >&2
+        done
+    fi
     # SIGTERM first (the agent and ztunnel shut down gracefully), then SIGKILL whatever is
     # still running in our namespaces (a signal mask inherited from a parent can leave a
     # child deaf to SIGTERM), then the namespaces.
@@ -181,6 +187,15 @@ done
 if [ "$extra" -gt 1 ]; then echo "  … and client-2 … client-$extra (10.88.1.2 … 10.88.1.$extra)"; fi
 for _ in $(seq 100); do [ "$(grep -c 'pod proxy started' "$dir/ztunnel.log")" -ge $((3 + extra)) ] && break; sleep 0.1; done
 echo "  pods served by ztunnel: $(grep -c 'pod proxy started' "$dir/ztunnel.log") of $((3 + extra)) ambient pods"
+# ztunnel prefetches every local pod's certificate from the CA; wait until all are issued
+# (on a loaded machine a first request could otherwise spend its time budget waiting).
+certificates() {
+    ip netns exec $node curl -s -m 2 http://127.0.0.1:15000/config_dump | python3 -c 'import json,sys
+c = json.load(sys.stdin)["certificates"]; print("%d/%d" % (sum(1 for x in c if x["state"] == "Available"), len(c)))' 2>/dev/null || echo "0/?"
+}
+wait_certificates() { for _ in $(seq 300); do n=$(certificates); [ "${n%/*}" = "${n#*/}" ] && return; sleep 0.1; done; }
+wait_certificates
+echo "  certificates issued by the CA: $(certificates) available"
 ip netns exec hbob-httpbin python3 -m http.server 80 --bind 0.0.0.0 > "$dir/httpbin.log" 2>&1 &
 pids+=($!)
 ip netns exec hbob-tcp-echo socat TCP-LISTEN:9000,fork,reuseaddr EXEC:cat > /dev/null 2>&1 &
@@ -189,7 +204,7 @@ sleep 1
 
 request() { # request <pod> <url> -> prints "exit=<curl exit> status=<http status>"
     set +e
-    status=$(ip netns exec "hbob-$1" curl -s -o /dev/null -m 5 -w '%{http_code}' "$2")
+    status=$(ip netns exec "hbob-$1" curl -s -o /dev/null -m 10 -w '%{http_code}' "$2")
     code=$?
     set -e
     echo "exit=$code status=$status"
@@ -339,7 +354,7 @@ before=$(snapshots)
 stop_process "$ztunnel_pid"
 echo "  while it is down: curl-allow $(request curl-allow http://10.96.0.20:8000/)   (captured, nobody listening: refused)"
 start_ztunnel "$dir/ztunnel.access.json" json
-wait_snapshots $((before + 1)); wait_ready
+wait_snapshots $((before + 1)); wait_ready; wait_certificates
 echo "  back: readiness $(ready), $(grep 'ZDS snapshot received' "$dir/ztunnel.log" | tail -1 | grep -o 'pods=[0-9]*'); curl-allow $(request curl-allow http://10.96.0.20:8000/)"
 if [ "$(rule_counts)" = "$rules" ]; then echo "  rules after the restart: identical ($rules)"; else echo "  rules changed: $rules -> $(rule_counts)"; fi
 sleep 0.3

@@ -254,9 +254,15 @@ final class ServerConnections: Sendable {
     }
 
     /// Sends GOAWAY on every connection, then closes whatever is still open at the deadline.
+    /// A connection still in its TLS handshake (no HTTP/2 handler yet) has nothing to drain
+    /// and is closed at once: a frame written there would reach the socket as is.
     func drain(deadline: Duration) {
         for channel in self.channels.withLockedValue({ Array($0.values) }) {
             channel.eventLoop.execute {
+                guard (try? channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)) != nil else {
+                    channel.close(promise: nil)
+                    return
+                }
                 let goAway = HTTP2Frame(
                     streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil)
                 )

@@ -6,6 +6,7 @@ import Synchronization
 import MeshIdentity
 import MeshTestSupport
 import Logging
+import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import Testing
@@ -219,6 +220,36 @@ struct HBONETunnelTests {
             try await tasks.waitForAll()
         }
         await echo.close()
+    }
+
+    @Test("graceful shutdown while a connection still waits for the server's certificate (CA slow or down): closed, no crash")
+    func drainBeforeHandshake() async throws {
+        let ca = try CertificateAuthority.selfSigned()
+        let provider = TestProvider(authority: ca, clock: SystemIdentityClock())
+        provider.gated = true
+        let manager = CertificateManager(provider: provider)
+        var configuration = HBONEServer.Configuration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        let server = HBONEServer(configuration: configuration, identity: spiffe("default", "httpbin"), certificates: manager) { _ in
+            .reject(.unauthorized, reason: "unused")
+        }
+        let group = ServiceGroup(services: [manager, server], logger: Logger(label: "test"))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            let port = Int(try await server.listeningAddress.port)
+            // A plain TCP peer: the server accepted it and is waiting for its own certificate,
+            // so the connection has no TLS or HTTP/2 handlers yet.
+            let peer = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()
+            try await eventually("the server's signing waits at the gate") { provider.heldCount == 1 }
+            await group.triggerGracefulShutdown()
+            // Before the fix the drain wrote a GOAWAY frame into that bare pipeline, and NIO
+            // trapped on the frame reaching the socket. Now the connection is just closed.
+            try await eventually("the half-set-up connection is closed") { !peer.isActive }
+            provider.gated = false
+            provider.release()
+            try await tasks.waitForAll()
+        }
     }
 
     @Test("a server certificate rotated mid-run: new connections get the new one, a live tunnel keeps working")
