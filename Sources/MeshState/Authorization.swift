@@ -162,18 +162,24 @@ public struct ConnectionAttributes: Hashable, Sendable {
 
 /// A SPIFFE identity broken into what policies match on.
 public struct PeerIdentity: Hashable, Sendable {
-    public var trustDomain: String
-    public var namespace: String
-    public var serviceAccount: String
+    public var trustDomain: String { didSet { self.principal = Self.principal(self.trustDomain, self.namespace, self.serviceAccount) } }
+    public var namespace: String { didSet { self.principal = Self.principal(self.trustDomain, self.namespace, self.serviceAccount) } }
+    public var serviceAccount: String { didSet { self.principal = Self.principal(self.trustDomain, self.namespace, self.serviceAccount) } }
 
     public init(trustDomain: String, namespace: String, serviceAccount: String) {
         self.trustDomain = trustDomain
         self.namespace = namespace
         self.serviceAccount = serviceAccount
+        self.principal = Self.principal(trustDomain, namespace, serviceAccount)
     }
 
     /// `td/ns/<ns>/sa/<sa>`: the SPIFFE ID without `spiffe://`, what `principals` compare to.
-    public var principal: String { "\(self.trustDomain)/ns/\(self.namespace)/sa/\(self.serviceAccount)" }
+    /// Built once, not per policy match.
+    public private(set) var principal: String
+
+    private static func principal(_ trustDomain: String, _ namespace: String, _ serviceAccount: String) -> String {
+        "\(trustDomain)/ns/\(namespace)/sa/\(serviceAccount)"
+    }
 
     /// `spiffe://td/ns/<ns>/sa/<sa>`.
     public var uri: String { "spiffe://" + self.principal }

@@ -13,14 +13,24 @@ public struct MeshStore: Sendable {
     private let servicesByKey: [String: Service]
     /// Service key → (workload UID, port map) for every endpoint.
     private let endpointsByService: [String: [(uid: String, ports: [UInt16: UInt16])]]
+    /// `namespace/name` → the first workload with it (ZDS names pods that way).
+    private let workloadsByName: [String: Workload]
+    /// Indices into `config.policies`: Global ones, Namespace ones by namespace, and
+    /// WorkloadSelector ones by `namespace/name`, so authorization looks at the few
+    /// policies that can apply instead of scanning all of them.
+    private let globalPolicies: [Int]
+    private let namespacePolicies: [String: [Int]]
+    private let selectorPolicies: [String: [Int]]
 
     public init(_ config: LocalConfig) {
         self.config = config
         var byUID: [String: Workload] = [:]
+        var byName: [String: Workload] = [:]
         var byAddress: [NetworkAddress: Workload] = [:]
         var endpoints: [String: [(uid: String, ports: [UInt16: UInt16])]] = [:]
         for workload in config.workloads {
             byUID[workload.uid] = workload
+            if byName["\(workload.namespace)/\(workload.name)"] == nil { byName["\(workload.namespace)/\(workload.name)"] = workload }
             if workload.networkMode == .standard {
                 for ip in workload.workloadIPs { byAddress[NetworkAddress(network: workload.network, address: ip)] = workload }
             }
@@ -42,6 +52,20 @@ public struct MeshStore: Sendable {
         self.servicesByVIP = byVIP
         self.servicesByKey = byKey
         self.endpointsByService = endpoints
+        self.workloadsByName = byName
+        var global: [Int] = []
+        var byNamespace: [String: [Int]] = [:]
+        var bySelector: [String: [Int]] = [:]
+        for (index, policy) in config.policies.enumerated() {
+            switch policy.scope {
+            case .global: global.append(index)
+            case .namespace: byNamespace[policy.namespace, default: []].append(index)
+            case .workloadSelector: bySelector[policy.key, default: []].append(index)
+            }
+        }
+        self.globalPolicies = global
+        self.namespacePolicies = byNamespace
+        self.selectorPolicies = bySelector
     }
 
     // MARK: Lookups
@@ -54,7 +78,7 @@ public struct MeshStore: Sendable {
 
     /// The workload a pod handed over by ZDS is (by namespace and name).
     public func workload(namespace: String, name: String) -> Workload? {
-        self.config.workloads.first { $0.namespace == namespace && $0.name == name }
+        self.workloadsByName["\(namespace)/\(name)"]
     }
 
     /// Every workload with this SPIFFE identity.
@@ -149,7 +173,19 @@ public struct MeshStore: Sendable {
     // MARK: Inbound
 
     /// L4 authorization of an inbound connection to `workload`.
+    /// Only the policies that can apply are evaluated, in config order, with the same
+    /// semantics as `config.policies.evaluate(_:for:)`.
     public func authorize(_ connection: ConnectionAttributes, to workload: Workload) -> (decision: AuthorizationDecision, dryRunMatches: [String]) {
-        self.config.policies.evaluate(connection, for: workload)
+        var indices = self.globalPolicies + (self.namespacePolicies[workload.namespace] ?? [])
+        for key in workload.authorizationPolicies { indices += self.selectorPolicies[key] ?? [] }
+        indices.sort()
+        var previous = -1
+        var candidates: [Authorization] = []
+        candidates.reserveCapacity(indices.count)
+        for index in indices where index != previous {
+            candidates.append(self.config.policies[index])
+            previous = index
+        }
+        return candidates.evaluate(connection, for: workload)
     }
 }
