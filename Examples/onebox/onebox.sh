@@ -319,9 +319,11 @@ print("  config_dump: %d workloads, %d services, %d policies, %d pods served, ce
 PY
 [ -n "${ONEBOX_HOLD:-}" ] && sleep "$ONEBOX_HOLD"
 echo "  \$ ztunnel zc workloads / services / certificates"
-ip netns exec $node "$bin/ztunnel" zc workloads | head -8 | sed 's/^/    /'
-ip netns exec $node "$bin/ztunnel" zc services | sed 's/^/    /'
-ip netns exec $node "$bin/ztunnel" zc certificates | cut -c1-150 | head -4 | sed 's/^/    /'
+# Into files first: `head` closing a pipe early would fail the run (pipefail) with many pods.
+for view in workloads services certificates; do ip netns exec $node "$bin/ztunnel" zc $view > "$dir/zc-$view.txt"; done
+head -8 "$dir/zc-workloads.txt" | sed 's/^/    /'
+sed 's/^/    /' "$dir/zc-services.txt"
+cut -c1-150 "$dir/zc-certificates.txt" | head -4 | sed 's/^/    /'
 
 # Per-pod in-pod rules and ip rules, then the node's host rules and probe-set entries: a
 # restart must leave this string exactly as it was (nothing duplicated, nothing lost).
