@@ -101,7 +101,7 @@ public struct IstioCAClient: CertificateProvider {
         let roots = configuration.roots
         let expected = configuration.caIdentity
         let channel = try await ClientBootstrap(group: loop)
-            .connectTimeout(.nanoseconds(configuration.connectTimeout.components.seconds * 1_000_000_000 + configuration.connectTimeout.components.attoseconds / 1_000_000_000))
+            .connectTimeout(Self.timeAmount(configuration.connectTimeout))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
@@ -133,7 +133,7 @@ public struct IstioCAClient: CertificateProvider {
             }
         }.get()
         let promise = loop.makePromise(of: [UInt8].self)
-        let timeout = loop.scheduleTask(in: .seconds(configuration.callTimeout.components.seconds)) {
+        let timeout = loop.scheduleTask(in: Self.timeAmount(configuration.callTimeout)) {
             promise.fail(IdentityError.providerFailed("CA call timed out after \(configuration.callTimeout)"))
         }
         defer { timeout.cancel() }
@@ -161,6 +161,14 @@ public struct IstioCAClient: CertificateProvider {
             throw error
         }
         return try IstioCertificateService.decodeResponse(message)
+    }
+}
+
+extension IstioCAClient {
+    /// A `Duration` as NIO's `TimeAmount`, sub-second parts included.
+    static func timeAmount(_ duration: Duration) -> TimeAmount {
+        let (seconds, attoseconds) = duration.components
+        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }
 
