@@ -17,7 +17,8 @@
 # logs, default /tmp/swift-hbone-onebox), ONEBOX_BIN (prebuilt binaries instead of `swift
 # build`), ONEBOX_CHURN_SECONDS (after the scenarios, create/use/delete pods for this long and
 # compare the proxy's and the agent's fds and RSS before and after), ONEBOX_HOLD (seconds to
-# keep the mesh up before the zc views).
+# keep the mesh up before the zc views), ONEBOX_RUN (a script to source once the mesh is up,
+# instead of the scenarios).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "$(id -u)" != 0 ]; then echo "the one-box mesh needs root (network namespaces, iptables)"; exit 1; fi
@@ -116,6 +117,7 @@ PY
 
 echo "== node agent and node proxy (in the node namespace) =="
 agent_pid=; ztunnel_pid=
+ztunnel_args=()   # extra ztunnel flags for the next start_ztunnel
 start_agent() {
     ip netns exec $node "$bin/cni-agent" run --run-dir "$dir/run" --zds-socket "$dir/zds/ztunnel.sock" >> "$dir/agent.log" 2>&1 &
     agent_pid=$!; pids+=($agent_pid)
@@ -131,7 +133,7 @@ start_ca() { # istiod's CA endpoint: gRPC CreateCertificate over TLS on 127.0.0.
 start_ztunnel() { # start_ztunnel <access log file> [text|json]
     ip netns exec $node "$bin/ztunnel" --config "$dir/mesh.yaml" --zds-socket "$dir/zds/ztunnel.sock" \
         --ca-address 127.0.0.1:15012 --ca-root "$dir/ca/root-cert.pem" --ca-token "$dir/ztunnel-token" \
-        --log-format "${2:-text}" >> "$1" 2>> "$dir/ztunnel.log" &
+        --log-format "${2:-text}" "${ztunnel_args[@]}" >> "$1" 2>> "$dir/ztunnel.log" &
     ztunnel_pid=$!; pids+=($ztunnel_pid)
 }
 snapshots() { grep -c "ZDS snapshot received" "$dir/ztunnel.log" 2>/dev/null || true; }
@@ -202,6 +204,33 @@ ip netns exec hbob-tcp-echo socat TCP-LISTEN:9000,fork,reuseaddr EXEC:cat > /dev
 pids+=($!)
 sleep 1
 
+reloads() { grep -c 'config reloaded' "$dir/ztunnel.log" || true; }
+wait_reloads() { # wait_reloads <count>: until ztunnel has reloaded its config that many times
+    for _ in $(seq 100); do [ "$(reloads)" -ge "$1" ] && return; sleep 0.1; done
+}
+ready() { ip netns exec $node curl -s -o /dev/null -m 2 -w '%{http_code}' http://127.0.0.1:15021/healthz/ready || true; }
+wait_ready() { for _ in $(seq 100); do [ "$(ready)" = 200 ] && return; sleep 0.1; done; }
+forget() { # forget <pod>: the pod is gone from the API (pods.yaml)
+    local kept=() q; for q in "${live[@]}"; do [ "$q" = "$1" ] || kept+=("$q"); done; live=("${kept[@]}"); write_pods
+}
+create() { # create <pod>: in the API, then the sandbox through the CNI chain; waits until served
+    local before; before=$(started "${ns[$1]}/$1")
+    live+=("$1"); write_pods; add_pod "$1"
+    for _ in $(seq 100); do [ "$(started "${ns[$1]}/$1")" -gt "$before" ] && return; sleep 0.05; done
+}
+delete() { # delete <pod>: gone from the API and the sandbox torn down; waits until unserved
+    local before; before=$(stopped "${ns[$1]}/$1")
+    forget "$1"; del_pod "$1"
+    for _ in $(seq 100); do [ "$(stopped "${ns[$1]}/$1")" -gt "$before" ] && return; sleep 0.05; done
+}
+
+# ONEBOX_RUN: source that script now, with the mesh up and every helper above defined,
+# instead of the scenarios (Benchmarks/e2e/mesh_bench.sh runs the mesh benchmark this way).
+if [ -n "${ONEBOX_RUN:-}" ]; then
+    source "$ONEBOX_RUN"
+    exit 0
+fi
+
 request() { # request <pod> <url> -> prints "exit=<curl exit> status=<http status>"
     set +e
     status=$(ip netns exec "hbob-$1" curl -s -o /dev/null -m 10 -w '%{http_code}' "$2")
@@ -257,10 +286,6 @@ echo "== 5. a kubelet-style probe from the node: SNAT to 169.254.7.127, straight
 set +e; ip netns exec $node curl -s -o /dev/null -m 3 -w '  exit=%{exitcode} status=%{http_code}\n' http://10.88.0.20/; set -e
 echo "== 6. a policy change closes a live connection that it now denies =="
 # curl-allow holds a connection open; the ALLOW policy is edited to name someone else.
-reloads() { grep -c 'config reloaded' "$dir/ztunnel.log" || true; }
-wait_reloads() { # wait_reloads <count>: until ztunnel has reloaded its config that many times
-    for _ in $(seq 100); do [ "$(reloads)" -ge "$1" ] && return; sleep 0.1; done
-}
 before=$(reloads)
 ip netns exec hbob-curl-allow python3 - "$dir/mesh.yaml" <<'PY'
 import socket, sys, time
@@ -333,21 +358,6 @@ rule_counts() {
         printf '%s:%s/%s ' "$p" "$(ip netns exec "hbob-$p" iptables-save | grep -c 'ISTIO_')" "$(ip -n "hbob-$p" rule | wc -l)"
     done
     printf 'host:%s probe-set:%s' "$(ip netns exec $node iptables-save | grep -c 'ISTIO')" "$(ip netns exec $node ipset list 2>/dev/null | grep -c '^10\.88\.')"
-}
-ready() { ip netns exec $node curl -s -o /dev/null -m 2 -w '%{http_code}' http://127.0.0.1:15021/healthz/ready || true; }
-wait_ready() { for _ in $(seq 100); do [ "$(ready)" = 200 ] && return; sleep 0.1; done; }
-forget() { # forget <pod>: the pod is gone from the API (pods.yaml)
-    local kept=() q; for q in "${live[@]}"; do [ "$q" = "$1" ] || kept+=("$q"); done; live=("${kept[@]}"); write_pods
-}
-create() { # create <pod>: in the API, then the sandbox through the CNI chain; waits until served
-    local before; before=$(started "${ns[$1]}/$1")
-    live+=("$1"); write_pods; add_pod "$1"
-    for _ in $(seq 100); do [ "$(started "${ns[$1]}/$1")" -gt "$before" ] && return; sleep 0.05; done
-}
-delete() { # delete <pod>: gone from the API and the sandbox torn down; waits until unserved
-    local before; before=$(stopped "${ns[$1]}/$1")
-    forget "$1"; del_pod "$1"
-    for _ in $(seq 100); do [ "$(stopped "${ns[$1]}/$1")" -gt "$before" ] && return; sleep 0.05; done
 }
 
 echo "== 9. ztunnel restarts (graceful drain on SIGTERM), now with LOG_FORMAT=json =="

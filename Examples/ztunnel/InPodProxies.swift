@@ -35,12 +35,15 @@ actor InPodProxies: ZDSWorkloadHandler {
     private let metrics: Metrics
     /// The mesh trust domain for workloads without one.
     let trustDomain: String
+    /// The pods' HBONE clients' settings (pooling).
+    private let hbone: HBONEConfiguration
     private let logger: Logger
     private var running: [String: Running] = [:]
     private(set) var snapshotReceived = false
 
-    init(store: StoreBox, certificates: CertificateManager, log: AccessLog, metrics: Metrics, trustDomain: String, logger: Logger) {
+    init(store: StoreBox, certificates: CertificateManager, log: AccessLog, metrics: Metrics, trustDomain: String, hbone: HBONEConfiguration, logger: Logger) {
         self.trustDomain = trustDomain
+        self.hbone = hbone
         self.store = store
         self.certificates = certificates
         self.log = log
@@ -89,7 +92,7 @@ actor InPodProxies: ZDSWorkloadHandler {
             let from = source.map { SocketEndpoint(address: $0, port: 0) }
             return try await PodSockets.connect(to: SocketEndpoint(address: destination.ip, port: destination.port), from: from, in: namespace, options: options).takeDescriptor()
         }
-        let client = HBONEClient(certificates: self.certificates, sockets: outboundSockets, logger: self.logger)
+        let client = HBONEClient(certificates: self.certificates, configuration: self.hbone, sockets: outboundSockets, logger: self.logger)
         let store = self.store
         let log = self.log
         let metrics = self.metrics

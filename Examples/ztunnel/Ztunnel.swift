@@ -55,6 +55,10 @@ struct Ztunnel: AsyncParsableCommand {
     var adminPort = 15000
     @Option(help: "Access log format, text or json (ztunnel's LOG_FORMAT; the environment variable is the default).")
     var logFormat = ProcessInfo.processInfo.environment["LOG_FORMAT"] ?? "text"
+    @Option(help: "Most concurrent streams on one pooled HBONE connection (POOL_MAX_STREAMS_PER_CONNECTION).")
+    var poolMaxStreamsPerConnection = 100
+    @Option(help: "Seconds an unused pooled HBONE connection is kept (POOL_UNUSED_RELEASE_TIMEOUT); 0 closes it when its last stream ends, and with --pool-max-streams-per-connection 1 turns pooling off.")
+    var poolUnusedReleaseTimeout = 300.0
     @Flag(help: "Debug logging.")
     var verbose = false
 
@@ -74,12 +78,18 @@ struct Ztunnel: AsyncParsableCommand {
         } catch let error as LocalConfigError {
             throw ValidationError("\(self.config): \(error)")
         }
+        guard self.poolMaxStreamsPerConnection >= 1, self.poolUnusedReleaseTimeout >= 0 else {
+            throw ValidationError("--pool-max-streams-per-connection must be at least 1 and --pool-unused-release-timeout not negative")
+        }
+        var hbone = HBONEConfiguration()
+        hbone.http2.clientMaximumStreamsPerConnection = self.poolMaxStreamsPerConnection
+        hbone.poolIdleTimeout = .milliseconds(Int64(self.poolUnusedReleaseTimeout * 1000))
         let certificates = CertificateManager(provider: try self.certificateProvider())
         let store = StoreBox(MeshStore(initial))
         let metrics = Metrics()
         let proxies = InPodProxies(
             store: store, certificates: certificates, log: AccessLog(store: store, trustDomain: self.trustDomain, format: logFormat), metrics: metrics,
-            trustDomain: self.trustDomain, logger: logger
+            trustDomain: self.trustDomain, hbone: hbone, logger: logger
         )
         let services: [any ServiceLifecycle.Service] = [
             certificates,

@@ -364,6 +364,7 @@ public final class HBONEClient: Sendable {
         let now = Duration.nanoseconds(Int64(NIODeadline.now().uptimeNanoseconds))
         self.pool.withLockedValue { $0.machine.release(key, id, now: now) }
         let timeout = self.configuration.poolIdleTimeout
+        guard timeout > .zero else { return self.evictIdle() }
         guard let connection = self.pool.withLockedValue({ $0.connections[id] }) else { return }
         connection.channel.eventLoop.scheduleTask(in: timeout.timeAmount) { [weak self] in self?.evictIdle() }
     }

@@ -56,7 +56,9 @@ public struct HBONEConfiguration: Sendable, Hashable {
     /// Timeout of the outer TCP connect to a peer's 15008. Default 10 s.
     public var connectTimeout: Duration = .seconds(10)
     /// Idle pooled connections are closed after this long. Default 5 minutes
-    /// (`POOL_UNUSED_RELEASE_TIMEOUT`).
+    /// (`POOL_UNUSED_RELEASE_TIMEOUT`). Zero closes a connection as soon as its last stream
+    /// ends; with ``HTTP2/clientMaximumStreamsPerConnection`` at 1 that turns
+    /// pooling off (every tunnel its own mTLS connection and handshake).
     public var poolIdleTimeout: Duration = .seconds(300)
 
     /// Largest single socket read, on TLS and plain sides alike: NIO's adaptive allocator

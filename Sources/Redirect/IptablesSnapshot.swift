@@ -71,9 +71,15 @@ public struct IptablesSnapshot: Hashable, Sendable {
 
     /// Whether any of `chains` exists, or any rule jumps to one of them.
     func hasResidue(of chains: Set<String>) -> Bool {
-        self.tables.contains { table in
-            table.chainNames.contains(where: chains.contains) || table.rules.contains { Self.jumpTarget(of: $0).map(chains.contains) ?? false }
+        // Plain loops: the closure form crashed Swift 6.3.1's optimizer (CopyPropagation,
+        // "Found ownership error") in release builds.
+        for table in self.tables {
+            for name in table.chainNames where chains.contains(name) { return true }
+            for rule in table.rules {
+                if let target = Self.jumpTarget(of: rule), chains.contains(target) { return true }
+            }
         }
+        return false
     }
 
     /// An `iptables-restore --noflush` payload that deletes every jump to `chains`, then

@@ -72,6 +72,31 @@ struct HBONEClientTests {
         }
     }
 
+    @Test("pooling off (one stream per connection, no idle time): every tunnel is a new mTLS connection, closed with its stream")
+    func poolingOff() async throws {
+        let upstream = try await EchoUntilEOFServer()
+        var configuration = HBONEConfiguration()
+        configuration.http2.clientMaximumStreamsPerConnection = 1
+        configuration.poolIdleTimeout = .zero
+        let mesh = try TestMesh(upstreamPort: upstream.port, configuration: configuration)
+        try await mesh.run { port in
+            let forwarder = HBONEForwarder(port: 0, client: mesh.client, target: mesh.target(port: port))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await forwarder.run() }
+                defer { group.cancelAll() }
+                let local = try await forwarder.listeningPort
+                for round in 0..<5 {
+                    let exchange = try await offload { BlockingTCP.exchange(port: local, payload: Array("round \(round)".utf8), timeoutSeconds: 5) }
+                    #expect(String(decoding: exchange.received, as: UTF8.self) == "echo:round \(round)")
+                    let nextHop = mesh.target(port: port).nextHop
+                    try await eventually("the connection closed with its stream") { mesh.client.pooledConnections(to: nextHop) == 0 }
+                }
+                #expect(mesh.client.connectionsStarted == 5, "one handshake per tunnel")
+            }
+        }
+        await upstream.close()
+    }
+
     @Test("the client refuses a server whose identity is not the expected one")
     func wrongServerIdentity() async throws {
         try await self.withMesh { mesh, port in
