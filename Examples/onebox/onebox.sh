@@ -375,8 +375,11 @@ import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 done = [l for l in lines if l["message"] == "connection complete" and l.get("direction") == "inbound"]
 l = done[-1]
-print("  JSON access log: %d lines parse; the last inbound one: %s" % (len(lines), ", ".join(
-    "%s=%s" % (k, l[k]) for k in ("level", "scope", "src.identity", "dst.identity", "dst.hbone_addr", "bytes_sent", "bytes_recv", "duration"))))
+import datetime
+age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(l["time"].replace("Z", "+00:00"))
+print("  JSON access log: %d lines parse; the last inbound one: %s; its RFC 3339 time is %s" % (len(lines), ", ".join(
+    "%s=%s" % (k, l[k]) for k in ("level", "scope", "src.identity", "dst.identity", "dst.hbone_addr", "bytes_sent", "bytes_recv", "duration")),
+    "recent" if abs(age.total_seconds()) < 600 else "off by %s" % age))
 PY
 
 echo "== 10. a pod's netns vanishes behind the agent's back, and the agent restarts =="

@@ -24,7 +24,7 @@ final class Metrics: Sendable {
         var rendered: String {
             func value(_ text: String?) -> String {
                 guard let text, !text.isEmpty else { return "unknown" }
-                return text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+                return AccessLog.escapeQuotes(text)
             }
             let pairs: [(String, String?)] = [
                 ("reporter", self.reporter),

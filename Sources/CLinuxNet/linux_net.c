@@ -31,6 +31,7 @@ int clinuxnet_ip_transparent(void) { return IP_TRANSPARENT; }
 int clinuxnet_ipv6_transparent(void) { return IPV6_TRANSPARENT; }
 int clinuxnet_ip_freebind(void) { return IP_FREEBIND; }
 int clinuxnet_ipv6_freebind(void) { return IPV6_FREEBIND; }
+int clinuxnet_ip_bind_address_no_port(void) { return IP_BIND_ADDRESS_NO_PORT; }
 
 long clinuxnet_send_with_fd(int socket, const void *buffer, unsigned long length, int fd) {
     struct iovec vector = { .iov_base = (void *)buffer, .iov_len = length };

@@ -17,11 +17,13 @@ public struct HBONEConfiguration: Sendable, Hashable {
         public var connectionWindow: Int = 16 << 20
         /// SETTINGS_MAX_FRAME_SIZE. Default 1 MiB (RFC 9113 §6.5.2 allows up to 2^24−1).
         public var maximumFrameSize: Int = 1 << 20
-        /// Per-stream outbound buffer high watermark: a stream stops being writable above it.
-        /// Default 8 MiB.
-        public var streamHighWatermark: Int = 8 << 20
-        /// …and becomes writable again below this. Default 4 MiB.
-        public var streamLowWatermark: Int = 4 << 20
+        /// Per-stream outbound buffer high watermark: a stream stops being writable above it,
+        /// which stops reads from its TCP side. Default 1 MiB (hyper's client
+        /// `max_send_buf_size`, which ztunnel keeps): bytes the peer's window has not
+        /// admitted yet are memory, not throughput.
+        public var streamHighWatermark: Int = 1 << 20
+        /// …and becomes writable again below this. Default 512 KiB.
+        public var streamLowWatermark: Int = 512 << 10
         /// SETTINGS_MAX_CONCURRENT_STREAMS a server advertises. Default 200.
         public var serverMaximumConcurrentStreams: Int = 200
         /// Most streams a client puts on one connection (capped by the server's limit). Default 100.

@@ -163,6 +163,14 @@ public enum PodSockets {
             let descriptor = socket.takeDescriptor()
             let owned = PodSocket(descriptor: descriptor)
             if let source {
+                if source.port == 0 {
+                    // The port is chosen at connect(), by the 4-tuple: a bind to (address, 0)
+                    // would search the whole port range for one free for *any* destination,
+                    // which took half the proxy's CPU at a few thousand connections per second
+                    // with TIME_WAIT sockets around (and fails once the range is used up).
+                    var one: Int32 = 1
+                    _ = setsockopt(descriptor, Int32(IPPROTO_IP), clinuxnet_ip_bind_address_no_port(), &one, socklen_t(MemoryLayout<Int32>.size))
+                }
                 guard source.withSockaddr({ bind(descriptor, $0, $1) }) == 0 else {
                     throw RedirectError(.socket, errno: errno, "bind source \(source)")
                 }

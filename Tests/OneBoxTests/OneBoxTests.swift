@@ -83,6 +83,7 @@ struct OneBoxTests {
         #expect(after("== 9.", 3).hasPrefix("  rules after the restart: identical (curl-allow:16/4 curl-deny:16/4 httpbin:16/4 tcp-echo:0/3 client-1:16/4"), "\(output)")
         #expect(after("== 9.", 4).contains("JSON access log:") && after("== 9.", 4).contains("src.identity=spiffe://cluster.local/ns/client/sa/curl-allow"), "\(output)")
         #expect(after("== 9.", 4).range(of: #"bytes_sent=79, bytes_recv=\d+, duration=\d+ms"#, options: .regularExpression) != nil, "\(output)")
+        #expect(after("== 9.", 4).hasSuffix("its RFC 3339 time is recent"), "\(output)")
         // 10. a vanished netns and an agent restart: readiness falls and returns, traffic flows, rules identical.
         #expect(after("== 10.") == "  agent down: ztunnel readiness 503; curl-allow exit=0 status=200   (traffic keeps flowing)", "\(output)")
         #expect(after("== 10.", 2) == "  agent back: snapshot replayed, readiness 200", "\(output)")

@@ -24,13 +24,14 @@ int clinuxnet_clone_newnet(void);
 int clinuxnet_original_destination(int fd, int ipv6, struct sockaddr_storage *address);
 
 /// Constants: `SO_MARK`, `SO_REUSEPORT`, `IP_TRANSPARENT`, `IPV6_TRANSPARENT`,
-/// `IP_FREEBIND`, `IPV6_FREEBIND`.
+/// `IP_FREEBIND`, `IPV6_FREEBIND`, `IP_BIND_ADDRESS_NO_PORT`.
 int clinuxnet_so_mark(void);
 int clinuxnet_so_reuseport(void);
 int clinuxnet_ip_transparent(void);
 int clinuxnet_ipv6_transparent(void);
 int clinuxnet_ip_freebind(void);
 int clinuxnet_ipv6_freebind(void);
+int clinuxnet_ip_bind_address_no_port(void);
 
 /// `sendmsg` of one datagram with, when `fd >= 0`, exactly that descriptor in an
 /// `SCM_RIGHTS` control message (`MSG_NOSIGNAL`). Returns bytes sent or -1 with errno.
