@@ -20,7 +20,12 @@ internal import NIOTLS
 /// gives open tunnels ``HBONEConfiguration/drainDeadline`` before closing them.
 public final class HBONEServer: Service, Sendable {
     /// Decides the fate of one request.
-    public typealias Decide = @Sendable (HBONEInboundRequest) async -> HBONEDecision
+    ///
+    /// Called on the connection's event loop while the stream waits, so it must not block:
+    /// an answer from memory (authorization against the current config, as ztunnel does).
+    /// Keep whatever it consults current elsewhere. Synchronous on purpose: an async
+    /// callback cost two thread hops per tunnel.
+    public typealias Decide = @Sendable (HBONEInboundRequest) -> HBONEDecision
 
     /// Where the server listens and as whom.
     public struct Configuration: Sendable {

@@ -101,14 +101,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
         )
         self.request = request
         self.state = .deciding
-        let promise = context.eventLoop.makePromise(of: HBONEDecision.self)
-        let decide = self.decide
-        promise.completeWithTask { await decide(request) }
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        promise.futureResult.whenSuccess { decision in
-            let (handler, context) = loopBound.value
-            handler.decided(decision, context: context)
-        }
+        self.decided(self.decide(request), context: context)
     }
 
     private func decided(_ decision: HBONEDecision, context: ChannelHandlerContext) {

@@ -7,7 +7,8 @@ internal import NIOConcurrencyHelpers
 
 /// Serves redirected TCP connections (iptables `REDIRECT` in a pod, notes: outbound 15001
 /// and inbound plaintext 15006): for each accepted connection it reads the destination the
-/// app was going to (`SO_ORIGINAL_DST`), asks `route`, and splices the connection into an
+/// app was going to (`SO_ORIGINAL_DST`), asks `route` (synchronously, on the connection's
+/// event loop: it must not block), and splices the connection into an
 /// HBONE tunnel or a plain TCP connection, or closes it. ztunnel's outbound and inbound
 /// plaintext listeners, minus the policy, which the `route` callback brings.
 public final class TransparentListener: Service, Sendable {
@@ -44,7 +45,7 @@ public final class TransparentListener: Service, Sendable {
     private let listeningSocket: Int32
     private let client: HBONEClient
     private let sockets: HBONESocketProvider?
-    private let route: @Sendable (Connection) async -> Route
+    private let route: @Sendable (Connection) -> Route
     private let onClosed: @Sendable (Record) -> Void
     private let logger: Logger
     private let bound = BoundAddress()
@@ -57,7 +58,7 @@ public final class TransparentListener: Service, Sendable {
         listeningSocket: Int32, client: HBONEClient, sockets: HBONESocketProvider?,
         logger: Logger = Logger(label: "swift-hbone.transparent"),
         onClosed: @escaping @Sendable (Record) -> Void = { _ in },
-        route: @escaping @Sendable (Connection) async -> Route
+        route: @escaping @Sendable (Connection) -> Route
     ) {
         self.listeningSocket = listeningSocket
         self.client = client
@@ -121,7 +122,7 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
     struct Shared: Sendable {
         let client: HBONEClient
         let sockets: HBONESocketProvider?
-        let route: @Sendable (TransparentListener.Connection) async -> TransparentListener.Route
+        let route: @Sendable (TransparentListener.Connection) -> TransparentListener.Route
         let onClosed: @Sendable (TransparentListener.Record) -> Void
         let live: LiveChannels<TransparentListener.Connection>
         let logger: Logger
@@ -171,7 +172,7 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
         let opened = ContinuousClock.now
         Self.originalDestination(of: channel).flatMap { destination -> EventLoopFuture<(TransparentListener.Connection, TransparentListener.Route)> in
             let connection = TransparentListener.Connection(source: source, originalDestination: destination)
-            return channel.eventLoop.makeFutureWithTask { (connection, await shared.route(connection)) }
+            return channel.eventLoop.makeSucceededFuture((connection, shared.route(connection)))
         }.whenComplete { result in
             switch result {
             case .failure(let error):
