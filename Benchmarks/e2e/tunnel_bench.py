@@ -10,12 +10,15 @@ Every configuration has the same shape, so the numbers compare like with like:
   socat-tls     socat TCP->OpenSSL ... OpenSSL->TCP (a TLS 1.3 tunnel from stock tools)
   c-peer        the C nghttp2+OpenSSL HBONE peer in both roles (Tests/Interop/hbone-peer)
   swift         hbone-tunnel client -> hbone-tunnel server (this package)
+  swift-nopool  the same with the client's pool off (tunnel rates only: a handshake each)
   swift->c, c->swift   the two implementations against each other
 
 Measured: bulk throughput (iperf3, one stream), CPU seconds per GiB spent by the relays,
 1 KiB request/response latency (paced, p50/p99) and the latency each configuration adds
-over plain TCP, sequential tunnels per second (open, 100 B each way, close; on our side
-each is a new stream on the pooled connection), and resident memory per idle tunnel.
+over plain TCP, tunnels per second (open, 100 B each way, close), sequential and from 4
+concurrent clients (meshload.c; on our side each is a new stream on the pooled connection,
+and in `swift-nopool` a new mTLS connection with a full handshake), and resident memory per
+idle tunnel.
 Ratios are printed against the baselines of the same run.
 """
 import argparse
@@ -131,7 +134,7 @@ class Relays:
                          % (mid, b.client_cert, b.client_key, tls)], self.entry)
         else:
             client_impl, server_impl = {
-                "swift": ("swift", "swift"), "c-peer": ("c", "c"),
+                "swift": ("swift", "swift"), "c-peer": ("c", "c"), "swift-nopool": ("swift-nopool", "swift"),
                 "swift->c": ("swift", "c"), "c->swift": ("c", "swift"),
             }[name]
             server_port = self._start(b.server_command(server_impl, upstream))
@@ -191,9 +194,10 @@ class Bench:
                 "--upstream", f"127.0.0.1:{upstream}", "--quiet"]
 
     def client_command(self, impl, server_port, upstream):
-        if impl == "swift":
+        if impl.startswith("swift"):
             return [self.tunnel, "client", "--dir", self.ca, "--listen", "127.0.0.1:0",
-                    "--connect", f"127.0.0.1:{server_port}", "--authority", f"127.0.0.1:{upstream}"]
+                    "--connect", f"127.0.0.1:{server_port}", "--authority", f"127.0.0.1:{upstream}"] \
+                + (["--pool-off"] if impl == "swift-nopool" else [])
         return [self.peer, "client", "--listen", "127.0.0.1:0", "--connect", f"127.0.0.1:{server_port}",
                 "--authority", f"127.0.0.1:{upstream}", "--cert", self.client_cert, "--key", self.client_key,
                 "--ca", self.root, "--expect-identity", "spiffe://cluster.local/ns/default/sa/httpbin", "--quiet"]
@@ -280,6 +284,15 @@ def tunnel_rate(entry, seconds):
     return count / seconds
 
 
+def concurrent_tunnel_rate(meshload, entry, seconds, threads=4):
+    """New tunnels per second from `threads` concurrent loops (meshload conn: connect, 100 B
+    each way, close); with the pool off each is a full mTLS 1.3 handshake."""
+    out = subprocess.run([meshload, "conn", "127.0.0.1", str(entry), str(seconds), str(threads)],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout.split()
+    fields = dict(zip(out[0::2], out[1::2]))
+    return float(fields["rate"]), int(fields["failures"])
+
+
 def idle_memory(relays, count):
     """KiB of relay RSS per idle open tunnel."""
     before = rss_kib(relays.pids)
@@ -309,7 +322,7 @@ def main():
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
-    configs = ["plain", "socat-pair", "socat-tls", "swift"]
+    configs = ["plain", "socat-pair", "socat-tls", "swift", "swift-nopool"]
     if args.hbone_peer:
         configs += ["c-peer", "swift->c", "c->swift"]
     if args.only:
@@ -317,6 +330,9 @@ def main():
 
     workdir = tempfile.mkdtemp(prefix="hbone-bench-")
     bench = Bench(args, workdir)
+    meshload = os.path.join(workdir, "meshload")
+    subprocess.run(["cc", "-O2", "-pthread", "-o", meshload,
+                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "meshload.c")], check=True)
     sink_port, echo_port = free_port(), free_port()
     sink = subprocess.Popen(["iperf3", "-s", "-p", str(sink_port)], stdout=subprocess.DEVNULL)
     stop = threading.Event()
@@ -327,6 +343,19 @@ def main():
     try:
         for name in configs:
             row = {}
+            if name == "swift-nopool":
+                # Only the handshake rate: everything else is the pooled swift row.
+                relays = Relays(bench, name, echo_port)
+                try:
+                    row["tunnels_per_s"] = tunnel_rate(relays.entry, 3)
+                    row["concurrent_tunnels_per_s"], row["concurrent_failures"] = concurrent_tunnel_rate(meshload, relays.entry, 5)
+                finally:
+                    relays.stop()
+                results[name] = row
+                print(f"{name:11s} full mTLS handshake per tunnel: {row['tunnels_per_s']:7.0f} tunnels/s sequential, "
+                      f"{row['concurrent_tunnels_per_s']:7.0f} tunnels/s from 4 concurrent clients "
+                      f"({row['concurrent_failures']} failed)", flush=True)
+                continue
             relays = Relays(bench, name, sink_port)
             try:
                 row["gbps"], row["cpu_s_per_gib"] = throughput(relays, args.seconds)
@@ -336,13 +365,15 @@ def main():
             try:
                 row["p50_us"], row["p99_us"] = latency(relays.entry, args.latency_requests)
                 row["tunnels_per_s"] = tunnel_rate(relays.entry, 3)
+                row["concurrent_tunnels_per_s"], row["concurrent_failures"] = concurrent_tunnel_rate(meshload, relays.entry, 3)
                 row["kib_per_idle_tunnel"] = idle_memory(relays, args.idle_tunnels) if name != "plain" else 0.0
             finally:
                 relays.stop()
             results[name] = row
             print(f"{name:11s} {row['gbps']:6.2f} Gbit/s  {row['cpu_s_per_gib']:5.2f} CPU-s/GiB  "
                   f"p50 {row['p50_us']:6.1f} µs  p99 {row['p99_us']:6.1f} µs  "
-                  f"{row['tunnels_per_s']:7.0f} tunnels/s  {row['kib_per_idle_tunnel']:6.1f} KiB/idle tunnel",
+                  f"{row['tunnels_per_s']:7.0f} tunnels/s ({row['concurrent_tunnels_per_s']:.0f} from 4 clients)  "
+                  f"{row['kib_per_idle_tunnel']:6.1f} KiB/idle tunnel",
                   flush=True)
     finally:
         stop.set()
@@ -357,7 +388,7 @@ def main():
                 print(f"  swift throughput / {base:10s} = {swift['gbps'] / results[base]['gbps']:.2f}x")
         if "plain" in results:
             plain = results["plain"]["p50_us"]
-            added = {n: r["p50_us"] - plain for n, r in results.items() if n != "plain"}
+            added = {n: r["p50_us"] - plain for n, r in results.items() if n != "plain" and "p50_us" in r}
             for n, a in added.items():
                 print(f"  added p50 latency {n:10s} = {a:+7.1f} µs")
             if "socat-pair" in added and added["socat-pair"] > 0:

@@ -122,6 +122,9 @@ struct Client: AsyncParsableCommand {
     @Option(help: "The identity the server must present (repeatable).")
     var expect: [String] = ["spiffe://cluster.local/ns/default/sa/httpbin"]
 
+    @Flag(help: "No pooling: every tunnel its own mTLS connection (and handshake), closed with it.")
+    var poolOff = false
+
     func run() async throws {
         let logger = makeLogger("hbone-tunnel.client", level: .warning)
         let manager = try makeManager(self.ca)
@@ -131,7 +134,12 @@ struct Client: AsyncParsableCommand {
             expectedIdentities: try self.expect.map { try SPIFFEID(parsing: $0) },
             authority: try parseAddress(self.authority)
         )
-        let client = HBONEClient(certificates: manager, logger: logger)
+        var configuration = HBONEConfiguration()
+        if self.poolOff {
+            configuration.http2.clientMaximumStreamsPerConnection = 1
+            configuration.poolIdleTimeout = .zero
+        }
+        let client = HBONEClient(certificates: manager, configuration: configuration, logger: logger)
         let forwarder = HBONEForwarder(host: listen.host, port: listen.port, client: client, target: target, logger: logger)
         try await runServices([manager, forwarder], port: { try await forwarder.listeningPort }, logger: logger)
     }
