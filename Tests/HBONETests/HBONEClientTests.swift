@@ -20,12 +20,7 @@ struct HBONEClientTests {
     @Test("a forwarder carries plain TCP through the tunnel, FIN included, many times over one pooled connection")
     func forwarder() async throws {
         try await self.withMesh { mesh, port in
-            let forwarder = HBONEForwarder(port: 0, client: mesh.client, target: mesh.target(port: port))
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await forwarder.run() }
-                defer { group.cancelAll() }
-                try await eventually("forwarder bound") { forwarder.boundPort != nil }
-                let local = try #require(forwarder.boundPort)
+            try await mesh.withForwarder(serverPort: port) { local in
                 let probe = try await offload { BlockingTCP.exchange(port: local, payload: Array("probe".utf8), timeoutSeconds: 10) }
                 #expect(String(decoding: probe.received, as: UTF8.self) == "echo:probe", "errno \(probe.errorNumber)")
                 let payload = Array((0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
@@ -80,11 +75,7 @@ struct HBONEClientTests {
         configuration.poolIdleTimeout = .zero
         let mesh = try TestMesh(upstreamPort: upstream.port, configuration: configuration)
         try await mesh.run { port in
-            let forwarder = HBONEForwarder(port: 0, client: mesh.client, target: mesh.target(port: port))
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await forwarder.run() }
-                defer { group.cancelAll() }
-                let local = try await forwarder.listeningPort
+            try await mesh.withForwarder(serverPort: port) { local in
                 for round in 0..<5 {
                     let exchange = try await offload { BlockingTCP.exchange(port: local, payload: Array("round \(round)".utf8), timeoutSeconds: 5) }
                     #expect(String(decoding: exchange.received, as: UTF8.self) == "echo:round \(round)")

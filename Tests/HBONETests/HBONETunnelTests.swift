@@ -133,11 +133,7 @@ struct HBONETunnelTests {
         defer { sink.stop() }
         let mesh = try TestMesh(upstreamPort: sink.port)
         try await mesh.run { port in
-            let forwarder = HBONEForwarder(port: 0, client: mesh.client, target: mesh.target(port: port))
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await forwarder.run() }
-                defer { group.cancelAll() }
-                let local = try await forwarder.listeningPort
+            try await mesh.withForwarder(serverPort: port) { local in
                 let total = 1 << 30
                 let (sent, answer) = try await offload { () throws -> ([UInt8], [UInt8]) in
                     let socket = try BlockingSocket.connect(port: local)

@@ -37,6 +37,17 @@ final class TestMesh: Sendable {
         )
     }
 
+    /// Runs a forwarder (plain TCP in, a tunnel to the server on `serverPort` per
+    /// connection) while `body` runs; `body` gets the forwarder's local port.
+    func withForwarder(serverPort: UInt16, _ body: (Int) async throws -> Void) async throws {
+        let forwarder = HBONEForwarder(port: 0, client: self.client, target: self.target(port: serverPort))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await forwarder.run() }
+            defer { group.cancelAll() }
+            try await body(try await forwarder.listeningPort)
+        }
+    }
+
     func run(_ body: (UInt16) async throws -> Void) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.manager.run() }
