@@ -96,34 +96,44 @@ def fmt(value, digits=2, suffix=""):
 def report(configs, scale):
     out = {"configs": configs, "scale": scale, "ratios": {}, "targets": []}
     print("\nThroughput (iperf3, 1 and 4 streams) and CPU of the proxies per GiB moved")
-    print(f"{'configuration':24} {'1 stream Gbit/s':>16} {'4 streams':>10} {'CPU-s/GiB':>10} {'× no mesh':>10} {'× TLS':>7}")
+    print(f"{'configuration':24} {'1 stream Gbit/s':>16} {'4 streams':>10} {'CPU-s/GiB':>10} {'× no mesh':>10} {'× TLS':>7} {'CPU × TLS':>10}")
     base, tls = configs["nomesh"]["throughput"], configs["tls"]["throughput"]
     for name in CONFIGS:
         t = configs[name]["throughput"]
         one, four = t.get(1, {}), t.get(4, {})
         print(f"{LABELS[name]:24} {fmt(one.get('gbit_s')):>16} {fmt(four.get('gbit_s')):>10} "
               f"{fmt(one.get('cpu_s_per_gib')):>10} {fmt(ratio(one.get('gbit_s'), base.get(1, {}).get('gbit_s')), 2, '×'):>10} "
-              f"{fmt(ratio(one.get('gbit_s'), tls.get(1, {}).get('gbit_s')), 2, '×'):>7}")
+              f"{fmt(ratio(one.get('gbit_s'), tls.get(1, {}).get('gbit_s')), 2, '×'):>7} "
+              f"{fmt(ratio(one.get('cpu_s_per_gib'), tls.get(1, {}).get('cpu_s_per_gib')), 2, '×'):>10}")
 
     for rate in (100, 1000, 0):
         what = f"{rate} requests/s" if rate else "saturation (back to back)"
         print(f"\n1 KiB request/response latency, {what}, µs (HdrHistogram)")
         print(f"{'configuration':24} {'rps':>8} " + " ".join(f"{'p%g' % p:>8}" for p in PERCENTILES)
-              + f" {'+p50':>8} {'+p99':>8} {'proxy vCPU':>10}")
+              + f" {'+p50':>8} {'+p99':>8} {'p50×nomesh':>10} {'p50×TLS':>8} {'proxy vCPU':>10} {'vCPU×TLS':>8}")
         nomesh = configs["nomesh"]["latency"].get(rate)
+        tls_latency = configs["tls"]["latency"].get(rate, {})
         for name in CONFIGS:
             l = configs[name]["latency"].get(rate)
             if not l:
                 continue
             added = {p: l[f"p{p:g}_us"] - nomesh[f"p{p:g}_us"] for p in (50, 99)} if nomesh else {}
             l["added_p50_us"], l["added_p99_us"] = added.get(50), added.get(99)
+            l["p50_vs_nomesh"] = ratio(l["p50_us"], (nomesh or {}).get("p50_us"))
+            l["p50_vs_tls"] = ratio(l["p50_us"], tls_latency.get("p50_us"))
+            l["vcpu_vs_tls"] = ratio(l.get("proxy_vcpu"), tls_latency.get("proxy_vcpu"))
             print(f"{LABELS[name]:24} {l['achieved_rps']:>8,.0f} " + " ".join(f"{l['p%g_us' % p]:>8.1f}" for p in PERCENTILES)
-                  + f" {fmt(added.get(50), 1):>8} {fmt(added.get(99), 1):>8} {fmt(l.get('proxy_vcpu'), 3):>10}")
+                  + f" {fmt(added.get(50), 1):>8} {fmt(added.get(99), 1):>8} {fmt(l['p50_vs_nomesh'], 2, '×'):>10}"
+                  f" {fmt(l['p50_vs_tls'], 2, '×'):>8} {fmt(l.get('proxy_vcpu'), 3):>10} {fmt(l['vcpu_vs_tls'], 2, '×'):>8}")
 
     print("\nNew connections per second (connect, 100 B each way, close; 4 client threads)")
+    base_conn, tls_conn = configs["nomesh"].get("connections_per_s"), configs["tls"].get("connections_per_s")
     for name in CONFIGS:
         c = configs[name]
-        line = f"{LABELS[name]:24} {fmt(c.get('connections_per_s'), 0):>8}"
+        c["connections_vs_nomesh"] = ratio(c.get("connections_per_s"), base_conn)
+        c["connections_vs_tls"] = ratio(c.get("connections_per_s"), tls_conn)
+        line = (f"{LABELS[name]:24} {fmt(c.get('connections_per_s'), 0):>8}  {fmt(c['connections_vs_nomesh'], 3, '× no mesh'):>14}"
+                f"  {fmt(c['connections_vs_tls'], 1, '× TLS'):>10}")
         if "connections_per_s_unpooled" in c:
             line += f"   pool off (a full mTLS handshake each): {fmt(c['connections_per_s_unpooled'], 0)}"
         print(line)
