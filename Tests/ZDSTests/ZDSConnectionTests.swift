@@ -116,13 +116,18 @@ struct ZDSConnectionTests {
                 try await eventually("the first snapshot") { handler.events.withLock { $0.contains("snapshot") } }
             }
             try await eventually("the proxy noticed the agent went away") { handler.events.withLock { $0.last == "lost" } }
-            #expect(handler.events.withLock { $0 } == ["start a", "start b", "snapshot", "lost"])
+            // "lost" may come twice: a reconnect can land on the old server while it stops.
+            let events = handler.events.withLock { $0 }
+            #expect(Array(events.prefix(3)) == ["start a", "start b", "snapshot"], "\(events)")
+            #expect(events.count >= 4 && events.dropFirst(3).allSatisfy { $0 == "lost" }, "\(events)")
             handler.events.withLock { $0 = [] }
             // The agent restarts knowing only "b" (netns unknown: a Keep).
             let second = ZDSServer(path: path) { [.init(uid: "b", workload: Self.workload, netnsPath: nil)] }
             try second.listen()
             try await Self.running([second]) {
-                try await eventually("the second snapshot") { handler.events.withLock { $0.contains("snapshot") } }
+                // While no agent listened, the proxy's reconnect backoff kept doubling (capped
+                // at 15 s): on a loaded machine the next attempt can be that far away.
+                try await eventually(timeout: .seconds(35), "the second snapshot") { handler.events.withLock { $0.contains("snapshot") } }
                 // The agent counts the proxy once the SnapshotSent ack is back, just after the
                 // proxy recorded the snapshot.
                 try await eventually("the agent counts the reconnected proxy") { second.connectedProxies == 1 }
