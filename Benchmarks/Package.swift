@@ -17,6 +17,19 @@ import struct Foundation.URL
 let libraryPackage = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .lastPathComponent
 
+/// One benchmark executable: `Benchmarks/<name>`, run by package-benchmark's plugin, with
+/// these products of the library.
+func benchmarkTarget(_ name: String, products: [String]) -> Target {
+    .executableTarget(
+        name: name,
+        dependencies: [.product(name: "Benchmark", package: "benchmark")]
+            + products.map { .product(name: $0, package: libraryPackage) },
+        path: "Benchmarks/\(name)",
+        swiftSettings: [.swiftLanguageMode(.v6)],
+        plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+    )
+}
+
 let package = Package(
     name: "swift-hbone-benchmarks",
     platforms: [.macOS(.v15)],
@@ -25,38 +38,8 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
-        .executableTarget(
-            name: "IdentityBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "MeshIdentity", package: libraryPackage),
-            ],
-            path: "Benchmarks/IdentityBenchmarks",
-            swiftSettings: [.swiftLanguageMode(.v6)],
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        ),
-        .executableTarget(
-            name: "HBONEBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "MeshIdentity", package: libraryPackage),
-                .product(name: "HBONE", package: libraryPackage),
-                .product(name: "InternetAddress", package: libraryPackage),
-            ],
-            path: "Benchmarks/HBONEBenchmarks",
-            swiftSettings: [.swiftLanguageMode(.v6)],
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        ),
-        .executableTarget(
-            name: "MeshStateBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "MeshState", package: libraryPackage),
-                .product(name: "InternetAddress", package: libraryPackage),
-            ],
-            path: "Benchmarks/MeshStateBenchmarks",
-            swiftSettings: [.swiftLanguageMode(.v6)],
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        ),
+        benchmarkTarget("IdentityBenchmarks", products: ["MeshIdentity"]),
+        benchmarkTarget("HBONEBenchmarks", products: ["MeshIdentity", "HBONE", "InternetAddress"]),
+        benchmarkTarget("MeshStateBenchmarks", products: ["MeshState", "InternetAddress"]),
     ]
 )

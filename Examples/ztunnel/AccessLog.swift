@@ -184,19 +184,14 @@ final class AccessLog: Sendable {
     static func timestamp() -> String {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
-        return self.timestamp(seconds: now.tv_sec, microseconds: now.tv_nsec / 1000)
-    }
-
-    static func timestamp(seconds: Int, microseconds: Int) -> String {
-        var time = seconds
         var parts = tm()
-        gmtime_r(&time, &parts)
+        gmtime_r(&now.tv_sec, &parts)
         func padded(_ value: Int, _ width: Int) -> String {
             let digits = String(value)
             return String(repeating: "0", count: max(0, width - digits.count)) + digits
         }
         return padded(Int(parts.tm_year) + 1900, 4) + "-" + padded(Int(parts.tm_mon) + 1, 2) + "-" + padded(Int(parts.tm_mday), 2)
             + "T" + padded(Int(parts.tm_hour), 2) + ":" + padded(Int(parts.tm_min), 2) + ":" + padded(Int(parts.tm_sec), 2)
-            + "." + padded(microseconds, 6) + "Z"
+            + "." + padded(now.tv_nsec / 1000, 6) + "Z"
     }
 }
