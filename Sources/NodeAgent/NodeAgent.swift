@@ -19,6 +19,12 @@ public import Redirect
 /// - ``start()``: host probe rules and sets, then recovery from the enrollment record and
 ///   from what is installed in each pod (``InPodRedirection/apply(in:)`` is idempotent, so
 ///   a restart never duplicates rules).
+///
+/// Work on one pod is serialized: an actor's methods interleave at every `await`, and a CNI
+/// ADD routinely arrives while the metadata watcher reconciles the same new pod. Each pod's
+/// add, removal or reconcile waits for the one before it and then decides on the state it
+/// left (two concurrent `iptables-nft-restore --noflush` in one netns fail with "Chain
+/// already exists", and the loser's rollback would remove the winner's rules).
 public actor NodeAgent {
     /// What the agent does and where.
     public struct Configuration: Sendable {
@@ -49,6 +55,8 @@ public actor NodeAgent {
     private var enrolled: [String: EnrollmentStore.Entry]
     private var latest = ClusterState()
     private let logger: Logger
+    /// Pods with work in progress, each with the callers waiting for it (FIFO).
+    private var busy: [String: [CheckedContinuation<Void, Never>]] = [:]
 
     /// An agent. `proxy` is `nil` on a node without a node proxy: pods are then enrolled
     /// with rules only (istio-cni would keep them `pending`; this is for rule-only setups).
@@ -90,13 +98,16 @@ public actor NodeAgent {
                 self.logger.error("host probe rules failed", metadata: ["error": "\(error)"])
             }
         }
-        for (uid, entry) in self.enrolled {
+        for uid in self.enrolled.keys.sorted() {
+            await self.lock(uid)
+            defer { self.unlock(uid) }
+            guard let entry = self.enrolled[uid] else { continue }
             guard let pod = state.pods.first(where: { $0.uid == uid }) else {
                 await self.removeQuietly(uid: uid, isDelete: true)
                 continue
             }
             do {
-                try await self.addPodToMesh(pod, netnsPath: entry.netns)
+                try await self.enroll(pod, netnsPath: entry.netns)
             } catch {
                 self.logger.warning("re-enrollment failed", metadata: ["pod": "\(entry.namespace)/\(entry.name)", "error": "\(error)"])
             }
@@ -140,6 +151,12 @@ public actor NodeAgent {
 
     /// Enrolls `pod`; see the type's documentation for the order.
     public func addPodToMesh(_ pod: PodInfo, netnsPath: String?) async throws(AgentError) {
+        await self.lock(pod.uid)
+        defer { self.unlock(pod.uid) }
+        try await self.enroll(pod, netnsPath: netnsPath)
+    }
+
+    private func enroll(_ pod: PodInfo, netnsPath: String?) async throws(AgentError) {
         guard let path = netnsPath ?? pod.netns else {
             throw AgentError(.redirection, "pod \(pod.namespace)/\(pod.name) has no network namespace path")
         }
@@ -190,6 +207,12 @@ public actor NodeAgent {
     /// Takes the pod out of the mesh. With `isDelete` the pod is gone and its netns is not
     /// touched; otherwise (label removed) its in-pod rules are removed too.
     public func removePodFromMesh(uid: String, isDelete: Bool) async throws(AgentError) {
+        await self.lock(uid)
+        defer { self.unlock(uid) }
+        try await self.unenroll(uid: uid, isDelete: isDelete)
+    }
+
+    private func unenroll(uid: String, isDelete: Bool) async throws(AgentError) {
         guard let entry = self.enrolled[uid] else { return }
         if let probes = self.configuration.hostProbes {
             for ip in entry.ips {
@@ -217,10 +240,14 @@ public actor NodeAgent {
     public func reconcile(with state: ClusterState) async {
         self.latest = state
         let byUID = Dictionary(state.pods.map { ($0.uid, $0) }, uniquingKeysWith: { first, _ in first })
-        for uid in self.enrolled.keys where byUID[uid] == nil {
+        for uid in self.enrolled.keys.sorted() where byUID[uid] == nil {
+            await self.lock(uid)
+            defer { self.unlock(uid) }
             await self.removeQuietly(uid: uid, isDelete: true)
         }
         for pod in state.pods {
+            await self.lock(pod.uid)
+            defer { self.unlock(pod.uid) }
             let wanted = self.configuration.eligibility.decide(pod, namespace: state.namespace(pod.namespace)) == .eligible
             let entry = self.enrolled[pod.uid]
             let ipsChanged = !pod.ips.isEmpty && entry?.ips != pod.ips
@@ -231,7 +258,7 @@ public actor NodeAgent {
                     continue
                 }
                 do {
-                    try await self.addPodToMesh(pod, netnsPath: path)
+                    try await self.enroll(pod, netnsPath: path)
                 } catch {
                     self.logger.warning("enrollment failed", metadata: ["pod": "\(pod.namespace)/\(pod.name)", "error": "\(error)"])
                 }
@@ -244,10 +271,14 @@ public actor NodeAgent {
     /// Retries every `pending` pod (the node proxy was not connected or refused it), as
     /// istio-cni's informer retries: call it periodically.
     public func retryPending() async {
-        for (uid, entry) in self.enrolled where entry.state == .pending {
-            guard let pod = self.latest.pods.first(where: { $0.uid == uid }) else { continue }
+        for uid in self.enrolled.keys.sorted() {
+            await self.lock(uid)
+            defer { self.unlock(uid) }
+            // Decided under the pod's lock: a concurrent ADD may have completed it meanwhile.
+            guard let entry = self.enrolled[uid], entry.state == .pending,
+                  let pod = self.latest.pods.first(where: { $0.uid == uid }) else { continue }
             do {
-                try await self.addPodToMesh(pod, netnsPath: entry.netns)
+                try await self.enroll(pod, netnsPath: entry.netns)
             } catch {
                 self.logger.debug("pending pod still not acknowledged", metadata: ["pod": "\(entry.namespace)/\(entry.name)", "error": "\(error)"])
             }
@@ -261,12 +292,33 @@ public actor NodeAgent {
         }
     }
 
+    /// Removes a pod whose lock the caller holds, logging a failure.
     private func removeQuietly(uid: String, isDelete: Bool) async {
         do {
-            try await self.removePodFromMesh(uid: uid, isDelete: isDelete)
+            try await self.unenroll(uid: uid, isDelete: isDelete)
         } catch {
             self.logger.warning("removal failed", metadata: ["uid": "\(uid)", "error": "\(error)"])
         }
+    }
+
+    /// Waits until no other work on pod `uid` is in progress and marks it busy.
+    private func lock(_ uid: String) async {
+        guard self.busy[uid] != nil else {
+            self.busy[uid] = []
+            return
+        }
+        await withCheckedContinuation { self.busy[uid, default: []].append($0) }
+    }
+
+    /// Hands pod `uid` to the next waiter, or marks it idle.
+    private func unlock(_ uid: String) {
+        guard var waiters = self.busy[uid], !waiters.isEmpty else {
+            self.busy[uid] = nil
+            return
+        }
+        let next = waiters.removeFirst()
+        self.busy[uid] = waiters
+        next.resume()
     }
 
     private func record(_ uid: String, _ entry: EnrollmentStore.Entry) throws(AgentError) {

@@ -196,6 +196,47 @@ struct AgentTests {
         #expect(await second.enrollments["broken-uid"] == nil, "the broken pod failed alone")
         #expect(fixture.probeSet.components(separatedBy: fixture.network.podIP).count == 2, "one probe entry")
     }
+
+    @Test("a CNI ADD racing a metadata reconcile for the same new pod: one install, no error (the work is serialized per pod)")
+    func concurrentEnrollment() async throws {
+        let fixture = try Fixture()
+        try fixture.write(ambient: true)
+        let metadata = FileMetadataSource(path: fixture.metadataPath)
+        let state = try await metadata.current()
+        let reference = try fixture.agent(proxy: nil)
+        await reference.start(with: state)
+        let installed = fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") }
+        try await reference.removePodFromMesh(uid: fixture.uid, isDelete: false)
+        #expect(!fixture.rules.contains("ISTIO"))
+
+        // Onebox's churn saw this: the pod list is written, then the CNI ADD runs while the
+        // agent's watcher reconciles the same pod; two concurrent iptables-nft-restore
+        // --noflush runs in one netns fail with "Chain already exists".
+        for round in 0..<5 {
+            let agent = try fixture.agent(proxy: nil)
+            await agent.start(with: ClusterState())
+            let event = CNIPluginEvent(netns: fixture.network.podPath, podName: "sleep", podNamespace: "default",
+                                       ips: [CNIPluginEvent.ipConfig(cidr: "\(fixture.network.podIP)/24", gateway: nil, interface: 0)!])
+            let failures = await withTaskGroup(of: String?.self) { group in
+                for index in 0..<6 {
+                    group.addTask {
+                        if index.isMultiple(of: 2) {
+                            do { try await agent.handle(event, metadata: metadata) } catch { return "\(error)" }
+                        } else {
+                            await agent.reconcile(with: state)
+                        }
+                        return nil
+                    }
+                }
+                return await group.reduce(into: [String]()) { if let failure = $1 { $0.append(failure) } }
+            }
+            #expect(failures.isEmpty, "round \(round): \(failures)")
+            #expect(await agent.enrollments[fixture.uid]?.state == .enabled, "round \(round)")
+            #expect(fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") } == installed, "round \(round): installed exactly once")
+            try await agent.removePodFromMesh(uid: fixture.uid, isDelete: false)
+            #expect(!fixture.rules.contains("ISTIO"), "round \(round)")
+        }
+    }
 }
 
 /// Runs ``NodeAgent/follow(_:)`` as a service.

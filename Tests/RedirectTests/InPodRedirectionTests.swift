@@ -84,6 +84,37 @@ struct InPodRedirectionTests {
         #expect(try await redirection.verify(in: namespace) != [], "nothing is installed after remove")
     }
 
+    @Test("concurrent applies and removes on one namespace (two handles on it) are serialized: exactly one install, nothing half-done")
+    func concurrentOperations() async throws {
+        let network = try PodNetwork(tag: "conc")
+        let redirection = try Self.redirection()
+        let before = try network.podKernelState()
+        try await redirection.apply(in: NetworkNamespace(path: network.podPath))
+        let installed = try network.podKernelState()
+        try await redirection.remove(in: NetworkNamespace(path: network.podPath))
+        for round in 0..<5 {
+            // Separate handles, as separate callers would open them: the exclusion is per
+            // namespace (device, inode), not per handle.
+            let outcomes = try await withThrowingTaskGroup(of: InPodRedirection.ApplyOutcome.self) { group in
+                for _ in 0..<4 {
+                    let namespace = try NetworkNamespace(path: network.podPath)
+                    group.addTask { try await redirection.apply(in: namespace) }
+                }
+                return try await group.reduce(into: [InPodRedirection.ApplyOutcome]()) { $0.append($1) }
+            }
+            #expect(outcomes.sorted { "\($0)" < "\($1)" } == [.installed, .unchanged, .unchanged, .unchanged], "round \(round)")
+            #expect(try network.podKernelState() == installed, "round \(round): installed exactly once")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<3 {
+                    let namespace = try NetworkNamespace(path: network.podPath)
+                    group.addTask { try await redirection.remove(in: namespace) }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try network.podKernelState() == before, "round \(round): removed completely")
+        }
+    }
+
     @Test("verify reports drift; apply repairs a damaged install; inspect re-derives each variant after a restart")
     func driftAndRecovery() async throws {
         let network = try PodNetwork(tag: "drift")
