@@ -94,6 +94,7 @@ public final class HBONEClient: Sendable {
     private let logger: Logger
     private let group: any EventLoopGroup
     private let contexts = TLSContextCache()
+    private let verifiedChains = VerifiedChainCache()
     private let pool = NIOLockedValueBox(PoolState())
     private let sockets: HBONESocketProvider?
 
@@ -241,10 +242,7 @@ public final class HBONEClient: Sendable {
     private func connect(
         _ key: PoolKey, target: HBONETunnelTarget, on eventLoop: any EventLoop
     ) -> EventLoopFuture<(Int, PooledConnection)> {
-        let certificate = eventLoop.makePromise(of: WorkloadCertificate.self)
-        let certificates = self.certificates
-        certificate.completeWithTask { try await certificates.certificate(for: target.source) }
-        let result = certificate.futureResult.flatMap { certificate in
+        let result = self.certificates.certificate(for: target.source, on: eventLoop).flatMap { certificate in
             self.makeConnection(key, certificate: certificate, target: target, on: eventLoop)
         }
         result.whenComplete { outcome in
@@ -296,7 +294,7 @@ public final class HBONEClient: Sendable {
                     let tls = try NIOSSLClientHandler(context: context, serverHostname: nil) { chain, verification in
                         HBONETLS.verify(
                             chain: chain, bundle: bundle, usage: .server, trustDomain: nil, expected: expected,
-                            promise: verification
+                            cache: self.verifiedChains, promise: verification
                         ) { result in
                             if case .failure(let error) = result { verifyError.withLockedValue { $0 = error } }
                         }

@@ -53,6 +53,7 @@ public final class HBONEServer: Service, Sendable {
     private let onTunnelClosed: @Sendable (HBONETunnelRecord) -> Void
     private let group: any EventLoopGroup
     private let contexts = TLSContextCache()
+    private let verifiedChains = VerifiedChainCache()
     private let bound = BoundAddress()
     private let connections = ServerConnections()
     private let live = LiveChannels<HBONEInboundRequest>()
@@ -134,11 +135,7 @@ public final class HBONEServer: Service, Sendable {
     }
 
     private func initializeConnection(_ channel: any Channel) -> EventLoopFuture<Void> {
-        let promise = channel.eventLoop.makePromise(of: WorkloadCertificate.self)
-        let identity = self.identity
-        let certificates = self.certificates
-        promise.completeWithTask { try await certificates.certificate(for: identity) }
-        return promise.futureResult.flatMapThrowing { certificate in
+        self.certificates.certificate(for: self.identity, on: channel.eventLoop).flatMapThrowing { certificate in
             let context = try self.contexts.context(for: certificate, server: true)
             let peer = NIOLockedValueBox<SPIFFEID?>(nil)
             let bundle = TrustBundle(roots: certificate.roots)
@@ -146,7 +143,7 @@ public final class HBONEServer: Service, Sendable {
             let tls = NIOSSLServerHandler(context: context) { chain, verification in
                 HBONETLS.verify(
                     chain: chain, bundle: bundle, usage: .client, trustDomain: trustDomain, expected: [],
-                    promise: verification
+                    cache: self.verifiedChains, promise: verification
                 ) { result in
                     if case .success(let identity) = result { peer.withLockedValue { $0 = identity } }
                 }

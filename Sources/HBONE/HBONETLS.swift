@@ -52,7 +52,8 @@ enum HBONETLS {
         try NIOSSLPrivateKey(bytes: Array(certificate.privateKeyPEM.utf8), format: .pem)
     }
 
-    /// Verifies a peer chain off the event loop and completes `promise`.
+    /// Verifies a peer chain and completes `promise`: at once when `cache` holds this chain's
+    /// verification, otherwise off the event loop (swift-certificates' verifier is async).
     ///
     /// - Parameters:
     ///   - chain: The peer's chain as presented (leaf first).
@@ -60,6 +61,7 @@ enum HBONETLS {
     ///   - usage: `.client` on the server side, `.server` on the client side.
     ///   - trustDomain: Required trust domain (server side), or `nil`.
     ///   - expected: Identities accepted (client side); empty means any.
+    ///   - cache: Earlier successful verifications.
     ///   - verified: Receives the verified identity before the promise succeeds.
     static func verify(
         chain: [NIOSSLCertificate],
@@ -67,6 +69,7 @@ enum HBONETLS {
         usage: TrustBundle.Usage,
         trustDomain: TrustDomain?,
         expected: [SPIFFEID],
+        cache: VerifiedChainCache,
         promise: EventLoopPromise<NIOSSLVerificationResultWithMetadata>,
         verified: @escaping @Sendable (Result<SPIFFEID, IdentityError>) -> Void
     ) {
@@ -78,17 +81,29 @@ enum HBONETLS {
             promise.succeed(.failed)
             return
         }
+        @Sendable func finish(_ identity: SPIFFEID) {
+            if !expected.isEmpty, !expected.contains(identity) {
+                verified(.failure(.unexpectedIdentity(actual: identity, expected: expected)))
+                promise.succeed(.failed)
+                return
+            }
+            verified(.success(identity))
+            promise.succeed(.certificateVerified(VerificationMetadata(NIOSSL.ValidatedCertificateChain(chain))))
+        }
+        let now = Date()
+        if let identity = cache.identity(chain: der, bundle: bundle, usage: usage, trustDomain: trustDomain, at: now) {
+            finish(identity)
+            return
+        }
         Task {
             do {
                 let certificates = try der.map { bytes throws(IdentityError) in try PEM.certificate(der: bytes) }
-                let identity = try await bundle.verify(
-                    chain: certificates, usage: usage, trustDomain: trustDomain, at: Date()
+                let identity = try await bundle.verify(chain: certificates, usage: usage, trustDomain: trustDomain, at: now)
+                cache.insert(
+                    chain: der, certificates: certificates, bundle: bundle, usage: usage, trustDomain: trustDomain,
+                    identity: identity, now: now
                 )
-                if !expected.isEmpty, !expected.contains(identity) {
-                    throw IdentityError.unexpectedIdentity(actual: identity, expected: expected)
-                }
-                verified(.success(identity))
-                promise.succeed(.certificateVerified(VerificationMetadata(NIOSSL.ValidatedCertificateChain(chain))))
+                finish(identity)
             } catch let error as IdentityError {
                 verified(.failure(error))
                 promise.succeed(.failed)

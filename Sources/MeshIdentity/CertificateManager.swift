@@ -1,6 +1,7 @@
 public import Foundation
 public import ServiceLifecycle
 public import Logging
+internal import Synchronization
 
 /// Fetches, caches and rotates workload certificates, one entry per identity.
 ///
@@ -74,6 +75,10 @@ public actor CertificateManager: Service {
     private let commands: AsyncStream<Command>
     private let commandSink: AsyncStream<Command>.Continuation
     private var isShutDown = false
+    /// The latest certificate of every identity, readable without entering the actor: the
+    /// data path asks on every new connection, and a hop to the actor and back is two
+    /// thread switches. Written by ``perform(_:)`` whenever a certificate is issued.
+    private let issued = Mutex<[SPIFFEID: WorkloadCertificate]>([:])
 
     private enum Command: Sendable {
         case sign(SPIFFEID)
@@ -110,6 +115,16 @@ public actor CertificateManager: Service {
         }
     }
 
+    /// The certificate of `identity` if one is issued and valid now; `nil` otherwise. It
+    /// never waits and never starts issuance: the data path calls it first and falls back to
+    /// ``certificate(for:priority:)``.
+    public nonisolated func validCertificate(for identity: SPIFFEID) -> WorkloadCertificate? {
+        guard let certificate = self.issued.withLock({ $0[identity] }), certificate.isValid(at: self.clock.now) else {
+            return nil
+        }
+        return certificate
+    }
+
     /// Starts issuing `identity` at warm-up priority without waiting (ztunnel's prefetch).
     public func prefetch(_ identity: SPIFFEID) {
         guard !self.isShutDown else { return }
@@ -120,6 +135,7 @@ public actor CertificateManager: Service {
     /// Stops rotating `identity` and drops its certificate (the workload is gone).
     public func forget(_ identity: SPIFFEID) {
         self.machine.forget(identity)
+        self.issued.withLock { $0[identity] = nil }
         for continuation in self.waiters.removeValue(forKey: identity) ?? [] {
             continuation.resume(throwing: IdentityError.unavailable(identity: identity, reason: "identity forgotten"))
         }
@@ -185,6 +201,7 @@ public actor CertificateManager: Service {
 
     private func shutDown() {
         self.isShutDown = true
+        self.issued.withLock { $0.removeAll() }
         for (_, continuations) in self.waiters {
             for continuation in continuations { continuation.resume(throwing: IdentityError.managerShutDown) }
         }
@@ -214,6 +231,7 @@ public actor CertificateManager: Service {
             }
         }
         if let certificate = actions.publish {
+            self.issued.withLock { $0[certificate.identity] = certificate }
             for continuation in (self.subscribers[certificate.identity] ?? [:]).values {
                 continuation.yield(certificate)
             }

@@ -32,8 +32,11 @@ struct CertificateManagerTests {
     func rotation() async throws {
         try await self.withManager { manager in
             let id = spiffe("default", "sleep")
+            #expect(manager.validCertificate(for: id) == nil, "the fast path never starts issuance")
+            #expect(self.provider.attempts.isEmpty)
             let first = try await manager.certificate(for: id)
             #expect(await manager.state(of: id) == .available(first))
+            #expect(manager.validCertificate(for: id) == first)
             var updates = await manager.updates(for: id).makeAsyncIterator()
             try await self.clock.waitForSleepers()
             let refresh = first.refreshTime()
@@ -48,6 +51,7 @@ struct CertificateManagerTests {
             let second = try #require(await updates.next())
             #expect(second.leaf.serialNumber != first.leaf.serialNumber)
             #expect(try await manager.certificate(for: id) == second)
+            #expect(manager.validCertificate(for: id) == second, "the fast path sees the rotation")
             // And again at the new certificate's half-life.
             try await self.clock.waitForSleepers()
             self.clock.advance(to: second.refreshTime())
@@ -101,7 +105,9 @@ struct CertificateManagerTests {
             let original = try await manager.certificate(for: id)
             try await self.clock.waitForSleepers()
             self.provider.failing = true
+            #expect(manager.validCertificate(for: id) == original)
             self.clock.advance(to: original.notValidAfter + 1)
+            #expect(manager.validCertificate(for: id) == nil, "an expired certificate is never handed out")
             try await eventually("unavailable") {
                 if case .unavailable = await manager.state(of: id) { return true }
                 return false
@@ -187,6 +193,12 @@ struct CertificateManagerTests {
             await #expect(throws: IdentityError.self) { _ = try await waiting.value }
             #expect(await manager.state(of: id) == nil)
             self.provider.release()
+            // An issued identity that is forgotten is gone from the fast path too.
+            self.provider.gated = false
+            let kept = spiffe("default", "kept")
+            #expect(try await manager.certificate(for: kept) == manager.validCertificate(for: kept))
+            await manager.forget(kept)
+            #expect(manager.validCertificate(for: kept) == nil)
         }
     }
 }
