@@ -285,6 +285,7 @@ let package = Package(
             name: "HBONETests",
             dependencies: [
                 "HBONE",
+                "Redirect",
                 "InternetAddress",
                 "MeshIdentity",
                 "MeshTestSupport",

@@ -83,15 +83,9 @@ actor InPodProxies: ZDSWorkloadHandler {
         let inboundSocket = try await PodSockets.listen(on: SocketEndpoint(address: any, port: 15006), in: namespace, options: proxy)
 
         // Connections the proxy opens from inside the pod: marked; to the app also spoofed.
-        let outboundSockets = HBONESocketProvider { destination, _ in
-            try await PodSockets.connect(to: SocketEndpoint(address: destination.ip, port: destination.port), in: namespace).takeDescriptor()
-        }
-        let appSockets = HBONESocketProvider { destination, source in
-            var options = PodSocketOptions()
-            options.transparent = source != nil
-            let from = source.map { SocketEndpoint(address: $0, port: 0) }
-            return try await PodSockets.connect(to: SocketEndpoint(address: destination.ip, port: destination.port), from: from, in: namespace, options: options).takeDescriptor()
-        }
+        let mark = PodSocketOptions().mark
+        let outboundSockets = HBONESocketProvider(mark: mark) { createSocket in try namespace.enterBriefly(createSocket) }
+        let appSockets = HBONESocketProvider(mark: mark, bindsSource: true) { createSocket in try namespace.enterBriefly(createSocket) }
         let client = HBONEClient(certificates: self.certificates, configuration: self.hbone, sockets: outboundSockets, logger: self.logger)
         let store = self.store
         let log = self.log

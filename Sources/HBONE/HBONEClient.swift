@@ -321,16 +321,7 @@ public final class HBONEClient: Sendable {
                     })
                 }
             }
-        let connected: EventLoopFuture<any Channel>
-        if let sockets = self.sockets {
-            let nextHop = target.nextHop
-            let source = target.sourceIP
-            connected = eventLoop.makeFutureWithTask { try await sockets.connect(nextHop, source) }
-                .flatMap { [bootstrap = NIOLoopBound(bootstrap, eventLoop: eventLoop)] descriptor in bootstrap.value.withConnectedSocket(descriptor) }
-        } else {
-            connected = bootstrap.connect(host: "\(target.nextHop.ip)", port: Int(target.nextHop.port))
-        }
-        return connected
+        return bootstrap.connect(to: target.nextHop, from: target.sourceIP, sockets: self.sockets, on: eventLoop)
             .flatMapError { error in
                 handshake.fail(error)
                 return eventLoop.makeFailedFuture(HBONEClientError.connect("\(target.nextHop): \(error)"))

@@ -132,15 +132,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
                     // delivers an EOF even with autoRead off; the stream side keeps both.
                     channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(tcpSide.value) }
                 }
-            let connected: EventLoopFuture<any Channel>
-            if let sockets = self.upstreamSockets {
-                let source = self.request?.peerAddress?.ip
-                connected = context.eventLoop.makeFutureWithTask { try await sockets.connect(upstream, source) }
-                    .flatMap { [bootstrap = NIOLoopBound(bootstrap, eventLoop: context.eventLoop)] descriptor in bootstrap.value.withConnectedSocket(descriptor) }
-            } else {
-                connected = bootstrap.connect(host: "\(upstream.ip)", port: Int(upstream.port))
-            }
-            connected
+            bootstrap.connect(to: upstream, from: self.request?.peerAddress?.ip, sockets: self.upstreamSockets, on: context.eventLoop)
                 .whenComplete { result in
                     let (handler, context) = loopBound.value
                     switch result {

@@ -236,14 +236,7 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
                 .channelInitializer { upstream in
                     upstream.eventLoop.makeCompletedFuture { try upstream.pipeline.syncOperations.addHandler(upstreamSide.value) }
                 }
-            let connected: EventLoopFuture<any Channel>
-            if let sockets = shared.sockets {
-                connected = channel.eventLoop.makeFutureWithTask { try await sockets.connect(address, source) }
-                    .flatMap { [bootstrap = NIOLoopBound(bootstrap, eventLoop: channel.eventLoop)] descriptor in bootstrap.value.withConnectedSocket(descriptor) }
-            } else {
-                connected = bootstrap.connect(host: "\(address.ip)", port: Int(address.port))
-            }
-            connected.whenComplete { result in
+            bootstrap.connect(to: address, from: source, sockets: shared.sockets, on: channel.eventLoop).whenComplete { result in
                 switch result {
                 case .success:
                     release()

@@ -7,12 +7,19 @@ internal import Glibc
 /// An open handle on a network namespace, given by path (`/var/run/netns/<name>`, the CNI
 /// runtime's `CNI_NETNS`, `/proc/<pid>/ns/net`).
 ///
-/// Code runs "inside" the namespace on a thread of its own: ``run(_:)`` starts a dedicated
-/// OS thread, `setns(fd, CLONE_NEWNET)` there, runs the closure, switches back and lets the
-/// thread end. A namespace switch is per thread in Linux, so doing it on a SwiftNIO event
-/// loop or on the Swift concurrency pool would move unrelated work into the pod; a
-/// throwaway thread cannot leak. Sockets and netlink sockets created inside keep belonging
-/// to the namespace after the closure returns, and processes spawned inside inherit it.
+/// Code runs "inside" the namespace in one of two ways:
+///
+/// - ``run(_:)`` starts a dedicated OS thread, `setns(fd, CLONE_NEWNET)` there, runs the
+///   closure, switches back and lets the thread end. For anything that blocks or takes
+///   long (iptables-restore, netlink dumps, listeners): a namespace switch is per thread in
+///   Linux, and a throwaway thread cannot carry the pod's namespace into unrelated work.
+/// - ``enterBriefly(_:)`` switches the *calling* thread in, runs a short synchronous closure
+///   and switches straight back: for creating one socket on the data path, as ztunnel's
+///   `InpodNetns::run` does on its runtime's worker thread. No other work can run on the
+///   thread in between, because the closure cannot suspend.
+///
+/// Sockets and netlink sockets created inside keep belonging to the namespace after the
+/// closure returns, and processes spawned inside inherit it.
 ///
 /// The handle keeps the namespace alive while it is open (as istio-cni's pod cache does);
 /// ``inode`` and ``device`` identify it.
@@ -107,6 +114,28 @@ public final class NetworkNamespace: Sendable {
             DedicatedThread.join(thread)
             return try box.result!.get()
         }
+    }
+
+    /// Runs `body` on the calling thread switched into this namespace, and switches the
+    /// thread back before returning. Costs two `setns(2)` and an `open(2)`; a thread per call
+    /// (``run(_:)``) costs a `clone(2)` and two wake-ups.
+    ///
+    /// `body` must be short and must not block: on an event loop it holds up every other
+    /// channel of that loop. If the thread cannot be switched back the process stops —
+    /// continuing would run unrelated connections inside a pod.
+    public func enterBriefly<Result>(_ body: () throws -> Result) throws -> Result {
+        let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        guard home >= 0 else { throw RedirectError(.namespaceSwitch, errno: errno, "open /proc/thread-self/ns/net") }
+        defer { close(home) }
+        guard clinuxnet_setns_net(self.descriptor) == 0 else {
+            throw RedirectError(.namespaceSwitch, errno: errno, "setns into \(self.path)")
+        }
+        defer {
+            if clinuxnet_setns_net(home) != 0 {
+                fatalError("cannot switch a thread back from network namespace \(self.path): errno \(errno)")
+            }
+        }
+        return try body()
     }
 
     /// Switches the current (dedicated) thread into the namespace, runs `body`, switches back.

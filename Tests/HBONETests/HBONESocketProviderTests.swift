@@ -4,6 +4,7 @@ import NIOPosix
 import InternetAddress
 import MeshIdentity
 import MeshTestSupport
+import Redirect
 import Synchronization
 import Testing
 
@@ -40,20 +41,21 @@ struct HBONESocketProviderTests {
         _ = withUnsafeMutablePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) } }
         let port = UInt16(bigEndian: sin.sin_port)
 
-        let upstreamCalls = Mutex<[(HBONEAddress, IPAddress?)]>([])
-        let nextHopCalls = Mutex<[HBONEAddress]>([])
+        let upstreamCalls = Mutex(0)
+        let nextHopCalls = Mutex(0)
         var configuration = HBONEServer.Configuration()
         configuration.listeningSocket = listener
-        configuration.upstreamSockets = HBONESocketProvider { destination, source in
-            upstreamCalls.withLock { $0.append((destination, source)) }
-            return try await offload { try Self.connectDescriptor(destination) }
+        // Binding the client's address needs IP_TRANSPARENT, which needs CAP_NET_ADMIN.
+        configuration.upstreamSockets = HBONESocketProvider(bindsSource: Capability.isRoot) { createSocket in
+            upstreamCalls.withLock { $0 += 1 }
+            createSocket()
         }
         let server = HBONEServer(configuration: configuration, identity: spiffe("default", "httpbin"), certificates: manager) { _ in
             .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: UInt16(echo.port)))
         }
-        let client = HBONEClient(certificates: manager, sockets: HBONESocketProvider { destination, _ in
-            nextHopCalls.withLock { $0.append(destination) }
-            return try await offload { try Self.connectDescriptor(destination) }
+        let client = HBONEClient(certificates: manager, sockets: HBONESocketProvider { createSocket in
+            nextHopCalls.withLock { $0 += 1 }
+            createSocket()
         })
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await manager.run() }
@@ -76,11 +78,76 @@ struct HBONESocketProviderTests {
                 }
                 #expect(answer == "echo:round \(round)")
             }
-            #expect(nextHopCalls.withLock { $0 } == [HBONEAddress(ip: .v4(127, 0, 0, 1), port: port)], "one pooled connection for two tunnels")
-            let calls = upstreamCalls.withLock { $0 }
-            #expect(calls.count == 2, "one upstream connection per tunnel")
-            #expect(calls.allSatisfy { $0.0.port == UInt16(echo.port) && $0.1 == .v4(127, 0, 0, 1) }, "the source offered is the client's address")
+            #expect(nextHopCalls.withLock { $0 } == 1, "one pooled connection for two tunnels")
+            #expect(upstreamCalls.withLock { $0 } == 2, "one upstream connection per tunnel")
+            // The echo saw each upstream connection come from the client's address (bound
+            // with IP_TRANSPARENT and port 0): 127.0.0.1 here.
+            #expect(echo.peers.allSatisfy { $0.hasPrefix("127.0.0.1:") } && echo.peers.count == 2, "\(echo.peers)")
         }
         await echo.close()
+    }
+}
+
+/// The provider as ztunnel's in-pod mode uses it, against a real pod namespace.
+@Suite("HBONE socket provider in a pod namespace", .serialized,
+       .enabled(if: Capability.canCreateNetworkNamespaces, "needs root and `ip netns` to create network namespaces (CI has both)"))
+struct HBONEPodSocketTests {
+    /// The network namespace inode of every thread of this process.
+    static func threadNamespaces() -> Set<String> {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        return Set(tasks.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/task/\($0)/ns/net") })
+    }
+
+    @Test("upstream sockets are created inside the pod: its loopback-only app is reached, and every thread is back in the host namespace")
+    func upstreamInsidePod() async throws {
+        let network = try PodNetwork(tag: "hsp")
+        let pod = try NetworkNamespace(path: network.podPath)
+        let hostNamespace = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
+        // The app listens on the pod's 127.0.0.1 only: unreachable from any other namespace.
+        let listener = try await PodSockets.listen(on: SocketEndpoint(host: "127.0.0.1", port: 0)!, in: pod)
+        let appPort = try #require(listener.localEndpoint?.port)
+        let app = try await EchoUntilEOFServer(boundSocket: listener.takeDescriptor())
+        await #expect(throws: (any Error).self, "the app is not reachable from the host namespace") {
+            _ = try await PodSockets.connect(to: SocketEndpoint(host: "127.0.0.1", port: appPort)!, in: NetworkNamespace.host())
+        }
+
+        let ca = try CertificateAuthority.selfSigned()
+        let manager = CertificateManager(provider: EmbeddedCAProvider(authority: ca))
+        let entries = Mutex(0)
+        var configuration = HBONEServer.Configuration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        configuration.upstreamSockets = HBONESocketProvider(mark: 0x539) { createSocket in
+            entries.withLock { $0 += 1 }
+            try pod.enterBriefly(createSocket)
+        }
+        let server = HBONEServer(configuration: configuration, identity: spiffe("default", "httpbin"), certificates: manager) { _ in
+            .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: appPort))
+        }
+        let client = HBONEClient(certificates: manager)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await manager.run() }
+            group.addTask { try await server.run() }
+            defer { group.cancelAll() }
+            let port = try await server.listeningAddress.port
+            for round in 0..<3 {
+                let tunnel = try await client.connect(HBONETunnelTarget(
+                    source: spiffe("default", "sleep"), nextHop: HBONEAddress(ip: .v4(127, 0, 0, 1), port: port),
+                    expectedIdentities: [spiffe("default", "httpbin")], authority: HBONEAddress(ip: .v4(10, 0, 0, 9), port: 80)
+                ))
+                let answer = try await tunnel.executeThenClose { inbound, outbound in
+                    try await outbound.write(Array("pod \(round)".utf8))
+                    outbound.finish()
+                    var received: [UInt8] = []
+                    for try await chunk in inbound { received += chunk }
+                    return String(decoding: received, as: UTF8.self)
+                }
+                #expect(answer == "echo:pod \(round)")
+            }
+            #expect(entries.withLock { $0 } == 3, "the namespace was entered once per upstream socket")
+            #expect(app.peers.count == 3 && app.peers.allSatisfy { $0.hasPrefix("127.0.0.1:") }, "\(app.peers)")
+            #expect(Self.threadNamespaces() == [hostNamespace], "no thread was left in the pod")
+        }
+        await app.close()
     }
 }

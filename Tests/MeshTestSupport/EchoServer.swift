@@ -1,21 +1,30 @@
 public import NIOCore
 internal import NIOPosix
+internal import Synchronization
 
 /// A plain TCP upstream for tunnel tests: reads until the client half-closes, then
 /// answers `echo:<everything received>` and closes. Seeing the answer proves that the
 /// client's FIN crossed the tunnel and that data still flowed back afterwards.
 public final class EchoUntilEOFServer: Sendable {
     private let channel: any Channel
+    private let accepted: PeerLog
+
+    /// The peer (`ip:port`) of every connection accepted so far, in order.
+    public var peers: [String] { self.accepted.entries.withLock { $0 } }
 
     /// The bound port on 127.0.0.1.
     public var port: Int { self.channel.localAddress?.port ?? 0 }
 
     /// Starts listening on 127.0.0.1 on a free port.
     public init() async throws {
+        let accepted = PeerLog()
+        self.accepted = accepted
         self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                let peer = channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
+                accepted.entries.withLock { $0.append(peer) }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(EchoUntilEOFHandler())
                 }
             }
@@ -23,10 +32,31 @@ public final class EchoUntilEOFServer: Sendable {
             .get()
     }
 
+    /// Serves a listening socket made elsewhere (inside a pod's namespace, say).
+    public init(boundSocket descriptor: Int32) async throws {
+        let accepted = PeerLog()
+        self.accepted = accepted
+        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                let peer = channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
+                accepted.entries.withLock { $0.append(peer) }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(EchoUntilEOFHandler())
+                }
+            }
+            .withBoundSocket(descriptor)
+            .get()
+    }
+
     /// Stops listening.
     public func close() async {
         try? await self.channel.close()
     }
+}
+
+private final class PeerLog: Sendable {
+    let entries = Mutex<[String]>([])
 }
 
 private final class EchoUntilEOFHandler: ChannelInboundHandler {
