@@ -16,27 +16,24 @@ public final class EchoUntilEOFServer: Sendable {
     public var port: Int { self.channel.localAddress?.port ?? 0 }
 
     /// Starts listening on 127.0.0.1 on a free port.
-    public init() async throws {
+    public convenience init() async throws {
         let accepted = PeerLog()
-        self.accepted = accepted
-        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelInitializer { channel in
-                let peer = channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
-                accepted.entries.withLock { $0.append(peer) }
-                return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(EchoUntilEOFHandler())
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0)
-            .get()
+        try await self.init(accepted, Self.bootstrap(accepted).bind(host: "127.0.0.1", port: 0).get())
     }
 
     /// Serves a listening socket made elsewhere (inside a pod's namespace, say).
-    public init(boundSocket descriptor: Int32) async throws {
+    public convenience init(boundSocket descriptor: Int32) async throws {
         let accepted = PeerLog()
+        try await self.init(accepted, Self.bootstrap(accepted).withBoundSocket(descriptor).get())
+    }
+
+    private init(_ accepted: PeerLog, _ channel: any Channel) {
         self.accepted = accepted
-        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        self.channel = channel
+    }
+
+    private static func bootstrap(_ accepted: PeerLog) -> ServerBootstrap {
+        ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 let peer = channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
@@ -45,8 +42,6 @@ public final class EchoUntilEOFServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(EchoUntilEOFHandler())
                 }
             }
-            .withBoundSocket(descriptor)
-            .get()
     }
 
     /// Stops listening.
