@@ -92,13 +92,20 @@ struct HBONESocketProviderTests {
 @Suite("HBONE socket provider in a pod namespace", .serialized,
        .enabled(if: Capability.canCreateNetworkNamespaces, "needs root and `ip netns` to create network namespaces (CI has both)"))
 struct HBONEPodSocketTests {
-    /// The network namespace inode of every thread of this process.
-    static func threadNamespaces() -> Set<String> {
+    /// The network namespaces of this process's SwiftNIO event-loop threads (named
+    /// `NIO-SGLTN-…` or `NIO-ELT-…`). Other threads may be in pods legitimately: tests
+    /// running in parallel use `NetworkNamespace.run`'s dedicated threads.
+    static func eventLoopNamespaces() -> Set<String> {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
-        return Set(tasks.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/task/\($0)/ns/net") })
+        return Set(tasks.compactMap { task -> String? in
+            guard let name = try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8), name.hasPrefix("NIO-") else {
+                return nil
+            }
+            return try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/task/\(task)/ns/net")
+        })
     }
 
-    @Test("upstream sockets are created inside the pod: its loopback-only app is reached, and every thread is back in the host namespace")
+    @Test("upstream sockets are created inside the pod: its loopback-only app is reached, and every event-loop thread is back in the host namespace")
     func upstreamInsidePod() async throws {
         let network = try PodNetwork(tag: "hsp")
         let pod = try NetworkNamespace(path: network.podPath)
@@ -146,7 +153,8 @@ struct HBONEPodSocketTests {
             }
             #expect(entries.withLock { $0 } == 3, "the namespace was entered once per upstream socket")
             #expect(app.peers.count == 3 && app.peers.allSatisfy { $0.hasPrefix("127.0.0.1:") }, "\(app.peers)")
-            #expect(Self.threadNamespaces() == [hostNamespace], "no thread was left in the pod")
+            let loops = Self.eventLoopNamespaces()
+            #expect(loops == [hostNamespace], "no event-loop thread was left in the pod")
         }
         await app.close()
     }
