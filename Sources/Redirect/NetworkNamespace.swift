@@ -124,31 +124,28 @@ public final class NetworkNamespace: Sendable {
     /// channel of that loop. If the thread cannot be switched back the process stops —
     /// continuing would run unrelated connections inside a pod.
     public func enterBriefly<Result>(_ body: () throws -> Result) throws -> Result {
-        let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
-        guard home >= 0 else { throw RedirectError(.namespaceSwitch, errno: errno, "open /proc/thread-self/ns/net") }
-        defer { close(home) }
-        guard clinuxnet_setns_net(self.descriptor) == 0 else {
-            throw RedirectError(.namespaceSwitch, errno: errno, "setns into \(self.path)")
+        try self.switched(body) {
+            fatalError("cannot switch a thread back from network namespace \(self.path): errno \(errno)")
         }
-        defer {
-            if clinuxnet_setns_net(home) != 0 {
-                fatalError("cannot switch a thread back from network namespace \(self.path): errno \(errno)")
-            }
-        }
-        return try body()
     }
 
     /// Switches the current (dedicated) thread into the namespace, runs `body`, switches back.
+    /// If switching back failed the thread would stay in the pod; it ends right after this
+    /// call either way, so nothing else ever runs on it.
     private func runHere<Result>(_ body: () throws -> Result) throws -> Result {
+        try self.switched(body) {}
+    }
+
+    /// `setns` into the namespace, `body`, `setns` back; `restoreFailed` runs if the switch
+    /// back fails.
+    private func switched<Result>(_ body: () throws -> Result, restoreFailed: () -> Void) throws -> Result {
         let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
         guard home >= 0 else { throw RedirectError(.namespaceSwitch, errno: errno, "open /proc/thread-self/ns/net") }
         defer { close(home) }
         guard clinuxnet_setns_net(self.descriptor) == 0 else {
             throw RedirectError(.namespaceSwitch, errno: errno, "setns into \(self.path)")
         }
-        // If switching back failed the thread would stay in the pod; it ends right after
-        // this call either way, so nothing else ever runs on it.
-        defer { _ = clinuxnet_setns_net(home) }
+        defer { if clinuxnet_setns_net(home) != 0 { restoreFailed() } }
         return try body()
     }
 }
