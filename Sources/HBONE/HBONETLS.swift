@@ -138,3 +138,16 @@ final class TLSContextCache: Sendable {
         return context
     }
 }
+
+extension CertificateManager {
+    /// `identity`'s certificate as a future on `eventLoop`: completed at once when a valid one
+    /// is issued (the common case, no thread hop), otherwise from the manager's actor.
+    nonisolated func certificate(for identity: SPIFFEID, on eventLoop: any EventLoop) -> EventLoopFuture<WorkloadCertificate> {
+        if let certificate = self.validCertificate(for: identity) {
+            return eventLoop.makeSucceededFuture(certificate)
+        }
+        let promise = eventLoop.makePromise(of: WorkloadCertificate.self)
+        promise.completeWithTask { try await self.certificate(for: identity) }
+        return promise.futureResult
+    }
+}

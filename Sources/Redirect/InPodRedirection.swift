@@ -87,22 +87,18 @@ public struct InPodRedirection: Sendable {
     @discardableResult
     public func apply(in namespace: NetworkNamespace) async throws -> ApplyOutcome {
         let configuration = self.configuration
-        return try await namespace.run {
-            try NamespaceExclusion.exclusively(namespace) { try Self.apply(configuration, lockFile: Self.lockFile(configuration, namespace)) }
-        }
+        return try await Self.exclusively(in: namespace) { try Self.apply(configuration, lockFile: Self.lockFile(configuration, namespace)) }
     }
 
     /// The differences between what is installed in `namespace` and what should be; empty
     /// when the install is exact.
     public func verify(in namespace: NetworkNamespace) async throws -> [String] {
         let configuration = self.configuration
-        return try await namespace.run {
-            try NamespaceExclusion.exclusively(namespace) {
-                let families = try Self.families(configuration)
-                let socket = try Self.routeSocket()
-                return try families.flatMap { family in
-                    try Self.drift(configuration, family: family, lockFile: Self.lockFile(configuration, namespace), socket: socket)
-                }
+        return try await Self.exclusively(in: namespace) {
+            let families = try Self.families(configuration)
+            let socket = try Self.routeSocket()
+            return try families.flatMap { family in
+                try Self.drift(configuration, family: family, lockFile: Self.lockFile(configuration, namespace), socket: socket)
             }
         }
     }
@@ -110,16 +106,14 @@ public struct InPodRedirection: Sendable {
     /// Removes routing and rules from `namespace`.
     public func remove(in namespace: NetworkNamespace) async throws {
         let configuration = self.configuration
-        try await namespace.run {
-            try NamespaceExclusion.exclusively(namespace) { try Self.removeAll(configuration, lockFile: Self.lockFile(configuration, namespace)) }
-        }
+        try await Self.exclusively(in: namespace) { try Self.removeAll(configuration, lockFile: Self.lockFile(configuration, namespace)) }
     }
 
     /// Re-derives the rule configuration installed in `namespace` (for recovery after a
     /// node-agent restart). Only the variant (DNS capture, ingress bypass, virtual
     /// interfaces) is derived; marks and ports are taken to be Istio's.
     public static func inspect(in namespace: NetworkNamespace, backend: IptablesBackend) async throws -> InstalledState {
-        try await namespace.run { try NamespaceExclusion.exclusively(namespace) {
+        try await Self.exclusively(in: namespace) {
             let snapshot = try backend.save(family: .ipv4, lockFile: nil)
             guard snapshot.hasResidue(of: Self.ownedChains) else { return .absent }
             let derived = Self.derive(from: snapshot)
@@ -127,7 +121,15 @@ public struct InPodRedirection: Sendable {
             probe.ipv6 = .disabled
             let problems = try Self.drift(probe, family: .ipv4, lockFile: nil, socket: Self.routeSocket())
             return problems.isEmpty ? .installed(derived) : .damaged(problems)
-        } }
+        }
+    }
+
+    /// Runs `body` on a dedicated thread inside `namespace`, holding the namespace's
+    /// ``NamespaceExclusion`` entry: every operation here goes through this.
+    private static func exclusively<Result: Sendable>(
+        in namespace: NetworkNamespace, _ body: @escaping @Sendable () throws -> Result
+    ) async throws -> Result {
+        try await namespace.run { try NamespaceExclusion.exclusively(namespace, body) }
     }
 
     // MARK: On the namespace thread

@@ -105,7 +105,7 @@ struct HBONEPodSocketTests {
         })
     }
 
-    @Test("upstream sockets are created inside the pod: its loopback-only app is reached, and every event-loop thread is back in the host namespace")
+    @Test("upstream sockets are created inside the pod and bound to the client's address: its loopback-only app is reached and sees the client, and every event-loop thread is back in the host namespace")
     func upstreamInsidePod() async throws {
         let network = try PodNetwork(tag: "hsp")
         let pod = try NetworkNamespace(path: network.podPath)
@@ -124,14 +124,17 @@ struct HBONEPodSocketTests {
         var configuration = HBONEServer.Configuration()
         configuration.host = "127.0.0.1"
         configuration.port = 0
-        configuration.upstreamSockets = HBONESocketProvider(mark: 0x539) { createSocket in
+        configuration.upstreamSockets = HBONESocketProvider(mark: 0x539, bindsSource: true) { createSocket in
             entries.withLock { $0 += 1 }
             try pod.enterBriefly(createSocket)
         }
         let server = HBONEServer(configuration: configuration, identity: spiffe("default", "httpbin"), certificates: manager) { _ in
             .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: appPort))
         }
-        let client = HBONEClient(certificates: manager)
+        // The client binds 127.0.0.5 (a source provider in this namespace), so the server's
+        // peer is 127.0.0.5 and the app in the pod must see that address: the upstream socket
+        // is bound to the client's address, not the pod's default source 127.0.0.1.
+        let client = HBONEClient(certificates: manager, sockets: HBONESocketProvider(bindsSource: true) { createSocket in createSocket() })
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await manager.run() }
             group.addTask { try await server.run() }
@@ -140,7 +143,8 @@ struct HBONEPodSocketTests {
             for round in 0..<3 {
                 let tunnel = try await client.connect(HBONETunnelTarget(
                     source: spiffe("default", "sleep"), nextHop: HBONEAddress(ip: .v4(127, 0, 0, 1), port: port),
-                    expectedIdentities: [spiffe("default", "httpbin")], authority: HBONEAddress(ip: .v4(10, 0, 0, 9), port: 80)
+                    expectedIdentities: [spiffe("default", "httpbin")], authority: HBONEAddress(ip: .v4(10, 0, 0, 9), port: 80),
+                    sourceIP: .v4(127, 0, 0, 5)
                 ))
                 let answer = try await tunnel.executeThenClose { inbound, outbound in
                     try await outbound.write(Array("pod \(round)".utf8))
@@ -152,7 +156,7 @@ struct HBONEPodSocketTests {
                 #expect(answer == "echo:pod \(round)")
             }
             #expect(entries.withLock { $0 } == 3, "the namespace was entered once per upstream socket")
-            #expect(app.peers.count == 3 && app.peers.allSatisfy { $0.hasPrefix("127.0.0.1:") }, "\(app.peers)")
+            #expect(app.peers.count == 3 && app.peers.allSatisfy { $0.hasPrefix("127.0.0.5:") }, "the app sees the client's address: \(app.peers)")
             let loops = Self.eventLoopNamespaces()
             #expect(loops == [hostNamespace], "no event-loop thread was left in the pod")
         }
