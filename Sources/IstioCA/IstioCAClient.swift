@@ -124,37 +124,39 @@ public struct IstioCAClient: CertificateProvider {
             .connect(host: configuration.host, port: configuration.port)
             .get()
         defer { channel.close(promise: nil) }
-        let multiplexer = try await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-                // Small unary messages: nio-http2's default windows are fine for the control plane.
-                mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
-            ) { stream in
-                stream.close()
-            }
-        }.get()
-        let promise = loop.makePromise(of: [UInt8].self)
-        let timeout = loop.scheduleTask(in: Self.timeAmount(configuration.callTimeout)) {
-            promise.fail(IdentityError.providerFailed("CA call timed out after \(configuration.callTimeout)"))
-        }
-        defer { timeout.cancel() }
-        let body = GRPCFraming.frame(IstioCertificateService.encode(request))
-        var headers = HPACKHeaders()
-        headers.add(name: ":method", value: "POST")
-        headers.add(name: ":scheme", value: "https")
-        headers.add(name: ":path", value: IstioCertificateService.createCertificatePath)
-        headers.add(name: ":authority", value: "\(configuration.host):\(configuration.port)")
-        headers.add(name: "content-type", value: "application/grpc")
-        headers.add(name: "te", value: "trailers")
-        headers.add(name: "authorization", value: "Bearer \(token)")
-        headers.add(name: "clusterid", value: configuration.clusterID)
-        let request = headers
-        _ = try await multiplexer.createStreamChannel { stream in
-            stream.eventLoop.makeCompletedFuture {
-                try stream.pipeline.syncOperations.addHandler(CACallHandler(headers: request, body: body, response: promise))
-            }
-        }.get()
         let message: [UInt8]
         do {
+            // A refused CA certificate closes the channel: whichever step notices first
+            // (stream creation, the call), the verification error is the reason.
+            let multiplexer = try await channel.eventLoop.submit {
+                try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+                    // Small unary messages: nio-http2's default windows are fine for the control plane.
+                    mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
+                ) { stream in
+                    stream.close()
+                }
+            }.get()
+            let promise = loop.makePromise(of: [UInt8].self)
+            let timeout = loop.scheduleTask(in: Self.timeAmount(configuration.callTimeout)) {
+                promise.fail(IdentityError.providerFailed("CA call timed out after \(configuration.callTimeout)"))
+            }
+            defer { timeout.cancel() }
+            let body = GRPCFraming.frame(IstioCertificateService.encode(request))
+            var headers = HPACKHeaders()
+            headers.add(name: ":method", value: "POST")
+            headers.add(name: ":scheme", value: "https")
+            headers.add(name: ":path", value: IstioCertificateService.createCertificatePath)
+            headers.add(name: ":authority", value: "\(configuration.host):\(configuration.port)")
+            headers.add(name: "content-type", value: "application/grpc")
+            headers.add(name: "te", value: "trailers")
+            headers.add(name: "authorization", value: "Bearer \(token)")
+            headers.add(name: "clusterid", value: configuration.clusterID)
+            let request = headers
+            _ = try await multiplexer.createStreamChannel { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.pipeline.syncOperations.addHandler(CACallHandler(headers: request, body: body, response: promise))
+                }
+            }.get()
             message = try await promise.futureResult.get()
         } catch {
             if let verification = verifyError.withLockedValue({ $0 }) { throw IdentityError.providerFailed("CA certificate: \(verification)") }
