@@ -152,11 +152,17 @@ public struct IstioCAClient: CertificateProvider {
             headers.add(name: "authorization", value: "Bearer \(token)")
             headers.add(name: "clusterid", value: configuration.clusterID)
             let request = headers
-            _ = try await multiplexer.createStreamChannel { stream in
-                stream.eventLoop.makeCompletedFuture {
-                    try stream.pipeline.syncOperations.addHandler(CACallHandler(headers: request, body: body, response: promise))
-                }
-            }.get()
+            do {
+                _ = try await multiplexer.createStreamChannel { stream in
+                    stream.eventLoop.makeCompletedFuture {
+                        try stream.pipeline.syncOperations.addHandler(CACallHandler(headers: request, body: body, response: promise))
+                    }
+                }.get()
+            } catch {
+                // No stream, so no handler will ever complete the call's promise.
+                promise.fail(error)
+                throw error
+            }
             message = try await promise.futureResult.get()
         } catch {
             if let verification = verifyError.withLockedValue({ $0 }) { throw IdentityError.providerFailed("CA certificate: \(verification)") }
