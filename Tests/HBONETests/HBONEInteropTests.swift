@@ -10,9 +10,9 @@ import Synchronization
 /// client, `openssl s_client` for the TLS surface, and garbage on the port.
 @Suite("HBONE server interop", .serialized)
 struct HBONEInteropTests {
-    static var pythonH2Available: Bool {
-        (try? ExternalTool.run(["python3", "-c", "import h2"]))?.status == 0
-    }
+    static let pythonH2Available: Bool = {
+        (try? ExternalTool.runBlocking(["python3", "-c", "import h2"]))?.status == 0
+    }()
 
     static var interopScript: String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -86,7 +86,7 @@ struct HBONEInteropTests {
         var arguments = ["python3", Self.interopScript, "--port", "\(port)", "--ca", fixture.path("root.pem")]
         if let client { arguments += ["--cert", fixture.path("\(client).pem"), "--key", fixture.path("\(client).key")] }
         let all = arguments + extra
-        let result = try await offload { try ExternalTool.run(all) }
+        let result = try await ExternalTool.run(all)
         let json = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
         return try #require(json, "python said: \(result.combined)")
     }
@@ -171,16 +171,16 @@ struct HBONEInteropTests {
         try #require(OpenSSLCA.isAvailable, "openssl is required")
         try #require(Self.pythonH2Available, "python3 with the h2 package is required")
         try await self.withFixture { fixture, port in
-            let sClient = try await offload { try ExternalTool.run([
+            let sClient = try await ExternalTool.run([
                 "openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-alpn", "h2", "-noservername",
                 "-CAfile", fixture.path("root.pem"), "-cert", fixture.path("client.pem"), "-key", fixture.path("client.key"),
-            ], input: "") }
+            ], input: "")
             #expect(sClient.combined.contains("New, TLSv1.3, Cipher is TLS_AES_"), "\(sClient.combined)")
             #expect(sClient.combined.contains("ALPN protocol: h2"), "\(sClient.combined)")
-            let tls12 = try await offload { try ExternalTool.run([
+            let tls12 = try await ExternalTool.run([
                 "openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-tls1_2", "-noservername",
                 "-cert", fixture.path("client.pem"), "-key", fixture.path("client.key"), "-brief",
-            ], input: "") }
+            ], input: "")
             #expect(tls12.status != 0, "TLS 1.2 must be refused: \(tls12.combined)")
             for garbage in ["GET / HTTP/1.1\r\nHost: x\r\n\r\n", String(repeating: "\u{16}\u{03}\u{01}\u{ff}\u{ff}", count: 100), "\0"] {
                 let bytes = Array(garbage.utf8)
@@ -205,7 +205,7 @@ struct HBONEInteropTests {
             func sClient(_ extra: [String]) async throws -> ToolResult {
                 let command = (["openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-alpn", "h2", "-noservername",
                                 "-CAfile", fixture.path("root.pem")] + extra).joined(separator: " ")
-                return try await offload { try ExternalTool.run(["sh", "-c", "sleep 1 | \(command)"]) }
+                return try await ExternalTool.run(["sh", "-c", "sleep 1 | \(command)"])
             }
             let anonymous = try await sClient([])
             #expect(anonymous.combined.contains("alert certificate required"), "\(anonymous.combined)")
@@ -242,9 +242,7 @@ struct HBONEInteropTests {
                 result["error"] = type(e).__name__
             print(json.dumps(result))
             """
-            let result = try await offload {
-                try ExternalTool.run(["python3", "-c", script, "\(port)", fixture.path("root.pem"), fixture.path("client.pem"), fixture.path("client.key")])
-            }
+            let result = try await ExternalTool.run(["python3", "-c", script, "\(port)", fixture.path("root.pem"), fixture.path("client.pem"), fixture.path("client.key")])
             let json = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
             let outcome = try #require(json, "python said: \(result.combined)")
             // BoringSSL issues tickets (no switch in swift-nio-ssl), so the client does resume…
@@ -275,9 +273,7 @@ struct HBONEInteropTests {
                 s.close()
             print("sent")
             """
-            let result = try await offload {
-                try ExternalTool.run(["python3", "-c", script, "\(port)", fixture.path("root.pem"), fixture.path("client.pem"), fixture.path("client.key")])
-            }
+            let result = try await ExternalTool.run(["python3", "-c", script, "\(port)", fixture.path("root.pem"), fixture.path("client.pem"), fixture.path("client.key")])
             #expect(result.standardOutput.contains("sent"), "\(result.combined)")
             try await eventually("both connections closed by the server") { fixture.server.openConnections == 0 }
             let good = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8080", "--payload", "after truncation"])

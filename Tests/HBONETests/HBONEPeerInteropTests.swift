@@ -25,7 +25,7 @@ struct HBONEPeerInteropTests {
     static let cPeer: String? = {
         let script = root.appendingPathComponent("scripts/build-hbone-peer").path
         guard FileManager.default.isExecutableFile(atPath: script),
-              let result = try? ExternalTool.run([script], timeout: .seconds(120)), result.status == 0
+              let result = try? ExternalTool.runBlocking([script], timeout: .seconds(120)), result.status == 0
         else { return nil }
         return result.standardOutput.split(separator: "\n").last.map(String.init)
     }()
@@ -38,7 +38,7 @@ struct HBONEPeerInteropTests {
     }
 
     /// Starts `peer` as an HBONE server presenting `httpbin`'s certificate.
-    func startServer(_ peer: Peer, _ fixture: HBONEInteropTests.Fixture, upstream: Int, status: Int? = nil) throws -> ExternalPeer {
+    func startServer(_ peer: Peer, _ fixture: HBONEInteropTests.Fixture, upstream: Int, status: Int? = nil) async throws -> ExternalPeer {
         try fixture.writeClient(name: "httpbin", identity: fixture.serverIdentity, authority: fixture.ca)
         switch peer {
         case .python:
@@ -48,9 +48,9 @@ struct HBONEPeerInteropTests {
                 "--trust-domain", "cluster.local", "--port", "0", "--upstream", "127.0.0.1:\(upstream)",
             ]
             if let status { arguments += ["--status", "\(status)"] }
-            return try ExternalPeer(arguments)
+            return try await ExternalPeer(arguments)
         case .nghttp2:
-            return try ExternalPeer([
+            return try await ExternalPeer([
                 Self.cPeer!, "server", "--listen", "127.0.0.1:0", "--cert", fixture.path("httpbin.pem"),
                 "--key", fixture.path("httpbin.key"), "--ca", fixture.path("root.pem"), "--trust-domain", "cluster.local",
                 "--upstream", "127.0.0.1:\(upstream)",
@@ -88,7 +88,7 @@ struct HBONEPeerInteropTests {
             defer { group.cancelAll() }
             // Starting and stopping a peer blocks (it waits for its `listening` line): off the
             // Swift concurrency pool, which the code under test needs.
-            let server = try await offload { try self.startServer(peer, fixture, upstream: fixture.upstream.port, status: status) }
+            let server = try await self.startServer(peer, fixture, upstream: fixture.upstream.port, status: status)
             let client = HBONEClient(certificates: fixture.manager)
             do {
                 try await body(fixture, server, client)
@@ -148,7 +148,7 @@ struct HBONEPeerInteropTests {
     func cClientThroughOurServer() async throws {
         try #require(self.available(.nghttp2), "C nghttp2+OpenSSL peer unavailable")
         try await HBONEInteropTests().withFixture { fixture, port in
-            let client = try ExternalPeer([
+            let client = try await ExternalPeer([
                 Self.cPeer!, "client", "--listen", "127.0.0.1:0", "--connect", "127.0.0.1:\(port)",
                 "--authority", "127.0.0.1:8080", "--cert", fixture.path("client.pem"), "--key", fixture.path("client.key"),
                 "--ca", fixture.path("root.pem"), "--expect-identity", fixture.serverIdentity.uri,

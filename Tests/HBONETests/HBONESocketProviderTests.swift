@@ -107,7 +107,7 @@ struct HBONEPodSocketTests {
 
     @Test("upstream sockets are created inside the pod and bound to the client's address: its loopback-only app is reached and sees the client, and every event-loop thread is back in the host namespace")
     func upstreamInsidePod() async throws {
-        let network = try PodNetwork(tag: "hsp")
+        let network = try await PodNetwork(tag: "hsp")
         let pod = try NetworkNamespace(path: network.podPath)
         let hostNamespace = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
         // The app listens on the pod's 127.0.0.1 only: unreachable from any other namespace.

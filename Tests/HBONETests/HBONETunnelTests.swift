@@ -267,7 +267,7 @@ struct HBONETunnelTests {
                 "--cert", files.url.path + "/client.pem", "--key", files.url.path + "/client.key",
                 "--authority", "127.0.0.1:8080", "--payload", "x",
             ]
-            let result = try await offload { try ExternalTool.run(arguments) }
+            let result = try await ExternalTool.run(arguments)
             let json = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
             #expect(json?["received"] as? String == "echo:x", "\(result.combined)")
             return json?["server_serial"] as? String

@@ -12,7 +12,7 @@ import X509
 struct IstioCATests {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Interop/istio_ca.py").path
-    static let grpcAvailable = (try? ExternalTool.run(["python3", "-c", "import grpc, google.protobuf, cryptography"]).status) == 0
+    static let grpcAvailable = (try? ExternalTool.runBlocking(["python3", "-c", "import grpc, google.protobuf, cryptography"]).status) == 0
     static let node = spiffe("istio-system", "ztunnel")
     static let istiod = spiffe("istio-system", "istiod")
 
@@ -88,9 +88,7 @@ struct IstioCATests {
         let fixture = try Fixture()
         try await fixture.withServer { port in
             func call(_ arguments: [String]) async throws -> [String: Any] {
-                let result = try await offload {
-                    try ExternalTool.run(["python3", Self.script, "client", "--port", "\(port)", "--root", fixture.path("ca/root-cert.pem")] + arguments)
-                }
+                let result = try await ExternalTool.run(["python3", Self.script, "client", "--port", "\(port)", "--root", fixture.path("ca/root-cert.pem")] + arguments)
                 let object = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
                 return try #require(object, "\(result.combined)")
             }
@@ -124,7 +122,7 @@ struct IstioCATests {
         let certificate = try WorkloadCertificate(identity: Self.istiod, privateKey: csr.privateKey, chain: serving)
         _ = try fixture.directory.write("istiod.pem", certificate.certificateChainPEM)
         _ = try fixture.directory.write("istiod.key", certificate.privateKeyPEM)
-        let peer = try ExternalPeer([
+        let peer = try await ExternalPeer([
             "python3", Self.script, "server", "--port", "0", "--ca-cert", fixture.path("ca/ca-cert.pem"), "--ca-key", fixture.path("ca/ca-key.pem"),
             "--root", fixture.path("ca/root-cert.pem"), "--cert", fixture.path("istiod.pem"), "--key", fixture.path("istiod.key"), "--token", "node-token",
         ])

@@ -46,7 +46,7 @@ struct CertificateAuthorityTests {
     }
 
     @Test("openssl verifies issued certificates for client and server use, and shows the profile")
-    func opensslVerifies() throws {
+    func opensslVerifies() async throws {
         try #require(OpenSSLCA.isAvailable, "openssl is not installed")
         let directory = try TemporaryDirectory()
         let identity = spiffe("default", "httpbin")
@@ -54,11 +54,11 @@ struct CertificateAuthorityTests {
         let leafPath = try directory.write("leaf.pem", PEM.encode(chain[0]))
         let rootPath = try directory.write("root.pem", self.ca.trustBundle.pem)
         for purpose in ["sslclient", "sslserver"] {
-            let result = try ExternalTool.run(["openssl", "verify", "-purpose", purpose, "-CAfile", rootPath, leafPath])
+            let result = try await ExternalTool.run(["openssl", "verify", "-purpose", purpose, "-CAfile", rootPath, leafPath])
             #expect(result.status == 0, "\(purpose): \(result.combined)")
             #expect(result.standardOutput.contains("\(leafPath): OK"))
         }
-        let text = try OpenSSLCA.check(ExternalTool.run(["openssl", "x509", "-in", leafPath, "-noout", "-text"])).standardOutput
+        let text = try OpenSSLCA.check(await ExternalTool.run(["openssl", "x509", "-in", leafPath, "-noout", "-text"])).standardOutput
         #expect(text.contains("Subject: \n") || text.contains("Subject:\n"), "empty subject:\n\(text)")
         #expect(text.contains("X509v3 Subject Alternative Name: critical\n                URI:\(identity.uri)"))
         #expect(text.contains("X509v3 Key Usage: critical\n                Digital Signature, Key Encipherment"))
@@ -79,7 +79,7 @@ struct CertificateAuthorityTests {
         let leaf = try directory.write("leaf.pem", PEM.encode(chain[0]))
         let untrusted = try directory.write("chain.pem", PEM.encode(Array(chain[1..<2])))
         let root = try directory.write("root.pem", self.ca.trustBundle.pem)
-        let result = try ExternalTool.run(["openssl", "verify", "-purpose", "sslserver", "-CAfile", root, "-untrusted", untrusted, leaf])
+        let result = try await ExternalTool.run(["openssl", "verify", "-purpose", "sslserver", "-CAfile", root, "-untrusted", untrusted, leaf])
         #expect(result.status == 0, "\(result.combined)")
         let identity = try await self.ca.trustBundle.verify(chain: chain, usage: .server, trustDomain: .clusterLocal, at: Date())
         #expect(identity == csr.identity)
@@ -90,10 +90,10 @@ struct CertificateAuthorityTests {
     }
 
     @Test("ignores the CSR's subject and SANs: issues for the authenticated identity")
-    func ignoresRequestedNames() throws {
+    func ignoresRequestedNames() async throws {
         try #require(OpenSSLCA.isAvailable, "openssl is not installed")
         let directory = try TemporaryDirectory()
-        let pem = try OpenSSLCA.makeCSR(
+        let pem = try await OpenSSLCA.makeCSR(
             keySpec: "ec:P-256", subject: "/CN=admin",
             extensions: ["subjectAltName=URI:spiffe://cluster.local/ns/istio-system/sa/istiod,DNS:evil.example"],
             in: directory
@@ -105,19 +105,19 @@ struct CertificateAuthorityTests {
     }
 
     @Test("accepts openssl CSRs with P-256, P-384 and RSA-2048 keys", arguments: ["ec:P-256", "ec:P-384", "rsa:2048"])
-    func acceptsKeys(keySpec: String) throws {
+    func acceptsKeys(keySpec: String) async throws {
         try #require(OpenSSLCA.isAvailable, "openssl is not installed")
         let directory = try TemporaryDirectory()
-        let pem = try OpenSSLCA.makeCSR(keySpec: keySpec, in: directory)
+        let pem = try await OpenSSLCA.makeCSR(keySpec: keySpec, in: directory)
         let chain = try self.ca.sign(csrPEM: pem, for: spiffe("a", "b"))
         #expect(chain.count == 2)
     }
 
     @Test("rejects weak and unsupported keys", arguments: ["rsa:1024", "ed25519", "ec:P-521"])
-    func rejectsKeys(keySpec: String) throws {
+    func rejectsKeys(keySpec: String) async throws {
         try #require(OpenSSLCA.isAvailable, "openssl is not installed")
         let directory = try TemporaryDirectory()
-        let pem = try OpenSSLCA.makeCSR(keySpec: keySpec, in: directory)
+        let pem = try await OpenSSLCA.makeCSR(keySpec: keySpec, in: directory)
         #expect {
             try self.ca.sign(csrPEM: pem, for: spiffe("a", "b"))
         } throws: { error in
@@ -176,7 +176,7 @@ struct CertificateAuthorityTests {
     @Test("loads a plugged-in CA made by openssl (cacerts layout) and signs with it")
     func pluggedCA() async throws {
         try #require(OpenSSLCA.isAvailable, "openssl is not installed")
-        let external = try OpenSSLCA(subject: "/O=cluster.local")
+        let external = try await OpenSSLCA(subject: "/O=cluster.local")
         let directory = try TemporaryDirectory()
         try directory.write("ca-cert.pem", external.rootPEM)
         try directory.write("ca-key.pem", try String(contentsOfFile: external.path("root.key"), encoding: .utf8))
@@ -187,7 +187,7 @@ struct CertificateAuthorityTests {
         let chain = try plugged.sign(csr.request, for: csr.identity)
         #expect(chain.count == 2)
         let leaf = try directory.write("leaf.pem", PEM.encode(chain[0]))
-        let result = try ExternalTool.run(["openssl", "verify", "-purpose", "sslclient", "-CAfile", external.path("root.pem"), leaf])
+        let result = try await ExternalTool.run(["openssl", "verify", "-purpose", "sslclient", "-CAfile", external.path("root.pem"), leaf])
         #expect(result.status == 0, "\(result.combined)")
 
         // A round trip through our own cacerts writer loads back to the same CA.
@@ -198,10 +198,10 @@ struct CertificateAuthorityTests {
     }
 
     @Test("rejects CA material that cannot sign")
-    func unusableCA() throws {
+    func unusableCA() async throws {
         try #require(OpenSSLCA.isAvailable, "openssl is not installed")
-        let external = try OpenSSLCA()
-        let leafPEM = try external.issueLeaf(name: "leaf", extensions: ["basicConstraints=CA:FALSE"])
+        let external = try await OpenSSLCA()
+        let leafPEM = try await external.issueLeaf(name: "leaf", extensions: ["basicConstraints=CA:FALSE"])
         let leafKey = try String(contentsOfFile: external.path("leaf.key"), encoding: .utf8)
         let rootKey = try String(contentsOfFile: external.path("root.key"), encoding: .utf8)
         #expect {
@@ -225,12 +225,12 @@ struct CertificateAuthorityTests {
     }
 
     @Test("the CSR we send has an empty subject and one critical URI SAN, and openssl verifies its signature")
-    func csrProfile() throws {
+    func csrProfile() async throws {
         try #require(OpenSSLCA.isAvailable, "openssl is not installed")
         let csr = try IdentityCSR(identity: spiffe("default", "sleep"))
         let directory = try TemporaryDirectory()
         let path = try directory.write("req.pem", csr.pem)
-        let result = try OpenSSLCA.check(ExternalTool.run(["openssl", "req", "-in", path, "-noout", "-text", "-verify"]))
+        let result = try OpenSSLCA.check(await ExternalTool.run(["openssl", "req", "-in", path, "-noout", "-text", "-verify"]))
         #expect(result.combined.contains("verify OK") || result.combined.contains("Certificate request self-signature verify OK"))
         #expect(result.standardOutput.contains("Subject: \n") || result.standardOutput.contains("Subject:\n"))
         #expect(result.standardOutput.contains("X509v3 Subject Alternative Name: critical\n                    URI:spiffe://cluster.local/ns/default/sa/sleep"))

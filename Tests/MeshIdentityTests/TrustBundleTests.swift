@@ -69,27 +69,27 @@ struct TrustBundleTests {
     @Test("certificates from openssl: EKU, missing and multiple SANs, non-SPIFFE URI")
     func opensslLeaves() async throws {
         try #require(OpenSSLCA.isAvailable, "openssl is not installed")
-        let external = try OpenSSLCA()
+        let external = try await OpenSSLCA()
         let bundle = try TrustBundle(pem: external.rootPEM)
         let uri = "URI:spiffe://cluster.local/ns/default/sa/sleep"
-        let serverOnly = try PEM.certificate(external.issueLeaf(name: "server", extensions: [
+        let serverOnly = try PEM.certificate(await external.issueLeaf(name: "server", extensions: [
             "subjectAltName=critical,\(uri)", "extendedKeyUsage=serverAuth", "basicConstraints=CA:FALSE",
         ]))
         #expect(try await bundle.verify(chain: [serverOnly], usage: .server, trustDomain: .clusterLocal, at: Date()) == self.identity)
         await #expect(throws: IdentityError.missingExtendedKeyUsage("clientAuth")) {
             _ = try await bundle.verify(chain: [serverOnly], usage: .client, trustDomain: nil, at: Date())
         }
-        let noSAN = try PEM.certificate(external.issueLeaf(name: "nosan", extensions: ["extendedKeyUsage=clientAuth"]))
+        let noSAN = try PEM.certificate(await external.issueLeaf(name: "nosan", extensions: ["extendedKeyUsage=clientAuth"]))
         await #expect(throws: IdentityError.missingSPIFFEID) {
             _ = try await bundle.verify(chain: [noSAN], usage: .client, trustDomain: nil, at: Date())
         }
-        let twoURIs = try PEM.certificate(external.issueLeaf(name: "two", extensions: [
+        let twoURIs = try PEM.certificate(await external.issueLeaf(name: "two", extensions: [
             "subjectAltName=critical,\(uri),URI:spiffe://cluster.local/ns/x/sa/y", "extendedKeyUsage=clientAuth",
         ]))
         await #expect(throws: IdentityError.multipleURISANs(count: 2)) {
             _ = try await bundle.verify(chain: [twoURIs], usage: .client, trustDomain: nil, at: Date())
         }
-        let badURI = try PEM.certificate(external.issueLeaf(name: "bad", extensions: [
+        let badURI = try PEM.certificate(await external.issueLeaf(name: "bad", extensions: [
             "subjectAltName=URI:spiffe://cluster.local/ns/x", "extendedKeyUsage=clientAuth",
         ]))
         await #expect {

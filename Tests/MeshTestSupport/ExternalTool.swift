@@ -29,9 +29,17 @@ public enum ExternalTool {
     ///
     /// A tool that is still running after `timeout` is killed (SIGKILL) and reported with
     /// status 137 and a note on stderr, so a stuck peer fails its test instead of hanging
-    /// the whole run.
+    /// the whole run. The wait happens on a thread of its own (``offload(_:)``).
     @discardableResult
-    public static func run(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(60)) throws -> ToolResult {
+    public static func run(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(60)) async throws -> ToolResult {
+        try await offload { try runBlocking(arguments, input: input, timeout: timeout) }
+    }
+
+    /// ``run(_:input:timeout:)`` on the calling thread, for places that cannot await: a
+    /// test trait's condition, a `deinit`. Never call it from async code — it blocks a
+    /// thread of the Swift concurrency pool for as long as the tool runs.
+    @discardableResult
+    public static func runBlocking(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(60)) throws -> ToolResult {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
@@ -124,8 +132,8 @@ public enum Capability {
     public static var canCreateNetworkNamespaces: Bool {
         guard isRoot, ExternalTool.isAvailable("ip") else { return false }
         let name = "hbone-probe-\(getpid())"
-        guard (try? ExternalTool.run(["ip", "netns", "add", name]))?.status == 0 else { return false }
-        _ = try? ExternalTool.run(["ip", "netns", "del", name])
+        guard (try? ExternalTool.runBlocking(["ip", "netns", "add", name]))?.status == 0 else { return false }
+        _ = try? ExternalTool.runBlocking(["ip", "netns", "del", name])
         return true
     }
 }
@@ -146,7 +154,7 @@ public final class ExternalPeer: Sendable {
 
     /// Starts `arguments` and waits (up to 20 s) for its first stdout line to start with
     /// `readyLine` (by default `listening <port>`; the port is 0 for other ready lines).
-    public init(_ arguments: [String], readyLine: String = "listening ") throws {
+    public init(_ arguments: [String], readyLine: String = "listening ") async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
@@ -174,9 +182,11 @@ public final class ExternalPeer: Sendable {
             line.withLock { $0 = String(decoding: bytes, as: UTF8.self) }
         }
         thread.start()
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline, line.withLock({ $0 }) == nil, process.isRunning { usleep(10_000) }
-        let text = line.withLock { $0 } ?? ""
+        let text = try await offload {
+            let deadline = Date().addingTimeInterval(20)
+            while Date() < deadline, line.withLock({ $0 }) == nil, process.isRunning { usleep(10_000) }
+            return line.withLock { $0 } ?? ""
+        }
         guard text.hasPrefix(readyLine) else {
             process.terminate()
             throw PeerDidNotStart(command: arguments.joined(separator: " "), output: text)

@@ -10,10 +10,10 @@ public final class OpenSSLCA: Sendable {
     public static var isAvailable: Bool { ExternalTool.isAvailable("openssl") }
 
     /// Creates a P-256 root CA with `subject` (for example `/O=cluster.local`).
-    public init(subject: String = "/O=openssl-root") throws {
+    public init(subject: String = "/O=openssl-root") async throws {
         self.directory = try TemporaryDirectory(prefix: "openssl-ca")
         try OpenSSLCA.check(
-            ExternalTool.run([
+            await ExternalTool.run([
                 "openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                 "-keyout", self.path("root.key"), "-out", self.path("root.pem"), "-days", "30", "-subj", subject,
                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
@@ -29,16 +29,16 @@ public final class OpenSSLCA: Sendable {
 
     /// Issues a leaf for a fresh P-256 key with the given `extensions` lines (openssl
     /// extension-file syntax) and returns its PEM.
-    public func issueLeaf(name: String, extensions: [String], days: Int = 1) throws -> String {
+    public func issueLeaf(name: String, extensions: [String], days: Int = 1) async throws -> String {
         try OpenSSLCA.check(
-            ExternalTool.run([
+            await ExternalTool.run([
                 "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                 "-keyout", self.path("\(name).key"), "-out", self.path("\(name).csr"), "-subj", "/",
             ])
         )
         try self.directory.write("\(name).ext", extensions.joined(separator: "\n") + "\n")
         try OpenSSLCA.check(
-            ExternalTool.run([
+            await ExternalTool.run([
                 "openssl", "x509", "-req", "-in", self.path("\(name).csr"), "-CA", self.path("root.pem"),
                 "-CAkey", self.path("root.key"), "-CAcreateserial", "-days", "\(days)",
                 "-extfile", self.path("\(name).ext"), "-out", self.path("\(name).pem"),
@@ -48,7 +48,7 @@ public final class OpenSSLCA: Sendable {
     }
 
     /// Makes a CSR with openssl for a key of `keySpec` (`ec:P-256`, `rsa:1024`, `ed25519`, …).
-    public static func makeCSR(keySpec: String, subject: String = "/", extensions: [String] = [], in directory: TemporaryDirectory) throws -> String {
+    public static func makeCSR(keySpec: String, subject: String = "/", extensions: [String] = [], in directory: TemporaryDirectory) async throws -> String {
         let key = directory.url.appendingPathComponent("csr-\(UUID().uuidString).key").path
         let out = directory.url.appendingPathComponent("csr-\(UUID().uuidString).csr").path
         var arguments = ["openssl", "req", "-new", "-nodes", "-keyout", key, "-out", out, "-subj", subject]
@@ -59,7 +59,7 @@ public final class OpenSSLCA: Sendable {
         default: arguments += ["-newkey", parts[0]]
         }
         for line in extensions { arguments += ["-addext", line] }
-        try check(ExternalTool.run(arguments))
+        try check(await ExternalTool.run(arguments))
         return try String(contentsOfFile: out, encoding: .utf8)
     }
 

@@ -27,7 +27,7 @@ public final class PodNetwork: Sendable {
     public var nodePath: String { "/var/run/netns/\(self.node)" }
 
     /// Creates both namespaces and the link. Needs root (``Capability/canCreateNetworkNamespaces``).
-    public init(tag: String = "t") throws {
+    public init(tag: String = "t") async throws {
         let suffix = "\(tag)-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
         self.pod = "hbp-\(suffix)"
         self.node = "hbn-\(suffix)"
@@ -50,12 +50,12 @@ public final class PodNetwork: Sendable {
         ]
         do {
             for command in setup {
-                let result = try ExternalTool.run(command)
+                let result = try await ExternalTool.run(command)
                 guard result.status == 0 else {
                     throw PodNetworkError(command: command.joined(separator: " "), output: result.combined)
                 }
             }
-            try self.waitForLinkLocal()
+            try await self.waitForLinkLocal()
         } catch {
             Self.delete([self.pod, self.node])
             throw error
@@ -65,12 +65,12 @@ public final class PodNetwork: Sendable {
     /// Waits until both ends have their IPv6 link-local address: the kernel adds it (and its
     /// local route) when the veth carrier comes up, asynchronously, and a test comparing
     /// routing tables must not see it appear halfway.
-    private func waitForLinkLocal() throws {
+    private func waitForLinkLocal() async throws {
         for _ in 0..<100 {
-            let pod = try ExternalTool.run(["ip", "-n", self.pod, "-6", "addr", "show", "dev", "eth0", "scope", "link"]).standardOutput
-            let node = try ExternalTool.run(["ip", "-n", self.node, "-6", "addr", "show", "dev", "veth0", "scope", "link"]).standardOutput
+            let pod = try await ExternalTool.run(["ip", "-n", self.pod, "-6", "addr", "show", "dev", "eth0", "scope", "link"]).standardOutput
+            let node = try await ExternalTool.run(["ip", "-n", self.node, "-6", "addr", "show", "dev", "veth0", "scope", "link"]).standardOutput
             if pod.contains("fe80"), node.contains("fe80"), !pod.contains("tentative"), !node.contains("tentative") { return }
-            usleep(50_000)
+            try await Task.sleep(for: .milliseconds(50))
         }
         throw PodNetworkError(command: "waiting for IPv6 link-local addresses", output: "not configured after 5 s")
     }
@@ -81,26 +81,26 @@ public final class PodNetwork: Sendable {
 
     /// Runs a command inside the pod namespace (`ip netns exec`).
     @discardableResult
-    public func inPod(_ arguments: [String], input: String? = nil) throws -> ToolResult {
-        try ExternalTool.run(["ip", "netns", "exec", self.pod] + arguments, input: input)
+    public func inPod(_ arguments: [String], input: String? = nil) async throws -> ToolResult {
+        try await ExternalTool.run(["ip", "netns", "exec", self.pod] + arguments, input: input)
     }
 
     /// Runs a command inside the node namespace.
     @discardableResult
-    public func inNode(_ arguments: [String], input: String? = nil) throws -> ToolResult {
-        try ExternalTool.run(["ip", "netns", "exec", self.node] + arguments, input: input)
+    public func inNode(_ arguments: [String], input: String? = nil) async throws -> ToolResult {
+        try await ExternalTool.run(["ip", "netns", "exec", self.node] + arguments, input: input)
     }
 
     /// What `iptables-save`, `ip6tables-save`, `ip rule`, `ip -6 rule` and the routes of
     /// every table print in the pod, without `iptables-save`'s dated comment lines: the
     /// state a remove must restore byte for byte (chain packet counters left out).
     /// With `legacy`, the x_tables rules are read (`iptables-legacy-save`).
-    public func podKernelState(legacy: Bool = false) throws -> String {
+    public func podKernelState(legacy: Bool = false) async throws -> String {
         var text = ""
         let suffix = legacy ? "-legacy-save" : "-save"
         for command in [["iptables" + suffix], ["ip6tables" + suffix], ["ip", "rule"], ["ip", "-6", "rule"],
                         ["ip", "-4", "route", "show", "table", "all"], ["ip", "-6", "route", "show", "table", "all"]] {
-            let result = try self.inPod(command)
+            let result = try await self.inPod(command)
             let lines = result.standardOutput.split(separator: "\n", omittingEmptySubsequences: false)
                 .filter { !$0.hasPrefix("#") }
                 .map { line in
@@ -114,7 +114,7 @@ public final class PodNetwork: Sendable {
     }
 
     private static func delete(_ names: [String]) {
-        for name in names { _ = try? ExternalTool.run(["ip", "netns", "del", name]) }
+        for name in names { _ = try? ExternalTool.runBlocking(["ip", "netns", "del", name]) }
     }
 }
 

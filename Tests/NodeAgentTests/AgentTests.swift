@@ -30,8 +30,8 @@ struct AgentTests {
         let metadataPath: String
         let uid = UUID().uuidString.lowercased()
 
-        init() throws {
-            self.network = try PodNetwork(tag: "agent")
+        init() async throws {
+            self.network = try await PodNetwork(tag: "agent")
             self.directory = try TemporaryDirectory(prefix: "hbone-agent")
             self.metadataPath = self.directory.url.appendingPathComponent("pods.yaml").path
         }
@@ -64,8 +64,8 @@ struct AgentTests {
             return try NodeAgent(configuration: configuration, proxy: proxy, hostNamespace: NetworkNamespace(path: self.network.nodePath))
         }
 
-        var rules: String { (try? self.network.inPod(["iptables-save"]).standardOutput) ?? "" }
-        var probeSet: String { (try? self.network.inNode(["ipset", "list", "istio-inpod-probes-v4"]).standardOutput) ?? "" }
+        var rules: String { get async { (try? await self.network.inPod(["iptables-save"]).standardOutput) ?? "" } }
+        var probeSet: String { get async { (try? await self.network.inNode(["ipset", "list", "istio-inpod-probes-v4"]).standardOutput) ?? "" } }
     }
 
     static func running<T>(_ services: [any Service], _ body: () async throws -> T) async throws -> T {
@@ -78,7 +78,7 @@ struct AgentTests {
 
     @Test("a plugin event enrolls the pod: rules, the netns handed to the proxy over ZDS, the probe ipset entry, `enabled`; without a proxy it is `pending`")
     func enrollThroughZDS() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         try fixture.write(ambient: true)
         let agentBox = Mutex<NodeAgent?>(nil)
         let zds = ZDSServer(path: fixture.zdsPath) {
@@ -103,7 +103,7 @@ struct AgentTests {
             #expect(refused.status == 500)
             #expect(refused.body.contains("no ztunnel connection"))
             #expect(await agent.enrollments[fixture.uid]?.state == .pending)
-            #expect(fixture.rules.contains("ISTIO_OUTPUT"))
+            #expect(await fixture.rules.contains("ISTIO_OUTPUT"))
 
             let proxy = ProxyRecorder()
             try await Self.running([ZDSClient(path: fixture.zdsPath, handler: proxy)]) {
@@ -116,7 +116,8 @@ struct AgentTests {
                 #expect(accepted.status == 200, "\(accepted.body)")
                 #expect(await agent.enrollments[fixture.uid]?.state == .enabled)
                 #expect(proxy.started.withLock { $0[fixture.uid] } == (try NetworkNamespace(path: fixture.network.podPath).inode))
-                #expect(fixture.probeSet.contains("\(fixture.network.podIP) comment \"\(fixture.uid)\""), "\(fixture.probeSet)")
+                let probes = await fixture.probeSet
+                #expect(probes.contains("\(fixture.network.podIP) comment \"\(fixture.uid)\""), "\(probes)")
 
                 // Bad input to the plugin API: 400, and the agent keeps serving.
                 let garbage = try await offload { try PluginEventClient.send(body: Data("{\"Netns\":".utf8), socketPath: socket, timeout: .seconds(5)) }
@@ -130,7 +131,7 @@ struct AgentTests {
                 try fixture.write(ambient: true, present: false)
                 await agent.reconcile(with: try await metadata.current())
                 #expect(await agent.enrollments[fixture.uid] == nil)
-                #expect(!fixture.probeSet.contains(fixture.network.podIP))
+                #expect(await !fixture.probeSet.contains(fixture.network.podIP))
                 try await eventually("the proxy stopped the pod") { proxy.stopped.withLock { $0.contains(fixture.uid) } }
             }
         }
@@ -138,7 +139,7 @@ struct AgentTests {
 
     @Test("IPs from the plugin event are kept when the metadata lists none; a reconcile does not lose the probe entry")
     func ipsFromTheEvent() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         try fixture.write(ambient: true, listIPs: false)
         let agent = try fixture.agent(proxy: nil)
         let metadata = FileMetadataSource(path: fixture.metadataPath)
@@ -149,41 +150,41 @@ struct AgentTests {
         #expect(await agent.enrollments[fixture.uid]?.ips == [fixture.network.podIP])
         await agent.reconcile(with: try await metadata.current())
         #expect(await agent.enrollments[fixture.uid]?.ips == [fixture.network.podIP])
-        #expect(fixture.probeSet.contains(fixture.network.podIP))
+        #expect(await fixture.probeSet.contains(fixture.network.podIP))
         // Deletion removes the entry the event created.
         try fixture.write(ambient: true, present: false)
         await agent.reconcile(with: try await metadata.current())
-        #expect(!fixture.probeSet.contains(fixture.network.podIP))
+        #expect(await !fixture.probeSet.contains(fixture.network.podIP))
     }
 
     @Test("labels: an already-running pod is captured when labelled and released (rules removed) when the label goes")
     func relabel() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         try fixture.write(ambient: false)
         let agent = try fixture.agent(proxy: nil)
         let metadata = FileMetadataSource(path: fixture.metadataPath, pollInterval: .milliseconds(50))
         await agent.start(with: try await metadata.current())
-        #expect(fixture.rules.isEmpty)
+        #expect(await fixture.rules.isEmpty)
         try await Self.running([FollowService(agent: agent, source: metadata)]) {
             try fixture.write(ambient: true)
             try await eventually("captured after labelling") { await agent.enrollments[fixture.uid]?.state == .enabled }
-            #expect(fixture.rules.contains("ISTIO_OUTPUT"))
+            #expect(await fixture.rules.contains("ISTIO_OUTPUT"))
             try fixture.write(ambient: false)
             try await eventually("released after unlabelling") { await agent.enrollments[fixture.uid] == nil }
-            #expect(!fixture.rules.contains("ISTIO"), "the in-pod rules are removed")
-            #expect(!fixture.probeSet.contains(fixture.network.podIP))
+            #expect(await !fixture.rules.contains("ISTIO"), "the in-pod rules are removed")
+            #expect(await !fixture.probeSet.contains(fixture.network.podIP))
         }
     }
 
     @Test("restart: a new agent re-derives enrollment from its record and the kernel without duplicating rules; a broken pod does not stop the others")
     func restart() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         try fixture.write(ambient: true)
         let state = try FileMetadataSource.load(fixture.metadataPath)
         let first = try fixture.agent(proxy: nil)
         await first.start(with: state)
         #expect(await first.enrollments[fixture.uid]?.state == .enabled)
-        let installed = fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") }
+        let installed = await fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") }
 
         // A second pod whose netns path is bogus sits in the metadata too.
         var withBroken = state
@@ -191,23 +192,23 @@ struct AgentTests {
         let second = try fixture.agent(proxy: nil)
         #expect(await second.enrollments[fixture.uid]?.state == .enabled, "the record survived the restart")
         await second.start(with: withBroken)
-        #expect(fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") } == installed, "no duplicate rules")
+        #expect(await fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") } == installed, "no duplicate rules")
         #expect(await second.enrollments[fixture.uid]?.state == .enabled)
         #expect(await second.enrollments["broken-uid"] == nil, "the broken pod failed alone")
-        #expect(fixture.probeSet.components(separatedBy: fixture.network.podIP).count == 2, "one probe entry")
+        #expect(await fixture.probeSet.components(separatedBy: fixture.network.podIP).count == 2, "one probe entry")
     }
 
     @Test("a CNI ADD racing a metadata reconcile for the same new pod: one install, no error (the work is serialized per pod)")
     func concurrentEnrollment() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         try fixture.write(ambient: true)
         let metadata = FileMetadataSource(path: fixture.metadataPath)
         let state = try await metadata.current()
         let reference = try fixture.agent(proxy: nil)
         await reference.start(with: state)
-        let installed = fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") }
+        let installed = await fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") }
         try await reference.removePodFromMesh(uid: fixture.uid, isDelete: false)
-        #expect(!fixture.rules.contains("ISTIO"))
+        #expect(await !fixture.rules.contains("ISTIO"))
 
         // Onebox's churn saw this: the pod list is written, then the CNI ADD runs while the
         // agent's watcher reconciles the same pod; two concurrent iptables-nft-restore
@@ -232,9 +233,9 @@ struct AgentTests {
             }
             #expect(failures.isEmpty, "round \(round): \(failures)")
             #expect(await agent.enrollments[fixture.uid]?.state == .enabled, "round \(round)")
-            #expect(fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") } == installed, "round \(round): installed exactly once")
+            #expect(await fixture.rules.split(separator: "\n").filter { !$0.hasPrefix("#") } == installed, "round \(round): installed exactly once")
             try await agent.removePodFromMesh(uid: fixture.uid, isDelete: false)
-            #expect(!fixture.rules.contains("ISTIO"), "round \(round)")
+            #expect(await !fixture.rules.contains("ISTIO"), "round \(round)")
         }
     }
 }

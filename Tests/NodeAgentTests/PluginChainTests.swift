@@ -20,7 +20,7 @@ struct PluginChainTests {
         let binDirectory: String
         let metadataPath: String
 
-        init() throws {
+        init() async throws {
             self.directory = try TemporaryDirectory(prefix: "hbone-cni")
             self.binDirectory = self.directory.url.appendingPathComponent("bin").path
             try FileManager.default.createDirectory(atPath: self.binDirectory, withIntermediateDirectories: true)
@@ -29,12 +29,12 @@ struct PluginChainTests {
             }
             try FileManager.default.createSymbolicLink(atPath: "\(self.binDirectory)/istio-cni", withDestinationPath: PluginChainTests.pluginBinary)
             self.metadataPath = self.directory.url.appendingPathComponent("pods.yaml").path
-            #expect(try ExternalTool.run(["ip", "netns", "add", self.name]).status == 0)
-            #expect(try ExternalTool.run(["ip", "-n", self.name, "link", "set", "lo", "up"]).status == 0)
+            #expect(try await ExternalTool.run(["ip", "netns", "add", self.name]).status == 0)
+            #expect(try await ExternalTool.run(["ip", "-n", self.name, "link", "set", "lo", "up"]).status == 0)
         }
 
         deinit {
-            _ = try? ExternalTool.run(["ip", "netns", "del", self.name])
+            _ = try? ExternalTool.runBlocking(["ip", "netns", "del", self.name])
         }
 
         var runDirectory: String { self.directory.url.appendingPathComponent("run").path }
@@ -55,18 +55,13 @@ struct PluginChainTests {
         }
 
         /// Execs `type` in the node namespace as a runtime would.
-        /// Off the concurrency pool: a plugin run blocks for as long as the plugin takes.
         func exec(_ type: String, command: String, config: JSONValue, pod: Pod) async throws -> (status: Int32, output: JSONValue?, raw: String, log: String) {
-            try await offload { try self.execBlocking(type, command: command, config: config, pod: pod) }
-        }
-
-        func execBlocking(_ type: String, command: String, config: JSONValue, pod: Pod) throws -> (status: Int32, output: JSONValue?, raw: String, log: String) {
             let env = [
                 "CNI_COMMAND=\(command)", "CNI_CONTAINERID=\(pod.containerID)", "CNI_NETNS=\(pod.netnsPath)",
                 "CNI_IFNAME=eth0", "CNI_PATH=\(self.binDirectory)",
                 "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=\(pod.namespace);K8S_POD_NAME=\(pod.name);K8S_POD_INFRA_CONTAINER_ID=\(pod.containerID)",
             ]
-            let result = try ExternalTool.run(
+            let result = try await ExternalTool.run(
                 ["ip", "netns", "exec", self.name, "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"] + env + ["\(self.binDirectory)/\(type)"],
                 input: String(decoding: config.jsonData, as: UTF8.self)
             )
@@ -127,18 +122,18 @@ struct PluginChainTests {
         let ambient: Bool
         var netnsPath: String { "/var/run/netns/\(self.netnsName)" }
 
-        init(name: String, ambient: Bool) throws {
+        init(name: String, ambient: Bool) async throws {
             self.name = name
             self.ambient = ambient
-            #expect(try ExternalTool.run(["ip", "netns", "add", self.netnsName]).status == 0)
+            #expect(try await ExternalTool.run(["ip", "netns", "add", self.netnsName]).status == 0)
         }
 
         deinit {
-            _ = try? ExternalTool.run(["ip", "netns", "del", self.netnsName])
+            _ = try? ExternalTool.runBlocking(["ip", "netns", "del", self.netnsName])
         }
 
-        func iptablesSave() throws -> String {
-            try ExternalTool.run(["ip", "netns", "exec", self.netnsName, "iptables-save"]).standardOutput
+        func iptablesSave() async throws -> String {
+            try await ExternalTool.run(["ip", "netns", "exec", self.netnsName, "iptables-save"]).standardOutput
         }
     }
 
@@ -164,9 +159,9 @@ struct PluginChainTests {
     @Test("ADD, CHECK, DEL and VERSION at 0.3.1, 0.4.0, 1.0.0 and 1.1.0: prevResult passed through, eligible pods captured, others untouched",
           arguments: ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     func chain(version: String) async throws {
-        let node = try Node()
-        let ambient = try Pod(name: "sleep-\(version)", ambient: true)
-        let plain = try Pod(name: "plain-\(version)", ambient: false)
+        let node = try await Node()
+        let ambient = try await Pod(name: "sleep-\(version)", ambient: true)
+        let plain = try await Pod(name: "plain-\(version)", ambient: false)
         try node.writeMetadata([ambient, plain])
         try await Self.withAgent(node) { agent in
             for pod in [ambient, plain] {
@@ -174,7 +169,7 @@ struct PluginChainTests {
                 #expect(ours.status == 0, "istio-cni ADD: \(ours.raw) \(ours.log)")
                 #expect(ours.output != nil && ours.output == previous, "the result is the previous plugin's result")
                 #expect(ours.output?["cniVersion"]?.stringValue == version)
-                let rules = try pod.iptablesSave()
+                let rules = try await pod.iptablesSave()
                 if pod.ambient {
                     #expect(rules.contains("-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"), "\(rules)")
                     #expect(await agent.enrollments[pod.uid]?.state == .enabled)
@@ -186,7 +181,7 @@ struct PluginChainTests {
                     #expect(rules.isEmpty, "an ineligible pod is untouched")
                     #expect(await agent.enrollments[pod.uid] == nil)
                 }
-                let final = try Node.config(node.plugins()[1], version: version, previous: ours.output)
+                let final = Node.config(node.plugins()[1], version: version, previous: ours.output)
                 if version >= "0.4.0" {
                     #expect(try await node.exec("istio-cni", command: "CHECK", config: final, pod: pod).status == 0)
                 }
@@ -209,48 +204,48 @@ struct PluginChainTests {
 
     @Test("fail closed: with the agent stopped, ADD of an eligible pod is a CNI error JSON with a non-zero exit")
     func agentStopped() async throws {
-        let node = try Node()
-        let pod = try Pod(name: "sleep", ambient: true)
+        let node = try await Node()
+        let pod = try await Pod(name: "sleep", ambient: true)
         try node.writeMetadata([pod])
         let (_, ours) = try await node.add(pod, version: "1.0.0")
         #expect(ours.status != 0)
         #expect(ours.output?["code"] == .number(999))
         #expect(ours.output?["msg"]?.stringValue?.hasPrefix("istio-cni cmdAdd failed to contact node Istio CNI agent") == true, "\(ours.raw)")
-        #expect(try pod.iptablesSave().isEmpty)
+        #expect(try await pod.iptablesSave().isEmpty)
         // An ineligible pod does not need the agent.
-        let plain = try Pod(name: "plain", ambient: false)
+        let plain = try await Pod(name: "plain", ambient: false)
         try node.writeMetadata([pod, plain])
         #expect(try await node.add(plain, version: "1.0.0").ours.status == 0)
     }
 
     @Test("bad input: invalid JSON, an unknown cniVersion, missing env and a CNI_NETNS that is not a netns, each in the spec's error format")
     func badInput() async throws {
-        let node = try Node()
-        let pod = try Pod(name: "sleep", ambient: true)
+        let node = try await Node()
+        let pod = try await Pod(name: "sleep", ambient: true)
         try node.writeMetadata([pod])
-        func run(_ stdin: String, env extra: [String] = [], netns: String? = nil) throws -> (Int32, JSONValue?) {
+        func run(_ stdin: String, env extra: [String] = [], netns: String? = nil) async throws -> (Int32, JSONValue?) {
             let env = [
                 "CNI_COMMAND=ADD", "CNI_CONTAINERID=\(pod.containerID)", "CNI_NETNS=\(netns ?? pod.netnsPath)", "CNI_IFNAME=eth0",
                 "CNI_PATH=\(node.binDirectory)", "CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME=sleep",
             ].filter { entry in !extra.contains { entry.hasPrefix($0 + "=") } }
-            let result = try ExternalTool.run(["env", "-i"] + env + [Self.pluginBinary], input: stdin, timeout: .seconds(20))
+            let result = try await ExternalTool.run(["env", "-i"] + env + [Self.pluginBinary], input: stdin, timeout: .seconds(20))
             return (result.status, try? JSONValue(parsing: Data(result.standardOutput.utf8)))
         }
         let valid = String(decoding: Node.config(node.plugins()[1], version: "1.0.0", previous: nil).jsonData, as: UTF8.self)
-        let (invalidStatus, invalid) = try run("{\"cniVersion\": ")
+        let (invalidStatus, invalid) = try await run("{\"cniVersion\": ")
         #expect(invalidStatus != 0 && invalid?["code"] == .number(6))
-        let (_, unknown) = try run(valid.replacingOccurrences(of: "\"1.0.0\"", with: "\"0.9.9\""))
+        let (_, unknown) = try await run(valid.replacingOccurrences(of: "\"1.0.0\"", with: "\"0.9.9\""))
         #expect(unknown?["code"] == .number(1))
-        let (_, missing) = try run(valid, env: ["CNI_CONTAINERID", "CNI_IFNAME"])
+        let (_, missing) = try await run(valid, env: ["CNI_CONTAINERID", "CNI_IFNAME"])
         #expect(missing?["code"] == .number(4))
         #expect(missing?["msg"]?.stringValue?.contains("CNI_CONTAINERID") == true)
-        let (_, notNetns) = try run(valid, netns: "/etc/hostname")
+        let (_, notNetns) = try await run(valid, netns: "/etc/hostname")
         #expect(notNetns?["code"] == .number(8))
         let badSelector = valid.replacingOccurrences(
             of: "\"ambient_enabled\":true",
             with: #""ambient_enabled":true,"enablement_selectors":[{"podSelector":{"matchExpressions":[{"key":"a","operator":"In","values":[]}]}}]"#
         )
-        let (_, selector) = try run(badSelector)
+        let (_, selector) = try await run(badSelector)
         #expect(selector?["code"] == .number(7), "a malformed selector is an invalid configuration")
     }
 }
@@ -266,7 +261,7 @@ struct AgentBinaryTests {
 
     @Test("SIGTERM keeps in-pod rules, host rules, ipsets and the record; a restarted agent keeps them unchanged; uninstall removes host rules and ipsets only")
     func shutdownAndUninstall() async throws {
-        let network = try PodNetwork(tag: "bin")
+        let network = try await PodNetwork(tag: "bin")
         let directory = try TemporaryDirectory(prefix: "hbone-agent-bin")
         let run = directory.url.path
         let uid = UUID().uuidString.lowercased()
@@ -282,37 +277,35 @@ struct AgentBinaryTests {
 
         """.utf8).write(to: URL(fileURLWithPath: run + "/pods.yaml"))
 
-        @Sendable func startAgent() throws -> ExternalPeer {
-            try ExternalPeer(
+        @Sendable func startAgent() async throws -> ExternalPeer {
+            try await ExternalPeer(
                 ["ip", "netns", "exec", network.node, Self.agentBinary, "run", "--run-dir", run, "--no-proxy"],
                 readyLine: "agent ready"
             )
         }
-        let state = { () throws -> (pod: String, host: String, sets: String) in
-            (try network.inPod(["iptables-save"]).standardOutput.split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n"),
-             try network.inNode(["iptables-save", "-t", "nat"]).standardOutput.split(separator: "\n").filter { $0.contains("ISTIO") }.joined(separator: "\n"),
-             try network.inNode(["ipset", "list", "-n"]).standardOutput)
+        let state = { () async throws -> (pod: String, host: String, sets: String) in
+            (try await network.inPod(["iptables-save"]).standardOutput.split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n"),
+             try await network.inNode(["iptables-save", "-t", "nat"]).standardOutput.split(separator: "\n").filter { $0.contains("ISTIO") }.joined(separator: "\n"),
+             try await network.inNode(["ipset", "list", "-n"]).standardOutput)
         }
 
-        let first = try await offload { try startAgent() }
-        try await eventually("the pod enrolled") { (try? network.inPod(["iptables-save"]).standardOutput.contains("ISTIO_OUTPUT")) == true }
-        try await eventually("the probe entry") { (try? network.inNode(["ipset", "list", "istio-inpod-probes-v4"]).standardOutput.contains(uid)) == true }
-        let enrolled = try state()
+        let first = try await startAgent()
+        try await eventually("the pod enrolled") { (try? await network.inPod(["iptables-save"]).standardOutput.contains("ISTIO_OUTPUT")) == true }
+        try await eventually("the probe entry") { (try? await network.inNode(["ipset", "list", "istio-inpod-probes-v4"]).standardOutput.contains(uid)) == true }
+        let enrolled = try await state()
         #expect(enrolled.host.contains("-A ISTIO_POSTRT -p tcp -m owner --socket-exists -m set --match-set istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127"))
-        try await offload { first.stop() }
-        #expect(try state() == enrolled, "SIGTERM is an upgrade: nothing is removed")
+        _ = try await offload { first.stop() }
+        #expect(try await state() == enrolled, "SIGTERM is an upgrade: nothing is removed")
         #expect(FileManager.default.fileExists(atPath: run + "/enrollment.json"))
 
-        let second = try await offload { try startAgent() }
+        let second = try await startAgent()
         try await pause(.milliseconds(300))
-        #expect(try state() == enrolled, "a restarted agent re-derives its state and duplicates nothing")
-        try await offload { second.stop() }
+        #expect(try await state() == enrolled, "a restarted agent re-derives its state and duplicates nothing")
+        _ = try await offload { second.stop() }
 
-        let uninstall = try await offload {
-            try ExternalTool.run(["ip", "netns", "exec", network.node, Self.agentBinary, "uninstall"])
-        }
+        let uninstall = try await ExternalTool.run(["ip", "netns", "exec", network.node, Self.agentBinary, "uninstall"])
         #expect(uninstall.status == 0, "\(uninstall.combined)")
-        let after = try state()
+        let after = try await state()
         #expect(after.host.isEmpty, "host SNAT rules removed")
         #expect(after.sets.isEmpty, "probe ipsets destroyed")
         #expect(after.pod == enrolled.pod, "in-pod rules of running pods are never removed by the agent's shutdown or uninstall")

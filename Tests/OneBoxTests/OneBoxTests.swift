@@ -19,15 +19,13 @@ struct OneBoxTests {
     @Test("HBONE between pods with no plaintext on the wire, ALLOW by principal and 401 for the other, STRICT for plaintext, TCP and passthrough destinations, probes, restarts, pod lifecycle, CA outage, churn without leaks")
     func scenarios() async throws {
         let directory = try TemporaryDirectory(prefix: "hbone-onebox")
-        let run = try await offload {
-            try ExternalTool.run(
+        let run = try await ExternalTool.run(
                 [
                     "env", "ONEBOX_BIN=\(Self.binaries)", "ONEBOX_DIR=\(directory.url.path)", "ONEBOX_PODS=3",
                     "ONEBOX_CHURN_SECONDS=\(Self.churnSeconds)", "bash", Self.root.appendingPathComponent("Examples/onebox/onebox.sh").path,
                 ],
                 timeout: .seconds(360 + Self.churnSeconds)
             )
-        }
         let output = run.standardOutput
         #expect(run.status == 0, "\(output)\n\(run.standardError)")
         let lines = output.components(separatedBy: "\n")
@@ -131,7 +129,7 @@ struct OneBoxTests {
         #expect(access.contains("src.workload=\"curl-allow\" src.namespace=\"client\" src.identity=\"spiffe://cluster.local/ns/client/sa/curl-allow\" dst.addr=10.96.0.20:8000 dst.service=\"httpbin.apps.svc.cluster.local\""))
         #expect(access.contains("error=\"plaintext connection denied by policy\""))
         // Everything was torn down.
-        let namespaces = try ExternalTool.run(["ip", "netns", "list"]).standardOutput
+        let namespaces = try await ExternalTool.run(["ip", "netns", "list"]).standardOutput
         #expect(!namespaces.contains("hbob-"), "\(namespaces)")
     }
 }

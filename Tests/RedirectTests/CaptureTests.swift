@@ -26,7 +26,7 @@ struct CaptureTests {
         let app: PodSocket
 
         init() async throws {
-            self.network = try PodNetwork(tag: "cap")
+            self.network = try await PodNetwork(tag: "cap")
             self.pod = try NetworkNamespace(path: self.network.podPath)
             self.node = try NetworkNamespace(path: self.network.nodePath)
             self.redirection = InPodRedirection(configuration: .init(backend: try IptablesBackend.detect()))
@@ -119,7 +119,7 @@ struct CaptureTests {
         try await probes.add(podIP: pod.network.podIPv6, uid: "0f4c5d3e-1111-4a6b-9c0d-000000000001", in: pod.node)
 
         // The independent `ipset` tool sees what netlink wrote, comment included.
-        let listed = try pod.network.inNode(["ipset", "list", "istio-inpod-probes-v4"]).standardOutput
+        let listed = try await pod.network.inNode(["ipset", "list", "istio-inpod-probes-v4"]).standardOutput
         #expect(listed.contains("Type: hash:ip"))
         #expect(listed.contains("\(pod.network.podIP) comment \"0f4c5d3e-1111-4a6b-9c0d-000000000001\""), "\(listed)")
 
@@ -142,8 +142,8 @@ struct CaptureTests {
         close(captured.descriptor)
 
         try await probes.uninstall(in: pod.node)
-        #expect(try pod.network.inNode(["ipset", "list", "-n"]).standardOutput == "")
-        #expect(!(try pod.network.inNode(["iptables-save"]).standardOutput.contains("ISTIO_POSTRT")))
+        #expect(try await pod.network.inNode(["ipset", "list", "-n"]).standardOutput == "")
+        #expect(!(try await pod.network.inNode(["iptables-save"]).standardOutput.contains("ISTIO_POSTRT")))
     }
 
     @Test("spoofed-source delivery: the proxy connects to the app as the remote client, and the replies come back through the 0x111 connmark, the fwmark rule and table 100")

@@ -50,14 +50,14 @@ struct InPodRedirectionTests {
     @Test("apply installs rules and routing; twice equals once; remove restores iptables-save, ip rule and routes byte for byte",
           arguments: Self.backends)
     func lifecycle(backend: IptablesBackend.Kind) async throws {
-        let network = try PodNetwork(tag: "life")
+        let network = try await PodNetwork(tag: "life")
         let namespace = try NetworkNamespace(path: network.podPath)
-        let before = try network.podKernelState(legacy: backend == .legacy)
+        let before = try await network.podKernelState(legacy: backend == .legacy)
         let redirection = try Self.redirection(backend: backend)
 
         #expect(try await redirection.apply(in: namespace) == .installed)
         #expect(try await redirection.verify(in: namespace) == [])
-        let installed = try network.podKernelState(legacy: backend == .legacy)
+        let installed = try await network.podKernelState(legacy: backend == .legacy)
         #expect(installed != before)
         #expect(installed.contains("32764:\tfrom all fwmark 0x111/0xfff lookup 100"), "ip rule shows the fwmark rule:\n\(installed)")
         let localRoutes = installed.components(separatedBy: "\n").filter { $0.hasPrefix("local default dev lo table 100 ") }
@@ -66,18 +66,18 @@ struct InPodRedirectionTests {
         #expect(installed.contains("-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"))
 
         #expect(try await redirection.apply(in: namespace) == .unchanged)
-        let reapplied = try network.podKernelState(legacy: backend == .legacy)
+        let reapplied = try await network.podKernelState(legacy: backend == .legacy)
         #expect(reapplied == installed, "a second apply changes nothing")
 
         #expect(try await InPodRedirection.inspect(in: namespace, backend: redirection.configuration.backend) == .installed(.init()))
 
         try await redirection.remove(in: namespace)
         if backend == .nft {
-            let after = try network.podKernelState()
+            let after = try await network.podKernelState()
             #expect(after == before)
         } else {
             // Legacy: byte for byte except the x_tables tables, which stay loaded but empty.
-            #expect(Self.withoutEmptyTables(try network.podKernelState(legacy: backend == .legacy)) == Self.withoutEmptyTables(before))
+            #expect(Self.withoutEmptyTables(try await network.podKernelState(legacy: backend == .legacy)) == Self.withoutEmptyTables(before))
         }
         #expect(try await InPodRedirection.inspect(in: namespace, backend: redirection.configuration.backend) == .absent)
         try await redirection.remove(in: namespace)
@@ -86,11 +86,11 @@ struct InPodRedirectionTests {
 
     @Test("concurrent applies and removes on one namespace (two handles on it) are serialized: exactly one install, nothing half-done")
     func concurrentOperations() async throws {
-        let network = try PodNetwork(tag: "conc")
+        let network = try await PodNetwork(tag: "conc")
         let redirection = try Self.redirection()
-        let before = try network.podKernelState()
+        let before = try await network.podKernelState()
         try await redirection.apply(in: NetworkNamespace(path: network.podPath))
-        let installed = try network.podKernelState()
+        let installed = try await network.podKernelState()
         try await redirection.remove(in: NetworkNamespace(path: network.podPath))
         for round in 0..<5 {
             // Separate handles, as separate callers would open them: the exclusion is per
@@ -103,7 +103,7 @@ struct InPodRedirectionTests {
                 return try await group.reduce(into: [InPodRedirection.ApplyOutcome]()) { $0.append($1) }
             }
             #expect(outcomes.sorted { "\($0)" < "\($1)" } == [.installed, .unchanged, .unchanged, .unchanged], "round \(round)")
-            #expect(try network.podKernelState() == installed, "round \(round): installed exactly once")
+            #expect(try await network.podKernelState() == installed, "round \(round): installed exactly once")
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for _ in 0..<3 {
                     let namespace = try NetworkNamespace(path: network.podPath)
@@ -111,22 +111,22 @@ struct InPodRedirectionTests {
                 }
                 try await group.waitForAll()
             }
-            #expect(try network.podKernelState() == before, "round \(round): removed completely")
+            #expect(try await network.podKernelState() == before, "round \(round): removed completely")
         }
     }
 
     @Test("verify reports drift; apply repairs a damaged install; inspect re-derives each variant after a restart")
     func driftAndRecovery() async throws {
-        let network = try PodNetwork(tag: "drift")
+        let network = try await PodNetwork(tag: "drift")
         let namespace = try NetworkNamespace(path: network.podPath)
-        let before = try network.podKernelState()
+        let before = try await network.podKernelState()
         let redirection = try Self.redirection()
         try await redirection.apply(in: namespace)
-        let clean = try network.podKernelState()
+        let clean = try await network.podKernelState()
 
         // Someone deletes one rule and the ip rule.
-        #expect(try network.inPod(["iptables", "-t", "nat", "-D", "ISTIO_OUTPUT", "-p", "tcp", "-m", "mark", "--mark", "0x111/0xfff", "-j", "ACCEPT"]).status == 0)
-        #expect(try network.inPod(["ip", "rule", "del", "pref", "32764"]).status == 0)
+        #expect(try await network.inPod(["iptables", "-t", "nat", "-D", "ISTIO_OUTPUT", "-p", "tcp", "-m", "mark", "--mark", "0x111/0xfff", "-j", "ACCEPT"]).status == 0)
+        #expect(try await network.inPod(["ip", "rule", "del", "pref", "32764"]).status == 0)
         let problems = try await redirection.verify(in: namespace)
         #expect(problems.contains { $0.contains("ISTIO_OUTPUT") }, "\(problems)")
         #expect(problems.contains { $0.contains("0 copies of rule fwmark 0x111/0xfff") }, "\(problems)")
@@ -136,7 +136,7 @@ struct InPodRedirectionTests {
         }
         #expect(try await redirection.apply(in: namespace) == .replaced)
         #expect(try await redirection.verify(in: namespace) == [])
-        #expect(try network.podKernelState() == clean)
+        #expect(try await network.podKernelState() == clean)
 
         // A restarted agent finds each variant as it was installed.
         var variant = InPodRules.Configuration()
@@ -148,13 +148,13 @@ struct InPodRedirectionTests {
         #expect(try await InPodRedirection.inspect(in: namespace, backend: other.configuration.backend) == .installed(variant))
         #expect(try await redirection.verify(in: namespace) != [], "the default configuration sees the variant as drift")
         try await other.remove(in: namespace)
-        #expect(try network.podKernelState() == before)
+        #expect(try await network.podKernelState() == before)
     }
 
     @Test("legacy backend: in-pod runs stay off the host-global /run/xtables.lock (pod-scoped XTABLES_LOCKFILE)",
           .enabled(if: FileManager.default.fileExists(atPath: "/usr/sbin/iptables-legacy-restore"), "needs iptables-legacy"))
     func legacyLockAvoided() async throws {
-        let network = try PodNetwork(tag: "lock")
+        let network = try await PodNetwork(tag: "lock")
         let namespace = try NetworkNamespace(path: network.podPath)
         let lock = open("/run/xtables.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
         #expect(lock >= 0)
@@ -171,13 +171,13 @@ struct InPodRedirectionTests {
     }
 
     @Test("bad namespaces: a missing path, a deleted netns and a file that is not a netns are typed errors")
-    func badNamespaces() throws {
+    func badNamespaces() async throws {
         #expect { try NetworkNamespace(path: "/var/run/netns/does-not-exist-\(getpid())") } throws: { error in
             (error as? RedirectError)?.kind == .namespaceNotFound
         }
         let name = "hbdel-\(getpid())"
-        #expect(try ExternalTool.run(["ip", "netns", "add", name]).status == 0)
-        #expect(try ExternalTool.run(["ip", "netns", "del", name]).status == 0)
+        #expect(try await ExternalTool.run(["ip", "netns", "add", name]).status == 0)
+        #expect(try await ExternalTool.run(["ip", "netns", "del", name]).status == 0)
         #expect { try NetworkNamespace(path: "/var/run/netns/\(name)") } throws: { error in
             (error as? RedirectError)?.kind == .namespaceNotFound
         }
@@ -189,22 +189,22 @@ struct InPodRedirectionTests {
 
     @Test("iptables missing: a typed error naming the binary, and the namespace untouched")
     func iptablesMissing() async throws {
-        let network = try PodNetwork(tag: "noipt")
+        let network = try await PodNetwork(tag: "noipt")
         let namespace = try NetworkNamespace(path: network.podPath)
-        let before = try network.podKernelState()
+        let before = try await network.podKernelState()
         let broken = InPodRedirection(configuration: .init(backend: IptablesBackend(kind: .nft, suffix: "-not-installed")))
         await #expect { try await broken.apply(in: namespace) } throws: { error in
             guard let error = error as? RedirectError else { return false }
             return error.kind == .iptablesMissing && error.detail.contains("iptables-not-installed-save")
         }
-        #expect(try network.podKernelState() == before)
+        #expect(try await network.podKernelState() == before)
     }
 
     @Test("a rule that fails to load: typed error with iptables' message, nothing half-installed (IPv4 and IPv6)")
     func failingRule() async throws {
-        let network = try PodNetwork(tag: "fail")
+        let network = try await PodNetwork(tag: "fail")
         let namespace = try NetworkNamespace(path: network.podPath)
-        let before = try network.podKernelState()
+        let before = try await network.podKernelState()
         var rules = InPodRules.Configuration()
         rules.rerouteVirtualInterfaces = ["an-interface-name-far-too-long"]
         let failing = try Self.redirection { $0.rules = rules }
@@ -212,30 +212,30 @@ struct InPodRedirectionTests {
             guard let error = error as? RedirectError else { return false }
             return error.kind == .iptablesFailed && error.detail.contains("iptables") && error.detail.contains("exited")
         }
-        #expect(try network.podKernelState() == before, "the routes and the tables committed before the failure are gone")
+        #expect(try await network.podKernelState() == before, "the routes and the tables committed before the failure are gone")
     }
 
     @Test("an IPv6-disabled pod: IPv4 only by default, a typed error when IPv6 is required")
     func ipv6Disabled() async throws {
-        let network = try PodNetwork(tag: "nov6")
+        let network = try await PodNetwork(tag: "nov6")
         for key in ["all", "default", "lo", "eth0"] {
-            #expect(try network.inPod(["sysctl", "-qw", "net.ipv6.conf.\(key).disable_ipv6=1"]).status == 0)
+            #expect(try await network.inPod(["sysctl", "-qw", "net.ipv6.conf.\(key).disable_ipv6=1"]).status == 0)
         }
         let namespace = try NetworkNamespace(path: network.podPath)
-        let before = try network.podKernelState()
+        let before = try await network.podKernelState()
         let required = try Self.redirection { $0.ipv6 = .required }
         await #expect { try await required.apply(in: namespace) } throws: { error in
             (error as? RedirectError)?.kind == .ipv6Disabled
         }
-        #expect(try network.podKernelState() == before)
+        #expect(try await network.podKernelState() == before)
 
         let automatic = try Self.redirection()
         #expect(try await automatic.apply(in: namespace) == .installed)
         #expect(try await automatic.verify(in: namespace) == [])
-        let state = try network.podKernelState()
+        let state = try await network.podKernelState()
         #expect(state.contains("REDIRECT --to-ports 15001"))
         #expect(!state.contains("::1/128"), "no IPv6 rules in an IPv6-disabled pod")
         try await automatic.remove(in: namespace)
-        #expect(try network.podKernelState() == before)
+        #expect(try await network.podKernelState() == before)
     }
 }

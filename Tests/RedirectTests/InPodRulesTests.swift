@@ -112,13 +112,13 @@ struct InPodRulesTests {
           .enabled(if: Capability.canCreateNetworkNamespaces, "needs root and `ip netns` to create network namespaces (CI has both)"))
     func appliesInNamespace() async throws {
         let name = "hbone-rules-\(getpid())"
-        #expect(try ExternalTool.run(["ip", "netns", "add", name]).status == 0)
-        defer { _ = try? ExternalTool.run(["ip", "netns", "del", name]) }
+        #expect(try await ExternalTool.run(["ip", "netns", "add", name]).status == 0)
+        defer { _ = try? ExternalTool.runBlocking(["ip", "netns", "del", name]) }
         for (family, restore, save) in [(InPodRules.Family.ipv4, "iptables-restore", "iptables-save"), (.ipv6, "ip6tables-restore", "ip6tables-save")] {
             let ruleSet = InPodRules.ruleSet(InPodRules.Configuration(), family: family)
-            let applied = try ExternalTool.run(["ip", "netns", "exec", name, restore, "--noflush"], input: IptablesRenderer.restorePayload(ruleSet))
+            let applied = try await ExternalTool.run(["ip", "netns", "exec", name, restore, "--noflush"], input: IptablesRenderer.restorePayload(ruleSet))
             #expect(applied.status == 0, "\(restore): \(applied.combined)")
-            let saved = Set(Self.lines(try ExternalTool.run(["ip", "netns", "exec", name, save]).standardOutput))
+            let saved = Set(Self.lines(try await ExternalTool.run(["ip", "netns", "exec", name, save]).standardOutput))
             // Every rule reads back in the form `savedForm` predicts (what reconciliation compares).
             let rules = ruleSet.tables.flatMap(\.rules)
             #expect(rules.count == 18, "4 mangle + 10 nat + 4 raw")

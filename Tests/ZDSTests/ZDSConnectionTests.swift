@@ -43,11 +43,11 @@ final class RecordingHandler: ZDSWorkloadHandler {
 struct ZDSConnectionTests {
     final class Pods: Sendable {
         let names: [String]
-        init(count: Int) throws {
+        init(count: Int) async throws {
             self.names = (0..<count).map { "hbzds-\(getpid())-\($0)-\(UInt32.random(in: 0..<UInt32.max))" }
-            for name in self.names { #expect(try ExternalTool.run(["ip", "netns", "add", name]).status == 0) }
+            for name in self.names { #expect(try await ExternalTool.run(["ip", "netns", "add", name]).status == 0) }
         }
-        deinit { for name in self.names { _ = try? ExternalTool.run(["ip", "netns", "del", name]) } }
+        deinit { for name in self.names { _ = try? ExternalTool.runBlocking(["ip", "netns", "del", name]) } }
         func path(_ index: Int) -> String { "/var/run/netns/\(self.names[index])" }
         func inode(_ index: Int) throws -> UInt64 { try NetworkNamespace(path: self.path(index)).inode }
     }
@@ -72,7 +72,7 @@ struct ZDSConnectionTests {
     func conversation() async throws {
         let (directory, path) = try Self.socketPath()
         _ = directory
-        let pods = try Pods(count: 3)
+        let pods = try await Pods(count: 3)
         let snapshot: [ZDSServer.SnapshotEntry] = [
             .init(uid: "uid-0", workload: Self.workload, netnsPath: pods.path(0)),
             .init(uid: "uid-kept", workload: Self.workload, netnsPath: nil),
@@ -104,7 +104,7 @@ struct ZDSConnectionTests {
     func reconnect() async throws {
         let (directory, path) = try Self.socketPath()
         _ = directory
-        let pods = try Pods(count: 2)
+        let pods = try await Pods(count: 2)
         let handler = RecordingHandler()
         try await Self.running([ZDSClient(path: path, handler: handler)]) {
             let first = ZDSServer(path: path) {
@@ -141,7 +141,7 @@ struct ZDSConnectionTests {
     func proxyRejectsProtocolErrors() async throws {
         let (directory, path) = try Self.socketPath()
         _ = directory
-        let pods = try Pods(count: 1)
+        let pods = try await Pods(count: 1)
         let listener = try ZDSListener(path: path)
         defer { listener.close() }
         let handler = RecordingHandler()
@@ -195,7 +195,7 @@ struct ZDSConnectionTests {
     func agentSurvivesBadProxies() async throws {
         let (directory, path) = try Self.socketPath()
         _ = directory
-        let pods = try Pods(count: 1)
+        let pods = try await Pods(count: 1)
         var timeouts = ZDSServer.Timeouts()
         timeouts.hello = 300
         let server = ZDSServer(path: path, timeouts: timeouts) { [.init(uid: "a", workload: Self.workload, netnsPath: pods.path(0))] }
