@@ -198,11 +198,15 @@ c = json.load(sys.stdin)["certificates"]; print("%d/%d" % (sum(1 for x in c if x
 wait_certificates() { for _ in $(seq 300); do n=$(certificates); [ "${n%/*}" = "${n#*/}" ] && return; sleep 0.1; done; }
 wait_certificates
 echo "  certificates issued by the CA: $(certificates) available"
+listening() { # listening <netns> <port>: waits (up to 10 s) until something listens there
+    for _ in $(seq 200); do [ -n "$(ip netns exec "$1" ss -Hltn "sport = :$2")" ] && return; sleep 0.05; done
+    echo "  (nothing listens on port $2 in $1 after 10 s)"
+}
 ip netns exec hbob-httpbin python3 -m http.server 80 --bind 0.0.0.0 > "$dir/httpbin.log" 2>&1 &
 pids+=($!)
 ip netns exec hbob-tcp-echo socat TCP-LISTEN:9000,fork,reuseaddr EXEC:cat > /dev/null 2>&1 &
 pids+=($!)
-sleep 1
+listening hbob-httpbin 80; listening hbob-tcp-echo 9000
 
 reloads() { grep -c 'config reloaded' "$dir/ztunnel.log" || true; }
 wait_reloads() { # wait_reloads <count>: until ztunnel has reloaded its config that many times
@@ -280,7 +284,7 @@ echo "  tcp-echo answered: $(ip netns exec hbob-curl-allow python3 -c 'import so
 set -e
 ip netns exec $node python3 -m http.server 9999 --bind 10.88.0.1 > /dev/null 2>&1 &
 pids+=($!)
-sleep 0.5
+listening $node 9999
 echo "  node server: $(request curl-allow http://10.88.0.1:9999/)"
 echo "== 5. a kubelet-style probe from the node: SNAT to 169.254.7.127, straight to the app =="
 set +e; ip netns exec $node curl -s -o /dev/null -m 3 -w '  exit=%{exitcode} status=%{http_code}\n' http://10.88.0.20/; set -e
