@@ -170,10 +170,21 @@ public final class ZDSListener: Sendable {
 
     /// Stops listening and removes the socket file (the descriptor is closed on release, as
     /// for ``ZDSSocket/close()``).
+    ///
+    /// `shutdown` refuses new connections but leaves the accept queue alone: a proxy whose
+    /// connect landed there just before (its `connect` succeeded) would wait forever for a
+    /// snapshot from a server that is gone. Those connections are accepted and ended here,
+    /// so the proxy sees the reset and reconnects to the next agent.
     public func close() {
         guard !self.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         shutdown(self.fd, Int32(SHUT_RDWR))
         unlink(self.path)
+        _ = fcntl(self.fd, F_SETFL, fcntl(self.fd, F_GETFL) | O_NONBLOCK)
+        while true {
+            let queued = Glibc.accept(self.fd, nil, nil)
+            guard queued >= 0 else { break }
+            Glibc.close(queued)
+        }
     }
 }
 

@@ -137,6 +137,22 @@ struct ZDSConnectionTests {
         }
     }
 
+    @Test("a proxy whose connect landed in a stopping agent's accept queue is reset, never left waiting")
+    func queuedConnectionIsReset() async throws {
+        let (directory, path) = try Self.socketPath()
+        _ = directory
+        let listener = try ZDSListener(path: path)
+        let early = try ZDSSocket.connect(to: path)
+        try early.send(ZDS.encode(hello: .v1))
+        listener.close()
+        await #expect(throws: ZDSSocket.Failure.closed, "the queued connection is ended, not left to time out") {
+            _ = try await offload { try early.receive(timeoutMilliseconds: 5000) }
+        }
+        #expect(throws: ZDSSocket.Failure.self, "and nothing can connect any more") {
+            _ = try ZDSSocket.connect(to: path)
+        }
+    }
+
     @Test("the proxy side rejects an fd-less Add and an fd-carrying Del with a NACK and reconnects")
     func proxyRejectsProtocolErrors() async throws {
         let (directory, path) = try Self.socketPath()
