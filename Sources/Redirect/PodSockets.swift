@@ -154,7 +154,11 @@ public enum PodSockets {
     /// A TCP connection to `destination` made from inside `namespace`, optionally from
     /// `source` (with ``PodSocketOptions/transparent`` for a non-local source). Connects
     /// on the namespace thread and waits at most `timeoutMilliseconds`.
-    public static func connect(
+    ///
+    /// For this package's tests and tools only (`package`): it blocks a thread per call.
+    /// The data path creates its upstream sockets on the event loop through HBONE's
+    /// `HBONESocketProvider` (decision D14).
+    package static func connect(
         to destination: SocketEndpoint, from source: SocketEndpoint? = nil, in namespace: NetworkNamespace,
         options: PodSocketOptions = .init(), timeoutMilliseconds: Int32 = 5000
     ) async throws -> PodSocket {
