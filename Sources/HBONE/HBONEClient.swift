@@ -287,7 +287,7 @@ public final class HBONEClient: Sendable {
         let slot = NIOLockedValueBox<(id: Int?, goneAway: Bool)>((nil, false))
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout.timeAmount)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: configuration.readAllocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -107,7 +107,7 @@ public final class HBONEServer: Service, Sendable {
             channel = try await ServerBootstrap(group: self.group)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.recvAllocator, value: self.configuration.hbone.readAllocator)
                 .childChannelInitializer { channel in
                     connections.add(channel)

@@ -123,7 +123,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
             let bootstrap = ClientBootstrap(group: context.eventLoop)
                 .connectTimeout(self.configuration.connectTimeout.timeAmount)
                 .channelOption(.allowRemoteHalfClosure, value: true)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .channelOption(.recvAllocator, value: self.configuration.readAllocator)
                 .channelOption(.autoRead, value: false)
                 .channelInitializer { channel in

@@ -92,7 +92,7 @@ public final class TransparentListener: Service, Sendable {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelOption(.autoRead, value: false)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.recvAllocator, value: self.client.configuration.readAllocator)
                 .childChannelInitializer { [accepted] channel in
                     accepted.add((), channel)
@@ -232,7 +232,7 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
             let bootstrap = ClientBootstrap(group: channel.eventLoop)
                 .channelOption(.allowRemoteHalfClosure, value: true)
                 .channelOption(.autoRead, value: false)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .channelInitializer { upstream in
                     upstream.eventLoop.makeCompletedFuture { try upstream.pipeline.syncOperations.addHandler(upstreamSide.value) }
                 }
