@@ -64,9 +64,12 @@ public struct HBONEConfiguration: Sendable, Hashable {
     public var poolIdleTimeout: Duration = .seconds(300)
 
     /// Largest single socket read, on TLS and plain sides alike: NIO's adaptive allocator
-    /// starts at 16 KiB (idle tunnels stay small) and grows to this under load. Default 256 KiB (NIO's own maximum is 64 KiB,
-    /// which caps every DATA frame the pump produces at 64 KiB; stack.md §1.1 measured
-    /// 256 KiB writes against 16 KiB ones at 18.8 vs 13.6 Gbit/s).
+    /// starts at 4 KiB and grows to this under load within a few reads. Default 256 KiB
+    /// (NIO's own maximum is 64 KiB, which caps every DATA frame the pump produces at
+    /// 64 KiB; stack.md §1.1 measured 256 KiB writes against 16 KiB ones at 18.8 vs
+    /// 13.6 Gbit/s). Each channel keeps its last read buffer for the next read, so the
+    /// starting size is what an idle tunnel holds: 4 KiB instead of 16 KiB halved the
+    /// memory per idle tunnel (about 24 → 11 KiB per process, Docs/performance.md).
     public var maximumReadSize: Int = 256 << 10
 
     /// The well-known HBONE port.
@@ -78,6 +81,6 @@ public struct HBONEConfiguration: Sendable, Hashable {
 
 extension HBONEConfiguration {
     var readAllocator: AdaptiveRecvByteBufferAllocator {
-        AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 16 << 10, maximum: max(64 << 10, self.maximumReadSize))
+        AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 4096, maximum: max(64 << 10, self.maximumReadSize))
     }
 }
