@@ -74,8 +74,11 @@ workload_protocol bench-server TCP
 live+=(bench-client bench-server); write_pods
 add_pod bench-client; add_pod bench-server
 for p in bench-client bench-server; do
-    # Many short connections in a row: reuse TIME_WAIT ports, use the whole port range.
-    ip netns exec "hbob-$p" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
+    # Many short connections in a row: reuse TIME_WAIT ports, use the whole port range, but
+    # never ztunnel's in-pod ports: a phase-1 connection left on local port 15008 made the
+    # later enrollment's bind of [::]:15008 fail with EADDRINUSE.
+    ip netns exec "hbob-$p" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535" \
+        net.ipv4.ip_local_reserved_ports="15001,15006,15008,15020,15021,15053"
 done
 client() { ip netns exec hbob-bench-client "$@"; }
 server() { ip netns exec hbob-bench-server "$@"; }

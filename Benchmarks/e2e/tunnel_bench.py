@@ -18,7 +18,8 @@ Measured: bulk throughput (iperf3, one stream), CPU seconds per GiB spent by the
 over plain TCP, tunnels per second (open, 100 B each way, close), sequential and from 4
 concurrent clients (meshload.c; on our side each is a new stream on the pooled connection,
 and in `swift-nopool` a new mTLS connection with a full handshake), and resident memory per
-idle tunnel.
+idle tunnel. The sink is iperf3's server; the far end of every other run is meshload.c's
+one-thread epoll echo server.
 Ratios are printed against the baselines of the same run.
 """
 import argparse
@@ -30,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -217,35 +217,6 @@ def throughput(relays, seconds):
     return received["bits_per_second"] / 1e9, (cpu / gib if gib else float("nan"))
 
 
-def echo_server(port, stop):
-    """A threaded echo server: the far end for latency, tunnel-rate and memory runs."""
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(1024)
-    listener.settimeout(0.2)
-
-    def serve(conn):
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                conn.sendall(data)
-
-    while not stop.is_set():
-        try:
-            conn, _ = listener.accept()
-        except socket.timeout:
-            continue
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-    listener.close()
-
-
 def latency(entry, count):
     """Paced 1 KiB request/response on one connection: (p50 µs, p99 µs)."""
     payload = b"x" * 1024
@@ -335,8 +306,10 @@ def main():
                     os.path.join(os.path.dirname(os.path.abspath(__file__)), "meshload.c")], check=True)
     sink_port, echo_port = free_port(), free_port()
     sink = subprocess.Popen(["iperf3", "-s", "-p", str(sink_port)], stdout=subprocess.DEVNULL)
-    stop = threading.Event()
-    threading.Thread(target=echo_server, args=(echo_port, stop), daemon=True).start()
+    # The far end of latency, tunnel-rate and memory runs: meshload's one-thread epoll echo
+    # server (the mesh benchmark's too). A thread-per-connection Python server spent a
+    # few hundred µs of the two cores on every new connection, in every configuration.
+    echo = subprocess.Popen([meshload, "serve", str(echo_port)], stdout=subprocess.DEVNULL)
     wait_port(sink_port)
     wait_port(echo_port)
     results = {}
@@ -376,7 +349,7 @@ def main():
                   f"{row['kib_per_idle_tunnel']:6.1f} KiB/idle tunnel",
                   flush=True)
     finally:
-        stop.set()
+        echo.terminate()
         sink.terminate()
         shutil.rmtree(workdir, ignore_errors=True)
 
