@@ -97,23 +97,27 @@ public struct HBONERequestMetadata: Hashable, Sendable {
             self.zone = zone
         }
 
-        /// The header value, empty fields omitted, in ztunnel's order.
+        /// The header value, empty fields omitted, in ztunnel's order. Built on every
+        /// CONNECT, so it appends into one string instead of building and joining pairs.
         public var headerValue: String {
-            var entries: [(String, String?)] = [
-                ("k8s.cluster.name", self.clusterName),
-                ("k8s.namespace.name", self.namespace),
-            ]
-            if let kind = self.workloadKind, Self.workloadKinds.contains(kind) {
-                entries.append(("k8s.\(kind).name", self.workloadName))
+            var value = ""
+            func add(_ key: String, _ field: String?) {
+                guard let field, !field.isEmpty else { return }
+                if !value.isEmpty { value.append(",") }
+                value.append(key)
+                value.append("=")
+                value.append(field)
             }
-            entries += [
-                ("service.name", self.serviceName), ("service.version", self.serviceVersion),
-                ("cloud.region", self.region), ("cloud.availability_zone", self.zone),
-            ]
-            return entries.compactMap { key, value in
-                guard let value, !value.isEmpty else { return nil }
-                return "\(key)=\(value)"
-            }.joined(separator: ",")
+            add("k8s.cluster.name", self.clusterName)
+            add("k8s.namespace.name", self.namespace)
+            if let kind = self.workloadKind, Self.workloadKinds.contains(kind) {
+                add("k8s.\(kind).name", self.workloadName)
+            }
+            add("service.name", self.serviceName)
+            add("service.version", self.serviceVersion)
+            add("cloud.region", self.region)
+            add("cloud.availability_zone", self.zone)
+            return value
         }
 
         /// Parses a `baggage` value; unknown keys and properties (`;…`) are ignored.
@@ -165,21 +169,42 @@ public struct HBONERequestMetadata: Hashable, Sendable {
             self.flags = flags
         }
 
-        /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; rejects all-zero ids and other versions.
+        /// The length of a version-00 header value: `00-` + 32 + `-` + 16 + `-` + 2.
+        private static let headerLength = 55
+
+        /// Parses `00-<32 hex>-<16 hex>-<2 hex>` (lower-case hex only, W3C Trace Context
+        /// §3.2.2); rejects all-zero ids and other versions. Read from every inbound
+        /// CONNECT, so it works on the UTF-8 bytes.
         public init?(headerValue: String) {
-            let parts = headerValue.split(separator: "-", omittingEmptySubsequences: false)
-            guard parts.count == 4, parts[0] == "00", parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
-                parts.allSatisfy({ $0.allSatisfy { $0.isHexDigit && ($0.isNumber || $0.isLowercase) } }),
-                let high = UInt64(parts[1].prefix(16), radix: 16), let low = UInt64(parts[1].suffix(16), radix: 16),
-                let parent = UInt64(parts[2], radix: 16), let flags = UInt8(parts[3], radix: 16),
+            var value = headerValue
+            guard let parsed = value.withUTF8({ Self.parse($0) }) else { return nil }
+            self = parsed
+        }
+
+        private static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> TraceParent? {
+            guard bytes.count == Self.headerLength, bytes[0] == UInt8(ascii: "0"), bytes[1] == UInt8(ascii: "0"),
+                bytes[2] == UInt8(ascii: "-"), bytes[35] == UInt8(ascii: "-"), bytes[52] == UInt8(ascii: "-"),
+                let high = parseHex(bytes, from: 3, count: 16), let low = parseHex(bytes, from: 19, count: 16),
+                let parent = parseHex(bytes, from: 36, count: 16), let flags = parseHex(bytes, from: 53, count: 2),
                 high != 0 || low != 0, parent != 0
             else { return nil }
-            self.init(traceID: (high, low), parentID: parent, flags: flags)
+            return TraceParent(traceID: (high, low), parentID: parent, flags: UInt8(flags))
         }
 
         /// The header value.
         public var description: String {
-            "00-\(hex(self.traceID.0, 16))\(hex(self.traceID.1, 16))-\(hex(self.parentID, 16))-\(hex(UInt64(self.flags), 2))"
+            String(unsafeUninitializedCapacity: Self.headerLength) { bytes in
+                bytes[0] = UInt8(ascii: "0")
+                bytes[1] = UInt8(ascii: "0")
+                bytes[2] = UInt8(ascii: "-")
+                writeHex(self.traceID.0, into: bytes, at: 3, count: 16)
+                writeHex(self.traceID.1, into: bytes, at: 19, count: 16)
+                bytes[35] = UInt8(ascii: "-")
+                writeHex(self.parentID, into: bytes, at: 36, count: 16)
+                bytes[52] = UInt8(ascii: "-")
+                writeHex(UInt64(self.flags), into: bytes, at: 53, count: 2)
+                return Self.headerLength
+            }
         }
 
         public static func == (lhs: TraceParent, rhs: TraceParent) -> Bool {
@@ -195,9 +220,27 @@ public struct HBONERequestMetadata: Hashable, Sendable {
     }
 }
 
-private func hex(_ value: UInt64, _ width: Int) -> String {
-    let digits = String(value, radix: 16)
-    return String(repeating: "0", count: max(0, width - digits.count)) + digits
+/// `count` lower-case hex digits of `value`, most significant first, at `offset`.
+private func writeHex(_ value: UInt64, into bytes: UnsafeMutableBufferPointer<UInt8>, at offset: Int, count: Int) {
+    for index in 0..<count {
+        let nibble = UInt8(truncatingIfNeeded: value >> (4 * UInt64(count - 1 - index))) & 0x0F
+        bytes[offset + index] = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+    }
+}
+
+/// The value of `count` lower-case hex digits at `offset`, or `nil` if any byte is not one.
+private func parseHex(_ bytes: UnsafeBufferPointer<UInt8>, from offset: Int, count: Int) -> UInt64? {
+    var value: UInt64 = 0
+    for byte in bytes[offset..<(offset + count)] {
+        let nibble: UInt8
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = byte - UInt8(ascii: "a") + 10
+        default: return nil
+        }
+        value = value << 4 | UInt64(nibble)
+    }
+    return value
 }
 
 extension String {

@@ -64,5 +64,47 @@ struct HBONEMetadataTests {
         {
             #expect(HBONERequestMetadata.TraceParent(headerValue: bad) == nil, "\(bad)")
         }
+        let known = HBONERequestMetadata.TraceParent(traceID: (1, 0xabc), parentID: 0xf0, flags: 0x1f)
+        #expect(known.description == "00-00000000000000010000000000000abc-00000000000000f0-1f")
+        #expect(HBONERequestMetadata.Baggage().headerValue == "")
+    }
+
+    @Test("traceparent: the byte-level parser accepts exactly what the W3C grammar does (20 000 damaged values)")
+    func traceParentAgreesWithGrammar() {
+        var generator = SystemRandomNumberGenerator()
+        let damage = Array("0123456789abcdefABCDEF-x é")
+        var accepted = 0
+        for _ in 0..<20_000 {
+            var characters = Array(HBONERequestMetadata.TraceParent.random().description)
+            for _ in 0..<Int.random(in: 0...2, using: &generator) {
+                characters[Int.random(in: 0..<characters.count, using: &generator)] = damage.randomElement(using: &generator)!
+            }
+            switch Int.random(in: 0..<20, using: &generator) {
+            case 0: characters.removeLast()
+            case 1: characters.append("0")
+            case 2: characters = Array("00-00000000000000000000000000000000-" + String(characters.suffix(19)))
+            default: break
+            }
+            let text = String(characters)
+            let parsed = HBONERequestMetadata.TraceParent(headerValue: text)
+            #expect((parsed != nil) == Self.grammarAccepts(text), "\(text)")
+            if let parsed {
+                accepted += 1
+                #expect(parsed.description == text)
+            }
+        }
+        // Both outcomes are exercised, not just one.
+        #expect((4_000...16_000).contains(accepted), "accepted \(accepted) of 20 000")
+    }
+
+    /// W3C Trace Context §3.2.2, read at the string level: version `00`, 32 and 16 lower-case
+    /// hex digits, 2 for flags, neither id all zeros.
+    private static func grammarAccepts(_ value: String) -> Bool {
+        let parts = value.split(separator: "-", omittingEmptySubsequences: false)
+        let lowerHex = Set("0123456789abcdef")
+        guard parts.count == 4, parts[0] == "00", parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
+            parts.allSatisfy({ $0.allSatisfy(lowerHex.contains) })
+        else { return false }
+        return parts[1].contains { $0 != "0" } && parts[2].contains { $0 != "0" }
     }
 }
