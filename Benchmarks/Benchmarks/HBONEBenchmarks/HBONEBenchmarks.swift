@@ -13,7 +13,7 @@ import Glibc
 /// server → a plain TCP sink, on loopback. Malloc counts cover both ends of the tunnel;
 /// they are the regression signal on a noisy machine (thresholds in `Thresholds/`).
 let benchmarks: @Sendable () -> Void = {
-    // Malloc counts are stable run to run (±1 %); wall clock on a shared 2-core VM is not.
+    // Malloc counts are nearly stable run to run; wall clock on a shared 2-core VM is not.
     // `swift package benchmark thresholds check` compares p90 mallocs with the committed
     // Thresholds/*.json and fails beyond 5 %.
     Benchmark.defaultConfiguration = .init(
@@ -26,7 +26,12 @@ let benchmarks: @Sendable () -> Void = {
     let setup: Benchmark.BenchmarkSetupHook = { try await shared.start() }
     let teardown: Benchmark.BenchmarkTeardownHook = { shared.stop() }
 
-    Benchmark("Tunnel 1 MiB on a pooled connection", closure: { benchmark in
+    // The bulk tunnel's count depends on how the 1 MiB is cut into reads, which is timing:
+    // reads start at 4 KiB and grow, so clean-clone runs of the same code gave 549 and 583.
+    // It gets 10 %; the open/close and handshake counts stay within 1 % and keep 5 %.
+    var bulk = Benchmark.defaultConfiguration
+    bulk.thresholds = [.mallocCountTotal: BenchmarkThresholds(relative: [.p90: 10.0])]
+    Benchmark("Tunnel 1 MiB on a pooled connection", configuration: bulk, closure: { benchmark in
         let mesh = shared.mesh
         let chunk = [UInt8](repeating: 0x5A, count: 64 << 10)
         for _ in benchmark.scaledIterations {
