@@ -277,7 +277,7 @@ sleep 0.5
 echo "  httpbin's node proxy logged (the 401 with both SPIFFE identities):"
 grep 'direction="inbound"' "$dir/ztunnel.access.log" | grep 'error=' | cut -f2- | cut -c1-420 | tail -1 | sed 's/^/    /'
 echo "== 3. tcp-echo (outside the mesh) -> httpbin:80 in plaintext: the global STRICT policy denies =="
-echo "  $(request tcp-echo http://10.88.0.20/)   (reset by httpbin's proxy: curl 56, or 7 when the reset comes first)"
+echo "  $(request tcp-echo http://10.88.0.20/)   (reset by httpbin's proxy: curl 56, 55 while still sending, or 7 when the reset comes first)"
 echo "== 4. curl-allow -> tcp-echo:9000 (a TCP workload, not HBONE) and -> a node server (passthrough) =="
 set +e
 echo "  tcp-echo answered: $(ip netns exec hbob-curl-allow python3 -c 'import socket;s=socket.create_connection(("10.88.0.30",9000),timeout=3);s.sendall(b"ping");s.shutdown(1);print(s.recv(64).decode())')"
@@ -409,7 +409,7 @@ echo "  created: in-pod rules $(ip netns exec hbob-churn-b iptables-save | grep 
 mode[churn-b]=none; write_pods
 for _ in $(seq 50); do [ "$(stopped client/churn-b)" -ge 1 ] && break; sleep 0.1; done
 echo "  labelled istio.io/dataplane-mode=none: in-pod rules $(ip netns exec hbob-churn-b iptables-save | grep -c 'ISTIO_'), ip rules $(ip -n hbob-churn-b rule | wc -l), proxy stopped $(stopped client/churn-b)"
-echo "  churn-b -> httpbin 10.88.0.20:80 in plaintext now: $(request churn-b http://10.88.0.20/)   (STRICT at httpbin's proxy: reset, curl 56 or 7)"
+echo "  churn-b -> httpbin 10.88.0.20:80 in plaintext now: $(request churn-b http://10.88.0.20/)   (STRICT at httpbin's proxy: reset, curl 56, 55 or 7)"
 unset 'mode[churn-b]'; write_pods
 for _ in $(seq 50); do [ "$(started client/churn-b)" -ge 2 ] && break; sleep 0.1; done
 echo "  label removed: re-enrolled (proxy started $(started client/churn-b)), probe-set entries $(ip netns exec $node ipset list | grep -c '^10\.88\.2\.2 ')"
