@@ -427,7 +427,7 @@ stop_process "$ca_pid"
 echo "  CA down: curl-allow $(request curl-allow http://10.96.0.20:8000/) (its certificate is cached until it expires)"
 create newcomer
 sleep 1
-echo "  newcomer (a new identity) -> VIP: $(request newcomer http://10.96.0.20:8000/); its certificate: $(cert_state newcomer)"
+echo "  newcomer (a new identity) -> VIP: $(request newcomer http://10.96.0.20:8000/); its certificate: $(cert_state newcomer)   (reset: curl 56, 55 or 7)"
 grep 'certificate signing failed' "$dir/ztunnel.log" | tail -1 | grep -o 'error=[^]]*' | cut -c1-150 | sed 's/^/    ztunnel: /'
 start_ca
 for i in $(seq 300); do [ "$(cert_state newcomer)" = Available ] && break; sleep 0.1; done
