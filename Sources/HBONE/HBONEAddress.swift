@@ -20,31 +20,40 @@ public struct HBONEAddress: Hashable, Sendable, CustomStringConvertible {
     /// Parses `a.b.c.d:port` or `[v6]:port`. Returns `nil` for anything else (host names,
     /// missing or out-of-range ports, unbracketed IPv6).
     public init?(authority: String) {
-        let host: Substring
-        let portText: Substring
-        if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { return nil }
-            host = authority[authority.index(after: authority.startIndex)..<close]
-            let rest = authority[authority.index(after: close)...]
-            guard rest.hasPrefix(":") else { return nil }
-            portText = rest.dropFirst()
-            guard let ip = IPAddress(String(host)), ip.isIPv6 else { return nil }
-            guard let port = HBONEAddress.parsePort(portText) else { return nil }
-            self.init(ip: ip, port: port)
-        } else {
-            guard let colon = authority.lastIndex(of: ":"), authority.firstIndex(of: ":") == colon else { return nil }
-            host = authority[..<colon]
-            portText = authority[authority.index(after: colon)...]
-            guard let ip = IPAddress(String(host)), !ip.isIPv6 else { return nil }
-            guard let port = HBONEAddress.parsePort(portText) else { return nil }
-            self.init(ip: ip, port: port)
-        }
+        var text = authority
+        guard let address = text.withUTF8({ Self.parse($0) }) else { return nil }
+        self = address
     }
 
-    private static func parsePort(_ text: Substring) -> UInt16? {
-        guard !text.isEmpty, text.count <= 5, text.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
-        guard let value = UInt16(text), value != 0 else { return nil }
-        return value
+    /// The parse, on the UTF-8 bytes (it runs once per CONNECT).
+    private static func parse(_ text: UnsafeBufferPointer<UInt8>) -> HBONEAddress? {
+        let colon = UInt8(ascii: ":")
+        let host: Range<Int>
+        let portStart: Int
+        let bracketed = text.first == UInt8(ascii: "[")
+        if bracketed {
+            guard let close = text.firstIndex(of: UInt8(ascii: "]")), close + 1 < text.count, text[close + 1] == colon
+            else { return nil }
+            host = 1..<close
+            portStart = close + 2
+        } else {
+            guard let last = text.lastIndex(of: colon), text.firstIndex(of: colon) == last else { return nil }
+            host = 0..<last
+            portStart = last + 1
+        }
+        // 1–65535, decimal digits only.
+        let digits = text[portStart...]
+        guard (1...5).contains(digits.count) else { return nil }
+        var port: UInt32 = 0
+        for digit in digits {
+            guard digit >= UInt8(ascii: "0"), digit <= UInt8(ascii: "9") else { return nil }
+            port = port * 10 + UInt32(digit - UInt8(ascii: "0"))
+        }
+        guard port != 0, let port16 = UInt16(exactly: port) else { return nil }
+        guard let ip = IPAddress(String(decoding: UnsafeBufferPointer(rebasing: text[host]), as: UTF8.self)),
+            ip.isIPv6 == bracketed
+        else { return nil }
+        return HBONEAddress(ip: ip, port: port16)
     }
 
     /// `ip:port`, IPv6 in brackets.

@@ -87,6 +87,8 @@ public final class HBONEClient: Sendable {
         var connections: [PoolStateMachine<PoolKey>.ConnectionID: PooledConnection] = [:]
         var waiters: [PoolKey: [EventLoopPromise<Void>]] = [:]
         var connectsStarted = 0
+        /// Whether the pool's eviction timer is pending.
+        var evictionScheduled = false
     }
 
     private let certificates: CertificateManager
@@ -160,7 +162,9 @@ public final class HBONEClient: Sendable {
     /// answered 200.
     func openStream(_ target: HBONETunnelTarget, on eventLoop: any EventLoop) -> EventLoopFuture<OpenedStream> {
         let key = PoolKey(
-            source: target.source, expected: target.expectedIdentities.sorted(), nextHop: target.nextHop,
+            source: target.source,
+            expected: target.expectedIdentities.count > 1 ? target.expectedIdentities.sorted() : target.expectedIdentities,
+            nextHop: target.nextHop,
             sourceIP: target.sourceIP, eventLoop: ObjectIdentifier(eventLoop)
         )
         return self.checkout(key, target: target, on: eventLoop).flatMap { (id, connection) in
@@ -203,8 +207,8 @@ public final class HBONEClient: Sendable {
             try stream.pipeline.syncOperations.addHandler(glue.stream)
             for payload in opened.early { glue.stream.channelReadDelivered(payload) }
             glue.tcp.flush()
-            stream.setOption(.autoRead, value: true).whenComplete { _ in }
-            tcp.setOption(.autoRead, value: true).whenComplete { _ in }
+            TunnelSocketOptions.setAutoRead(stream, true)
+            TunnelSocketOptions.setAutoRead(tcp, true)
             tcp.read()
             stream.read()
         }
@@ -287,10 +291,9 @@ public final class HBONEClient: Sendable {
         let slot = NIOLockedValueBox<(id: Int?, goneAway: Bool)>((nil, false))
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout.timeAmount)
-            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .channelOption(.recvAllocator, value: configuration.readAllocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try TunnelSocketOptions.applyToConnection(channel, configuration)
                     let tls = try NIOSSLClientHandler(context: context, serverHostname: nil) { chain, verification in
                         HBONETLS.verify(
                             chain: chain, bundle: bundle, usage: .server, trustDomain: nil, expected: expected,
@@ -351,21 +354,37 @@ public final class HBONEClient: Sendable {
 
     private func release(_ key: PoolKey, _ id: Int) {
         let now = Duration.nanoseconds(Int64(NIODeadline.now().uptimeNanoseconds))
-        self.pool.withLockedValue { $0.machine.release(key, id, now: now) }
         let timeout = self.configuration.poolIdleTimeout
-        guard timeout > .zero else { return self.evictIdle() }
-        guard let connection = self.pool.withLockedValue({ $0.connections[id] }) else { return }
-        connection.channel.eventLoop.scheduleTask(in: timeout.timeAmount) { [weak self] in self?.evictIdle() }
+        let schedule: (any EventLoop)? = self.pool.withLockedValue { state in
+            guard state.machine.release(key, id, now: now), timeout > .zero, !state.evictionScheduled,
+                let connection = state.connections[id]
+            else { return nil }
+            state.evictionScheduled = true
+            return connection.channel.eventLoop
+        }
+        if timeout <= .zero { return self.evictIdle(on: nil) }
+        if let loop = schedule {
+            loop.scheduleTask(in: timeout.timeAmount) { [weak self] in self?.evictIdle(on: loop) }
+        }
     }
 
-    private func evictIdle() {
+    /// Closes the connections idle for `poolIdleTimeout`, and re-arms the pool's one timer
+    /// (on `loop`) for the next connection that will be.
+    private func evictIdle(on loop: (any EventLoop)?) {
         let now = Duration.nanoseconds(Int64(NIODeadline.now().uptimeNanoseconds))
-        let evicted: [PooledConnection] = self.pool.withLockedValue { state in
-            state.machine.evictIdle(now: now, timeout: self.configuration.poolIdleTimeout).compactMap { _, id in
+        let timeout = self.configuration.poolIdleTimeout
+        let (evicted, next): ([PooledConnection], Duration?) = self.pool.withLockedValue { state in
+            let evicted = state.machine.evictIdle(now: now, timeout: timeout).compactMap { _, id in
                 state.connections.removeValue(forKey: id)
             }
+            let next = loop == nil ? nil : state.machine.nextEviction(timeout: timeout)
+            state.evictionScheduled = next != nil
+            return (evicted, next)
         }
         for connection in evicted { connection.channel.close(promise: nil) }
+        if let loop, let next {
+            loop.scheduleTask(in: max(.zero, next - now).timeAmount) { [weak self] in self?.evictIdle(on: loop) }
+        }
     }
 
     private func discard(_ key: PoolKey, _ id: Int) {

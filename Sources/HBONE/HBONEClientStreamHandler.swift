@@ -51,7 +51,7 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
         let headers = Self.requestHeaders(for: self.target)
         context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
         // Hold further reads until the tunnel is spliced.
-        context.channel.setOption(.autoRead, value: false).whenComplete { _ in }
+        TunnelSocketOptions.setAutoRead(context.channel, false)
         context.read()
     }
 

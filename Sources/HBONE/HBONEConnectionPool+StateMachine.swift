@@ -29,6 +29,22 @@ struct PoolStateMachine<Key: Hashable & Sendable>: Sendable {
     private struct Entry: Sendable {
         var connections: [ConnectionID: Connection] = [:]
         var connecting = false
+
+        /// The lowest-numbered connection with room takes the stream.
+        mutating func checkout() -> Checkout {
+            var chosen: ConnectionID?
+            for (id, connection) in self.connections where connection.streams < connection.maximumStreams {
+                if chosen.map({ id < $0 }) ?? true { chosen = id }
+            }
+            if let id = chosen {
+                self.connections[id]!.streams += 1
+                self.connections[id]!.idleSince = nil
+                return .use(id)
+            }
+            if self.connecting { return .wait }
+            self.connecting = true
+            return .connect
+        }
     }
 
     private var entries: [Key: Entry] = [:]
@@ -41,18 +57,8 @@ struct PoolStateMachine<Key: Hashable & Sendable>: Sendable {
     func streamCount(for key: Key) -> Int { self.entries[key]?.connections.values.reduce(0) { $0 + $1.streams } ?? 0 }
 
     mutating func checkout(_ key: Key) -> Checkout {
-        var entry = self.entries[key] ?? Entry()
-        defer { self.entries[key] = entry }
-        if let (id, _) = entry.connections.filter({ $0.value.streams < $0.value.maximumStreams })
-            .min(by: { $0.key < $1.key })
-        {
-            entry.connections[id]!.streams += 1
-            entry.connections[id]!.idleSince = nil
-            return .use(id)
-        }
-        if entry.connecting { return .wait }
-        entry.connecting = true
-        return .connect
+        // Modified in place: a copy of the entry would copy its dictionary on write.
+        self.entries[key, default: Entry()].checkout()
     }
 
     /// The connect for `key` succeeded; the connection starts with the connector's stream.
@@ -71,12 +77,26 @@ struct PoolStateMachine<Key: Hashable & Sendable>: Sendable {
         self.dropIfEmpty(key)
     }
 
-    /// A stream on `id` ended.
-    mutating func release(_ key: Key, _ id: ConnectionID, now: Duration) {
-        guard var connection = self.entries[key]?.connections[id] else { return }
+    /// A stream on `id` ended. Returns whether the connection became idle.
+    @discardableResult
+    mutating func release(_ key: Key, _ id: ConnectionID, now: Duration) -> Bool {
+        guard var connection = self.entries[key]?.connections[id] else { return false }
         connection.streams = max(0, connection.streams - 1)
         if connection.streams == 0 { connection.idleSince = now }
         self.entries[key]!.connections[id] = connection
+        return connection.streams == 0
+    }
+
+    /// When the connection idle the longest reaches `timeout`, or `nil` when none is idle:
+    /// one eviction timer for the pool, not one per released stream.
+    func nextEviction(timeout: Duration) -> Duration? {
+        var earliest: Duration?
+        for entry in self.entries.values {
+            for connection in entry.connections.values {
+                if let idleSince = connection.idleSince, earliest.map({ idleSince < $0 }) ?? true { earliest = idleSince }
+            }
+        }
+        return earliest.map { $0 + timeout }
     }
 
     /// `id` closed or received GOAWAY: never hand it out again.

@@ -45,12 +45,9 @@ public final class HBONEForwarder: Service, Sendable {
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.autoRead, value: false)
-            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.recvAllocator, value: self.client.configuration.readAllocator)
-            .childChannelInitializer { channel in
+            .childChannelInitializer { [configuration = self.client.configuration] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try TunnelSocketOptions.applyToTCPSide(channel, configuration)
                     try channel.pipeline.syncOperations.addHandler(
                         SpliceOnActive(client: client, target: target, logger: logger)
                     )

@@ -107,8 +107,6 @@ public final class HBONEServer: Service, Sendable {
             channel = try await ServerBootstrap(group: self.group)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.recvAllocator, value: self.configuration.hbone.readAllocator)
                 .childChannelInitializer { channel in
                     connections.add(channel)
                     return self.initializeConnection(channel)
@@ -136,8 +134,12 @@ public final class HBONEServer: Service, Sendable {
 
     private func initializeConnection(_ channel: any Channel) -> EventLoopFuture<Void> {
         self.certificates.certificate(for: self.identity, on: channel.eventLoop).flatMapThrowing { certificate in
+            try TunnelSocketOptions.applyToConnection(channel, self.configuration.hbone)
             let context = try self.contexts.context(for: certificate, server: true)
             let peer = NIOLockedValueBox<SPIFFEID?>(nil)
+            // The connection's addresses, once for all of its streams.
+            let peerAddress = channel.remoteAddress.flatMap(HBONEAddress.init(socketAddress:))
+            let localAddress = channel.localAddress.flatMap(HBONEAddress.init(socketAddress:))
             let bundle = TrustBundle(roots: certificate.roots)
             let trustDomain = certificate.identity.trustDomain
             let tls = NIOSSLServerHandler(context: context) { chain, verification in
@@ -164,8 +166,7 @@ public final class HBONEServer: Service, Sendable {
                     try stream.pipeline.syncOperations.addHandler(
                         HBONEServerStreamHandler(
                             peerIdentity: peerIdentity,
-                            peerAddress: channel.remoteAddress.flatMap(HBONEAddress.init(socketAddress:)),
-                            localAddress: channel.localAddress.flatMap(HBONEAddress.init(socketAddress:)),
+                            peerAddress: peerAddress, localAddress: localAddress,
                             configuration: configuration, upstreamSockets: self.configuration.upstreamSockets, live: self.live,
                             decide: self.decide, logger: self.logger, onClosed: self.onTunnelClosed
                         )
@@ -276,10 +277,30 @@ final class ServerConnections: Sendable {
 }
 
 extension HBONEAddress {
+    /// The address of a socket, from its bytes (no text round trip through `inet_ntop`);
+    /// IPv4-mapped IPv6 addresses are unmapped.
     init?(socketAddress: SocketAddress) {
-        guard let ip = socketAddress.ipAddress, let port = socketAddress.port,
-            let address = IPAddress(ip), let port16 = UInt16(exactly: port)
-        else { return nil }
-        self.init(ip: address.unmapped, port: port16)
+        guard let port = socketAddress.port, let port16 = UInt16(exactly: port) else { return nil }
+        let ip: IPAddress?
+        switch socketAddress {
+        // The address bytes at their Linux ABI offsets (`struct sockaddr_in`: family, port,
+        // then the 4 bytes at 4; `struct sockaddr_in6`: family, port, flow info, then the 16
+        // bytes at 8), as the field names are declared by a module NIO does not re-export.
+        case .v4(let address):
+            ip = withUnsafeBytes(of: address.address) { IPAddress(bytes: Array($0[4..<8])) }
+        case .v6(let address):
+            ip = withUnsafeBytes(of: address.address) { IPAddress(bytes: Array($0[8..<24])) }
+        case .unixDomainSocket:
+            ip = nil
+        }
+        guard let ip else { return nil }
+        self.init(ip: ip.unmapped, port: port16)
+    }
+
+    /// The socket address to connect to (from the address bytes, no text round trip).
+    var socketAddress: SocketAddress {
+        get throws {
+            try SocketAddress(packedIPAddress: ByteBuffer(bytes: self.ip.bytes), port: Int(self.port))
+        }
     }
 }

@@ -120,17 +120,17 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
             }
             let tcpSide = NIOLoopBound(glue.tcp, eventLoop: context.eventLoop)
             let boundGlue = NIOLoopBound(glue, eventLoop: context.eventLoop)
+            let configuration = self.configuration
             let bootstrap = ClientBootstrap(group: context.eventLoop)
-                .connectTimeout(self.configuration.connectTimeout.timeAmount)
-                .channelOption(.allowRemoteHalfClosure, value: true)
-                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .channelOption(.recvAllocator, value: self.configuration.readAllocator)
-                .channelOption(.autoRead, value: false)
+                .connectTimeout(configuration.connectTimeout.timeAmount)
                 .channelInitializer { channel in
                     // The pump's TCP side goes in before the connect completes: a first
                     // speaker's greeting and FIN can arrive before we answer 200, and NIO
                     // delivers an EOF even with autoRead off; the stream side keeps both.
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(tcpSide.value) }
+                    channel.eventLoop.makeCompletedFuture {
+                        try TunnelSocketOptions.applyToTCPSide(channel, configuration)
+                        try channel.pipeline.syncOperations.addHandler(tcpSide.value)
+                    }
                 }
             bootstrap.connect(to: upstream, from: self.request?.peerAddress?.ip, sockets: self.upstreamSockets, on: context.eventLoop)
                 .whenComplete { result in
@@ -170,7 +170,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
         context.pipeline.syncOperations.removeHandler(self, promise: nil)
         for payload in early { glue.stream.channelReadDelivered(payload) }
         glue.tcp.flush()
-        upstream.setOption(.autoRead, value: true).whenComplete { _ in }
+        TunnelSocketOptions.setAutoRead(upstream, true)
         context.read()
     }
 

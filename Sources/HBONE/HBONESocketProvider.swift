@@ -59,7 +59,7 @@ extension ClientBootstrap {
     ) -> EventLoopFuture<any Channel> {
         let address: SocketAddress
         do {
-            address = try SocketAddress(ipAddress: "\(destination.ip)", port: Int(destination.port))
+            address = try destination.socketAddress
         } catch {
             return eventLoop.makeFailedFuture(error)
         }
@@ -81,7 +81,7 @@ extension ClientBootstrap {
                 )
                 .channelOption(LinuxSocketOption.option(LinuxSocketOption.solIP, LinuxSocketOption.ipBindAddressNoPort), value: 1)
             do {
-                bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: "\(source)", port: 0))
+                bootstrap = bootstrap.bind(to: try HBONEAddress(ip: source, port: 0).socketAddress)
             } catch {
                 return eventLoop.makeFailedFuture(error)
             }

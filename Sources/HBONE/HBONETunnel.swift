@@ -106,7 +106,7 @@ extension HBONEClient {
             codec.replay(opened.early)
             // Reads were paused while the CONNECT was answered; turning autoRead back on
             // does not issue a read by itself on a stream channel.
-            stream.setOption(.autoRead, value: true).whenComplete { _ in }
+            TunnelSocketOptions.setAutoRead(stream, true)
             stream.read()
             return HBONETunnel(channel)
         }.get()

@@ -90,13 +90,12 @@ public final class TransparentListener: Service, Sendable {
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelOption(.autoRead, value: false)
-                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.recvAllocator, value: self.client.configuration.readAllocator)
-                .childChannelInitializer { [accepted] channel in
+                .childChannelInitializer { [accepted, configuration = self.client.configuration] channel in
                     accepted.add((), channel)
-                    return channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(RouteOnActive(shared: handler)) }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try TunnelSocketOptions.applyToTCPSide(channel, configuration)
+                        try channel.pipeline.syncOperations.addHandler(RouteOnActive(shared: handler))
+                    }
                 }
                 .withBoundSocket(self.listeningSocket)
                 .get()
@@ -229,12 +228,13 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
             let upstreamSide = NIOLoopBound(relay.value.upstream, eventLoop: channel.eventLoop)
+            let configuration = shared.client.configuration
             let bootstrap = ClientBootstrap(group: channel.eventLoop)
-                .channelOption(.allowRemoteHalfClosure, value: true)
-                .channelOption(.autoRead, value: false)
-                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .channelInitializer { upstream in
-                    upstream.eventLoop.makeCompletedFuture { try upstream.pipeline.syncOperations.addHandler(upstreamSide.value) }
+                    upstream.eventLoop.makeCompletedFuture {
+                        try TunnelSocketOptions.applyToTCPSide(upstream, configuration)
+                        try upstream.pipeline.syncOperations.addHandler(upstreamSide.value)
+                    }
                 }
             bootstrap.connect(to: address, from: source, sockets: shared.sockets, on: channel.eventLoop).whenComplete { result in
                 switch result {

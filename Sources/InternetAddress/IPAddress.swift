@@ -13,9 +13,10 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
     public init?(_ text: String) {
         // Plain byte buffers rather than in_addr/in6_addr: those structs are also declared
         // by NIO's C shims, and which module "defines" them differs between builds.
-        var v4 = [UInt8](repeating: 0, count: 4)
-        if v4.withUnsafeMutableBytes({ inet_pton(AF_INET, text, $0.baseAddress) }) == 1 {
-            self = .v4(v4[0], v4[1], v4[2], v4[3])
+        // IPv4 into a stack word; an array only for IPv6, which keeps one.
+        var v4: UInt32 = 0
+        if withUnsafeMutableBytes(of: &v4, { inet_pton(AF_INET, text, $0.baseAddress) }) == 1 {
+            self = withUnsafeBytes(of: v4) { .v4($0[0], $0[1], $0[2], $0[3]) }
             return
         }
         var v6 = [UInt8](repeating: 0, count: 16)

@@ -20,6 +20,49 @@ struct HBONEMetadataTests {
         #expect(mapped.unmapped == IPAddress("127.0.0.1"))
     }
 
+    @Test("authorities: the byte-level parser agrees with the textual grammar on 20 000 damaged values")
+    func authorityParserAgreesWithGrammar() {
+        // The grammar, written plainly: `a.b.c.d:port` or `[v6]:port`, port 1–65535 in digits.
+        func reference(_ text: String) -> HBONEAddress? {
+            let host: Substring
+            let port: Substring
+            if text.hasPrefix("[") {
+                guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+                host = text[text.index(after: text.startIndex)..<close]
+                port = text[text.index(close, offsetBy: 2)...]
+            } else {
+                let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+                guard parts.count == 2 else { return nil }
+                host = parts[0]
+                port = parts[1]
+            }
+            guard (1...5).contains(port.count), port.allSatisfy({ ("0"..."9").contains($0) }),
+                let value = UInt16(port), value != 0, let ip = IPAddress(String(host)), ip.isIPv6 == text.hasPrefix("[")
+            else { return nil }
+            return HBONEAddress(ip: ip, port: value)
+        }
+        let seeds = ["10.0.0.2:8080", "[fd00::1]:15008", "127.0.0.1:1", "[::ffff:10.1.2.3]:65535", "192.168.255.255:443"]
+        let alphabet = Array("0123456789.:[]abcdef+- é")
+        var generator = SystemRandomNumberGenerator()
+        var accepted = 0
+        for _ in 0..<20_000 {
+            var characters = Array(seeds.randomElement(using: &generator)!)
+            for _ in 0..<Int.random(in: 0...2, using: &generator) {
+                let position = Int.random(in: 0...characters.count, using: &generator)
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0 where position < characters.count: characters.remove(at: position)
+                case 1 where position < characters.count: characters[position] = alphabet.randomElement(using: &generator)!
+                default: characters.insert(alphabet.randomElement(using: &generator)!, at: position)
+                }
+            }
+            let text = String(characters)
+            let parsed = HBONEAddress(authority: text)
+            #expect(parsed == reference(text), "\(text)")
+            if parsed != nil { accepted += 1 }
+        }
+        #expect((2_000...18_000).contains(accepted), "accepted \(accepted) of 20 000")
+    }
+
     @Test("forwarded: for= quoted with brackets for IPv6, host= when a service was targeted")
     func forwarded() throws {
         var metadata = HBONERequestMetadata(forwardedFor: HBONEAddress(authority: "[fd00::7]:41234"))
