@@ -135,10 +135,10 @@ extension Duration {
 
 /// Channel options set synchronously on the event loop, for the channels a tunnel creates
 /// per connection. A bootstrap's `channelOption` / `childChannelOption` is applied through
-/// two futures per option and connection (`ChannelOptions.Storage.applyAllChannelOptions`);
-/// for the four options of a tunnel's TCP side that was about a tenth of the CPU of a
-/// pooled tunnel in callgrind. Call from a channel initializer, which runs on the channel's
-/// event loop before the channel is registered.
+/// two futures per option and connection (`ChannelOptions.Storage.applyAllChannelOptions`),
+/// about 13 000 instructions per option in callgrind; set here, one costs about 2 700
+/// (`Docs/profiles.md`). Call from a channel initializer, which runs on the channel's event
+/// loop before the channel is registered.
 enum TunnelSocketOptions {
     /// The plain TCP side of a tunnel (accepted app socket, upstream socket): half-closure
     /// kept (FIN ⇄ END_STREAM), reads manual until the tunnel is spliced, Nagle off, reads
