@@ -2,6 +2,7 @@
 internal import Glibc
 #endif
 public import InternetAddress
+internal import NIOCore
 
 /// An `ip:port` endpoint as HBONE writes it in `:authority` and `forwarded`:
 /// IPv6 addresses in brackets (`[fd00::1]:8080`), RFC 3986 §3.2.2.
@@ -59,5 +60,34 @@ public struct HBONEAddress: Hashable, Sendable, CustomStringConvertible {
     /// `ip:port`, IPv6 in brackets.
     public var description: String {
         self.ip.isIPv6 ? "[\(self.ip)]:\(self.port)" : "\(self.ip):\(self.port)"
+    }
+}
+
+extension HBONEAddress {
+    /// The address of a socket, from its bytes (no text round trip through `inet_ntop`);
+    /// IPv4-mapped IPv6 addresses are unmapped.
+    init?(socketAddress: SocketAddress) {
+        guard let port = socketAddress.port, let port16 = UInt16(exactly: port) else { return nil }
+        let ip: IPAddress?
+        switch socketAddress {
+        // The address bytes at their Linux ABI offsets (`struct sockaddr_in`: family, port,
+        // then the 4 bytes at 4; `struct sockaddr_in6`: family, port, flow info, then the 16
+        // bytes at 8), as the field names are declared by a module NIO does not re-export.
+        case .v4(let address):
+            ip = withUnsafeBytes(of: address.address) { IPAddress(bytes: Array($0[4..<8])) }
+        case .v6(let address):
+            ip = withUnsafeBytes(of: address.address) { IPAddress(bytes: Array($0[8..<24])) }
+        case .unixDomainSocket:
+            ip = nil
+        }
+        guard let ip else { return nil }
+        self.init(ip: ip.unmapped, port: port16)
+    }
+
+    /// The socket address to connect to (from the address bytes, no text round trip).
+    var socketAddress: SocketAddress {
+        get throws {
+            try SocketAddress(packedIPAddress: ByteBuffer(bytes: self.ip.bytes), port: Int(self.port))
+        }
     }
 }
