@@ -34,6 +34,8 @@ let package = Package(
         .executable(name: "istio-cni", targets: ["IstioCNIPlugin"]),
         .executable(name: "cni-agent", targets: ["CNIAgentExample"]),
         .executable(name: "ztunnel", targets: ["ZtunnelExample"]),
+        .library(name: "AmbientMigration", targets: ["AmbientMigration"]),
+        .executable(name: "ambient-migrate", targets: ["AmbientMigrateExample"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
@@ -253,6 +255,23 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        /// The sidecar-to-ambient migration analyzer: which policies and routes the node
+        /// proxy enforces, which need a waypoint, and the plan (Docs/migration.md).
+        .target(
+            name: "AmbientMigration",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "AmbientMigrateExample",
+            dependencies: [
+                "AmbientMigration",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/ambient-migrate",
+            swiftSettings: strictSettings
+        ),
+
         // MARK: Tests
 
         /// Shared helpers for every test target: manual clock, certificate minting,
@@ -346,6 +365,12 @@ let package = Package(
         .testTarget(
             name: "CNITests",
             dependencies: ["CNI"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "AmbientMigrationTests",
+            dependencies: ["AmbientMigration", "MeshTestSupport"],
+            exclude: ["Fixtures"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,0 +1,165 @@
+/// The objects of the input indexed for selector resolution: namespaces, pods (from
+/// workload templates), Services, gateways and DestinationRule subsets.
+struct Cluster {
+    struct Namespace {
+        var name: String
+        var labels: [String: String]
+        /// Whether a Namespace object was in the input (else only referenced).
+        var declared: Bool
+    }
+
+    struct Workload {
+        var namespace: String
+        var kind: String
+        var name: String
+        var podLabels: [String: String]
+        var serviceAccount: String
+    }
+
+    struct Service {
+        var namespace: String
+        var name: String
+        var selector: [String: String]
+        var ports: [Int]
+        /// `spec.ports[].name` by port.
+        var portNames: [Int: String]
+        var manifest: Manifest
+
+        var key: String { "\(self.namespace)/\(self.name)" }
+    }
+
+    struct Gateway {
+        var namespace: String
+        var name: String
+        var className: String
+        var isWaypoint: Bool { self.className == "istio-waypoint" }
+    }
+
+    var rootNamespace: String
+    var domainSuffix: String
+    private(set) var namespaces: [String: Namespace] = [:]
+    private(set) var workloads: [Workload] = []
+    private(set) var services: [Service] = []
+    private(set) var gateways: [String: Gateway] = [:]
+    /// Istio (`networking.istio.io`) Gateways, `namespace/name`: ingress or egress gateways.
+    private(set) var istioGateways: Set<String> = []
+    /// DestinationRule subsets by `namespace/service` then subset name.
+    private(set) var subsets: [String: [String: [String: String]]] = [:]
+
+    static let workloadKinds: Set<String> = ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"]
+    static let inventoryKinds: Set<String> = workloadKinds.union(["Namespace", "Service", "ServiceAccount"])
+
+    /// Core and workload objects: read for selectors, not classified.
+    static func isInventory(_ manifest: Manifest) -> Bool {
+        Self.inventoryKinds.contains(manifest.kind) && ["", "apps", "batch"].contains(manifest.group)
+    }
+
+    init(_ manifests: [Manifest], rootNamespace: String, domainSuffix: String) {
+        self.rootNamespace = rootNamespace
+        self.domainSuffix = domainSuffix
+        for manifest in manifests { self.index(manifest) }
+        for manifest in manifests where manifest.kind == "DestinationRule" { self.indexSubsets(manifest) }
+    }
+
+    private mutating func index(_ manifest: Manifest) {
+        if manifest.kind != "Namespace", manifest.kind != "GatewayClass", self.namespaces[manifest.namespace] == nil {
+            self.namespaces[manifest.namespace] = Namespace(name: manifest.namespace, labels: [:], declared: false)
+        }
+        switch manifest.kind {
+        case "Namespace":
+            self.namespaces[manifest.name] = Namespace(name: manifest.name, labels: manifest.labels, declared: true)
+        case "Service" where manifest.group.isEmpty:
+            let ports = manifest.spec["ports"]?.items ?? []
+            var names: [Int: String] = [:]
+            for port in ports { if let number = port["port"]?.int, let name = port["name"]?.string { names[number] = name } }
+            self.services.append(Service(
+                namespace: manifest.namespace, name: manifest.name,
+                selector: manifest.spec["selector"]?.stringMap ?? [:],
+                ports: ports.compactMap { $0["port"]?.int }, portNames: names, manifest: manifest
+            ))
+        case let kind where Self.workloadKinds.contains(kind):
+            let pod = kind == "Pod" ? manifest.body : (manifest.spec["template"] ?? .null)
+            let podSpec = pod["spec"] ?? .null
+            self.workloads.append(Workload(
+                namespace: manifest.namespace, kind: kind, name: manifest.name,
+                podLabels: pod["metadata"]?["labels"]?.stringMap ?? [:],
+                serviceAccount: podSpec["serviceAccountName"]?.string ?? podSpec["serviceAccount"]?.string ?? "default"
+            ))
+        case "Gateway" where manifest.group == "gateway.networking.k8s.io":
+            self.gateways["\(manifest.namespace)/\(manifest.name)"] = Gateway(
+                namespace: manifest.namespace, name: manifest.name, className: manifest.spec["gatewayClassName"]?.string ?? ""
+            )
+        case "Gateway" where manifest.group == "networking.istio.io":
+            self.istioGateways.insert("\(manifest.namespace)/\(manifest.name)")
+        default:
+            break
+        }
+    }
+
+    private mutating func indexSubsets(_ manifest: Manifest) {
+        guard let host = manifest.spec["host"]?.string, let service = self.service(host: host, from: manifest.namespace) else { return }
+        for subset in manifest.spec["subsets"]?.items ?? [] {
+            guard let name = subset["name"]?.scalarText else { continue }
+            self.subsets[service.key, default: [:]][name] = subset["labels"]?.stringMap ?? [:]
+        }
+    }
+
+    // MARK: Lookups
+
+    var serviceCount: Int { self.services.count }
+    var workloadCount: Int { self.workloads.count }
+    var namespaceNames: [String] { self.namespaces.keys.sorted() }
+    var workloadsNamespaces: [String] { self.workloads.map(\.namespace) }
+
+    /// Kinds of restartable workloads (`kubectl rollout restart`) in a namespace.
+    func workloadKinds(in namespace: String) -> [String] {
+        self.workloads.filter { $0.namespace == namespace && ["Deployment", "StatefulSet", "DaemonSet"].contains($0.kind) }.map(\.kind)
+    }
+
+    func namespace(_ name: String) -> Namespace? { self.namespaces[name] }
+
+    func services(in namespace: String) -> [Service] {
+        self.services.filter { $0.namespace == namespace }
+    }
+
+    /// Workloads whose pods carry every label of `selector`, in `namespace`.
+    func workloads(matching selector: [String: String], in namespace: String) -> [Workload] {
+        self.workloads.filter { $0.namespace == namespace && Self.matches(selector, $0.podLabels) }
+    }
+
+    /// Services that select (some of) `workloads`' pods.
+    func services(selecting workloads: [Workload]) -> [Service] {
+        self.services.filter { service in
+            !service.selector.isEmpty && workloads.contains { $0.namespace == service.namespace && Self.matches(service.selector, $0.podLabels) }
+        }
+    }
+
+    static func matches(_ selector: [String: String], _ labels: [String: String]) -> Bool {
+        selector.allSatisfy { labels[$0.key] == $0.value }
+    }
+
+    /// Resolves a route or rule host as Istio does: a short name is in `namespace`,
+    /// `name.ns`, `name.ns.svc` and `name.ns.svc.<domain>` name a Service in `ns`.
+    func service(host: String, from namespace: String) -> Service? {
+        let parts = host.split(separator: ".").map(String.init)
+        guard let first = parts.first, !host.contains("*") else { return nil }
+        let serviceNamespace: String
+        switch parts.count {
+        case 1: serviceNamespace = namespace
+        case 2: serviceNamespace = parts[1]
+        default:
+            guard parts[2] == "svc", parts.count == 3 || parts[3...].joined(separator: ".") == self.domainSuffix else { return nil }
+            serviceNamespace = parts[1]
+        }
+        return self.services.first { $0.namespace == serviceNamespace && $0.name == first }
+    }
+
+    /// Whether a selector picks ingress/egress gateway pods (which keep their Envoy).
+    func selectsGateway(_ selector: [String: String], in namespace: String) -> Bool {
+        if selector["istio"] == "ingressgateway" || selector["istio"] == "egressgateway" { return true }
+        if let name = selector["gateway.networking.k8s.io/gateway-name"] {
+            return !(self.gateways["\(namespace)/\(name)"]?.isWaypoint ?? false)
+        }
+        return false
+    }
+}

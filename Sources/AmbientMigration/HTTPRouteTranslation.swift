@@ -1,0 +1,229 @@
+/// Translates a mesh-bound VirtualService into a Gateway API HTTPRoute with Service
+/// parents (a GAMMA route, applied by the Service's waypoint), where a direct translation
+/// exists. DestinationRule subsets become one Service per version (Gateway API has no
+/// subsets), selecting the parent Service's pods plus the subset's labels.
+///
+/// All or nothing: a route with any field that has no standard HTTPRoute counterpart
+/// (retries, fault injection, CORS, delegation, header-prefix matches, …) is not translated
+/// at all, and every such field is named, because a partial translation would silently
+/// change behaviour.
+enum HTTPRouteTranslation {
+    struct Result {
+        /// The HTTPRoute, then the version Services it routes to.
+        var manifests: [YAMLValue] = []
+        /// Why it could not be translated; empty when it was.
+        var manual: [String] = []
+    }
+
+    static let unsupportedRouteFields = ["retries", "fault", "corsPolicy", "delegate", "directResponse", "mirrors", "mirrorPercentage", "mirrorPercent", "uriRegexRewrite"]
+    static let unsupportedMatchFields = ["sourceLabels", "gateways", "port", "authority", "ignoreUriCase", "withoutHeaders", "sourceNamespace", "scheme"]
+
+    static func translate(_ virtualService: Manifest, cluster: Cluster) -> Result {
+        var translator = Translator(virtualService: virtualService, cluster: cluster)
+        return translator.run()
+    }
+
+    private struct Translator {
+        let virtualService: Manifest
+        let cluster: Cluster
+        var manual: [String] = []
+        /// `service-subset` → the Service to generate, in first-use order.
+        var versionServices: [(String, YAMLValue)] = []
+
+        init(virtualService: Manifest, cluster: Cluster) {
+            self.virtualService = virtualService
+            self.cluster = cluster
+        }
+
+        mutating func run() -> Result {
+            let spec = self.virtualService.spec
+            for kind in ["tcp", "tls"] where !(spec[kind]?.isEmpty ?? true) {
+                self.manual.append("\(kind) routes: translate to a \(kind == "tcp" ? "TCPRoute" : "TLSRoute") by hand")
+            }
+            var parents: [YAMLValue] = []
+            for host in spec["hosts"]?.textList ?? [] {
+                guard let service = self.cluster.service(host: host, from: self.virtualService.namespace) else {
+                    self.manual.append("host \(host) is not a Service in the input")
+                    continue
+                }
+                parents.append(.object([
+                    "group": .string(""), "kind": .string("Service"), "name": .string(service.name),
+                    "namespace": service.namespace == self.virtualService.namespace ? nil : .string(service.namespace),
+                ]))
+            }
+            let routes = spec["http"]?.items ?? []
+            if routes.isEmpty { self.manual.append("no http routes") }
+            let rules = routes.enumerated().map { self.rule($0.element, index: $0.offset) }
+            guard self.manual.isEmpty else { return Result(manual: self.manual) }
+            let route = YAMLValue.object([
+                "apiVersion": .string("gateway.networking.k8s.io/v1"),
+                "kind": .string("HTTPRoute"),
+                "metadata": .object(["name": .string(self.virtualService.name), "namespace": .string(self.virtualService.namespace)]),
+                "spec": .object(["parentRefs": .sequence(parents), "rules": .sequence(rules)]),
+            ])
+            return Result(manifests: [route] + self.versionServices.map(\.1))
+        }
+
+        private mutating func rule(_ route: YAMLValue, index: Int) -> YAMLValue {
+            let path = "http[\(index)]"
+            for field in HTTPRouteTranslation.unsupportedRouteFields where route[field] != nil {
+                self.manual.append("\(path).\(field): no standard HTTPRoute equivalent")
+            }
+            let matches = (route["match"]?.items ?? []).enumerated().map { self.match($0.element, path: "\(path).match[\($0.offset)]") }
+            let allPrefix = !(route["match"]?.items ?? []).isEmpty && (route["match"]?.items ?? []).allSatisfy { $0["uri"]?["prefix"] != nil }
+            var filters: [YAMLValue] = []
+            if let headers = route["headers"] {
+                if let request = headers["request"] { filters.append(Self.headerFilter("RequestHeaderModifier", "requestHeaderModifier", request)) }
+                if let response = headers["response"] { filters.append(Self.headerFilter("ResponseHeaderModifier", "responseHeaderModifier", response)) }
+            }
+            if let rewrite = route["rewrite"] {
+                var fields: [YAMLValue.Entry] = []
+                if let uri = rewrite["uri"]?.scalarText {
+                    fields.append(.init("path", allPrefix
+                        ? .object(["type": .string("ReplacePrefixMatch"), "replacePrefixMatch": .string(uri)])
+                        : .object(["type": .string("ReplaceFullPath"), "replaceFullPath": .string(uri)])))
+                }
+                if let authority = rewrite["authority"]?.scalarText { fields.append(.init("hostname", .string(authority))) }
+                filters.append(.object(["type": .string("URLRewrite"), "urlRewrite": .mapping(fields)]))
+            }
+            if let redirect = route["redirect"] {
+                var fields: [YAMLValue.Entry] = []
+                if let scheme = redirect["scheme"]?.scalarText { fields.append(.init("scheme", .string(scheme))) }
+                if let authority = redirect["authority"]?.scalarText { fields.append(.init("hostname", .string(authority))) }
+                if let uri = redirect["uri"]?.scalarText {
+                    fields.append(.init("path", .object(["type": .string("ReplaceFullPath"), "replaceFullPath": .string(uri)])))
+                }
+                if let port = redirect["port"]?.int { fields.append(.init("port", .int(port))) }
+                fields.append(.init("statusCode", .int(redirect["redirectCode"]?.int ?? 301)))
+                filters.append(.object(["type": .string("RequestRedirect"), "requestRedirect": .mapping(fields)]))
+            }
+            if let mirror = route["mirror"], let ref = self.backendRef(mirror, weight: nil, path: "\(path).mirror") {
+                filters.append(.object(["type": .string("RequestMirror"), "requestMirror": .object(["backendRef": ref])]))
+            }
+            let destinations = route["route"]?.items ?? []
+            let refs = destinations.enumerated().compactMap { offset, destination -> YAMLValue? in
+                if destination["headers"] != nil { self.manual.append("\(path).route[\(offset)].headers: per-backend header changes") }
+                return self.backendRef(destination["destination"] ?? .null, weight: destinations.count > 1 ? (destination["weight"]?.int ?? 0) : nil, path: "\(path).route[\(offset)]")
+            }
+            var timeouts: YAMLValue?
+            if let timeout = route["timeout"]?.scalarText {
+                if let duration = Self.gatewayDuration(timeout) {
+                    timeouts = .object(["request": .string(duration)])
+                } else {
+                    self.manual.append("\(path).timeout \(timeout): not a Gateway API duration")
+                }
+            }
+            return .object([
+                "matches": matches.isEmpty ? nil : .sequence(matches),
+                "filters": filters.isEmpty ? nil : .sequence(filters),
+                "backendRefs": refs.isEmpty ? nil : .sequence(refs),
+                "timeouts": timeouts,
+            ])
+        }
+
+        private mutating func match(_ match: YAMLValue, path: String) -> YAMLValue {
+            for field in HTTPRouteTranslation.unsupportedMatchFields where match[field] != nil {
+                self.manual.append("\(path).\(field): no HTTPRoute match equivalent")
+            }
+            var fields: [YAMLValue.Entry] = []
+            if let uri = match["uri"] {
+                if let value = self.stringMatch(uri, path: "\(path).uri", kinds: ["exact": "Exact", "prefix": "PathPrefix", "regex": "RegularExpression"]) {
+                    fields.append(.init("path", .object(["type": .string(value.0), "value": .string(value.1)])))
+                }
+            }
+            for (field, target) in [("headers", "headers"), ("queryParams", "queryParams")] {
+                guard let entries = match[field]?.entries else { continue }
+                let items = entries.compactMap { entry -> YAMLValue? in
+                    guard let value = self.stringMatch(entry.value, path: "\(path).\(field).\(entry.key)", kinds: ["exact": "Exact", "regex": "RegularExpression"]) else { return nil }
+                    return .object(["name": .string(entry.key), "type": .string(value.0), "value": .string(value.1)])
+                }
+                fields.append(.init(target, .sequence(items)))
+            }
+            if let method = match["method"] {
+                if let exact = method["exact"]?.scalarText {
+                    fields.append(.init("method", .string(exact)))
+                } else {
+                    self.manual.append("\(path).method: only exact method matches translate")
+                }
+            }
+            return .mapping(fields)
+        }
+
+        private mutating func stringMatch(_ value: YAMLValue, path: String, kinds: [String: String]) -> (String, String)? {
+            for (key, type) in kinds.sorted(by: { $0.key < $1.key }) {
+                if let text = value[key]?.scalarText { return (type, text) }
+            }
+            self.manual.append("\(path): only \(kinds.keys.sorted().joined(separator: "/")) matches translate")
+            return nil
+        }
+
+        private mutating func backendRef(_ destination: YAMLValue, weight: Int?, path: String) -> YAMLValue? {
+            guard let host = destination["host"]?.scalarText, let service = self.cluster.service(host: host, from: self.virtualService.namespace) else {
+                self.manual.append("\(path): destination host \(destination["host"]?.scalarText ?? "?") is not a Service in the input")
+                return nil
+            }
+            let port = destination["port"]?["number"]?.int ?? (service.ports.count == 1 ? service.ports[0] : nil)
+            guard let port else {
+                self.manual.append("\(path): \(service.key) has \(service.ports.count) ports and the destination names none")
+                return nil
+            }
+            var name = service.name
+            if let subset = destination["subset"]?.scalarText {
+                guard let labels = self.cluster.subsets[service.key]?[subset] else {
+                    self.manual.append("\(path): subset \(subset) of \(service.key) is not defined by a DestinationRule in the input")
+                    return nil
+                }
+                name = "\(service.name)-\(subset)"
+                self.addVersionService(name, of: service, subset: subset, labels: labels)
+            }
+            return .object([
+                "name": .string(name),
+                "namespace": service.namespace == self.virtualService.namespace ? nil : .string(service.namespace),
+                "port": .int(port),
+                "weight": weight.map(YAMLValue.int),
+            ])
+        }
+
+        private mutating func addVersionService(_ name: String, of service: Cluster.Service, subset: String, labels: [String: String]) {
+            guard !self.versionServices.contains(where: { $0.0 == "\(service.namespace)/\(name)" }) else { return }
+            let selector = service.selector.merging(labels) { _, subset in subset }
+            let ports = (service.manifest.spec["ports"]?.items ?? []).map { port in
+                YAMLValue.mapping((port.entries ?? []).filter { ["name", "port", "targetPort", "protocol", "appProtocol"].contains($0.key) })
+            }
+            self.versionServices.append(("\(service.namespace)/\(name)", .object([
+                "apiVersion": .string("v1"),
+                "kind": .string("Service"),
+                "metadata": .object([
+                    "name": .string(name), "namespace": .string(service.namespace),
+                    "labels": service.manifest.labels.isEmpty ? nil : .labels(service.manifest.labels),
+                ]),
+                "spec": .object(["selector": .labels(selector), "ports": .sequence(ports)]),
+            ])))
+        }
+
+        static func headerFilter(_ type: String, _ field: String, _ changes: YAMLValue) -> YAMLValue {
+            func pairs(_ key: String) -> YAMLValue? {
+                guard let entries = changes[key]?.entries, !entries.isEmpty else { return nil }
+                return .sequence(entries.map { .object(["name": .string($0.key), "value": .string($0.value.scalarText ?? "")]) })
+            }
+            let remove = changes["remove"]?.textList ?? []
+            return .object([
+                "type": .string(type),
+                field: .object(["set": pairs("set"), "add": pairs("add"), "remove": remove.isEmpty ? nil : .sequence(remove.map(YAMLValue.string))]),
+            ])
+        }
+
+        /// Istio durations (`1.5s`, `250ms`, `2m`) as Gateway API durations (`1500ms`).
+        static func gatewayDuration(_ text: String) -> String? {
+            let units: [(String, Double)] = [("ms", 0.001), ("h", 3600), ("m", 60), ("s", 1)]
+            for (unit, seconds) in units where text.hasSuffix(unit) {
+                guard let value = Double(text.dropLast(unit.count)), value >= 0 else { return nil }
+                let milliseconds = value * seconds * 1000
+                guard milliseconds == milliseconds.rounded(), milliseconds < 100_000 * 1000 else { return nil }
+                let whole = Int(milliseconds)
+                return whole % 1000 == 0 ? "\(whole / 1000)s" : "\(whole)ms"
+            }
+            return nil
+        }
+    }
+}

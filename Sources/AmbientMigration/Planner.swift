@@ -1,0 +1,164 @@
+/// Turns the per-resource analysis into a plan: waypoints and their granularity, twins
+/// and route translations, namespace labels, and the ordered commands.
+struct Planner {
+    let configuration: MigrationAnalyzer.Configuration
+    let cluster: Cluster
+    let analyses: [(Manifest, Analysis)]
+    private(set) var diagnostics: [Diagnostic] = []
+    var output = MigrationPlan()
+    /// Resources to delete once their replacement is applied.
+    var superseded: [ResourceID] = []
+
+    init(configuration: MigrationAnalyzer.Configuration, cluster: Cluster, analyses: [(Manifest, Analysis)]) {
+        self.configuration = configuration
+        self.cluster = cluster
+        self.analyses = analyses
+    }
+
+    mutating func plan() -> MigrationPlan {
+        self.planWaypoints()
+        self.generateReplacements()
+        self.planNamespaces()
+        self.warnAboutWaypointIdentity()
+        self.writeSteps()
+        return self.output
+    }
+
+    // MARK: Waypoints
+
+    /// Namespace granularity by default; per-service where fewer than half of the
+    /// namespace's Services need L7 processing (policies differ across its services, and a
+    /// namespace waypoint would put every service's traffic through Envoy). Anything that
+    /// applies namespace-wide (a selector-less policy, an egress ServiceEntry) needs the
+    /// namespace waypoint.
+    private mutating func planWaypoints() {
+        var needs: [String: (services: Set<String>, namespaceWide: Bool, resources: Set<String>)] = [:]
+        for (manifest, analysis) in self.analyses where analysis.finding.placement == .waypoint {
+            var byNamespace: [String: [String]] = [:]
+            for key in analysis.finding.services {
+                let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
+                if parts.count == 2 { byNamespace[parts[0], default: []].append(parts[1]) }
+            }
+            if byNamespace.isEmpty, let namespace = analysis.finding.waypointNamespace { byNamespace[namespace] = [] }
+            var namespaceWide = manifest.kind == "ServiceEntry"
+            if case .namespace = analysis.twin { namespaceWide = true }
+            for (namespace, names) in byNamespace {
+                var entry = needs[namespace] ?? ([], false, [])
+                entry.services.formUnion(names)
+                entry.namespaceWide = entry.namespaceWide || namespaceWide
+                entry.resources.insert(manifest.id.description)
+                needs[namespace] = entry
+            }
+        }
+        for (namespace, need) in needs.sorted(by: { $0.key < $1.key }) {
+            // Nothing to put behind a waypoint: a mesh-wide policy (it targets every waypoint
+            // through the GatewayClass) or one that resolved to no Service (warned).
+            if need.services.isEmpty, !need.namespaceWide || namespace == self.configuration.rootNamespace { continue }
+            let existing = self.cluster.gateways.values.first { $0.namespace == namespace && $0.isWaypoint }
+            let total = self.cluster.services(in: namespace).count
+            let scope: MigrationPlan.Waypoint.Scope = need.namespaceWide || need.services.count * 2 >= total ? .namespace : .service
+            let reason = scope == .namespace
+                ? "\(need.services.count) of \(total) Services need L7 processing\(need.namespaceWide ? ", and a namespace-wide resource applies" : "")"
+                : "only \(need.services.count) of \(total) Services need L7 processing: the others stay at L4, without the extra hop"
+            self.output.waypoints.append(MigrationPlan.Waypoint(
+                namespace: namespace, name: existing?.name ?? self.configuration.waypointName, scope: scope,
+                services: need.services.sorted(), reason: "\(reason) (\(need.resources.sorted().joined(separator: ", ")))",
+                existing: existing != nil
+            ))
+            if existing == nil {
+                self.output.generated.append(.init(
+                    Generate.waypoint(self.configuration.waypointName, namespace: namespace),
+                    purpose: "waypoint for \(scope == .namespace ? "namespace \(namespace)" : need.services.sorted().joined(separator: ", "))", source: nil
+                ))
+            }
+        }
+    }
+
+    // MARK: Twins and routes
+
+    private mutating func generateReplacements() {
+        for (manifest, analysis) in self.analyses where analysis.finding.placement == .waypoint {
+            if let targets = analysis.twin {
+                let twins = Generate.twins(of: manifest, targets: targets)
+                guard !twins.isEmpty else {
+                    self.output.manual.append(.init(resource: manifest.id, reasons: ["no Service to target: see the warning; add targetRefs by hand"]))
+                    continue
+                }
+                for twin in twins {
+                    self.output.generated.append(.init(twin, purpose: "replaces the selector-based \(manifest.kind) \(manifest.name), enforced by the waypoint", source: manifest.id))
+                }
+                self.superseded.append(manifest.id)
+            } else if manifest.kind == "VirtualService" {
+                let result = HTTPRouteTranslation.translate(manifest, cluster: self.cluster)
+                if result.manual.isEmpty {
+                    for (index, value) in result.manifests.enumerated() {
+                        self.output.generated.append(.init(
+                            value, purpose: index == 0 ? "HTTPRoute translation of VirtualService \(manifest.name)" : "version Service for the HTTPRoute (Gateway API has no subsets)",
+                            source: manifest.id
+                        ))
+                    }
+                    self.superseded.append(manifest.id)
+                } else {
+                    self.output.manual.append(.init(resource: manifest.id, reasons: result.manual + [
+                        "manual: keep the VirtualService (waypoints apply VirtualServices bound to mesh) or write the HTTPRoute by hand",
+                    ]))
+                }
+            } else if ["DestinationRule", "ServiceEntry"].contains(manifest.kind) {
+                self.output.manual.append(.init(resource: manifest.id, reasons: [
+                    manifest.kind == "ServiceEntry"
+                        ? "label it istio.io/use-waypoint=\(self.waypointName(in: manifest.namespace)) so egress goes through the waypoint"
+                        : "keep it: the waypoint applies DestinationRule traffic policy for the Services it serves",
+                ]))
+            }
+        }
+        for (manifest, analysis) in self.analyses where analysis.finding.placement == .notUsed {
+            self.superseded.append(manifest.id)
+        }
+    }
+
+    private func waypointName(in namespace: String) -> String {
+        self.output.waypoints.first { $0.namespace == namespace }?.name ?? self.configuration.waypointName
+    }
+
+    // MARK: Namespaces
+
+    private mutating func planNamespaces() {
+        let withWorkloads = Set(self.cluster.workloadsNamespaces)
+        for name in self.cluster.namespaceNames where withWorkloads.contains(name) && !MigrationAnalyzer.systemNamespaces.contains(name) && name != self.configuration.rootNamespace {
+            let namespace = self.cluster.namespace(name)
+            let labels = namespace?.labels ?? [:]
+            var remove = ["istio-injection", "istio.io/rev"].filter { labels[$0] != nil }
+            if namespace?.declared != true {
+                remove = ["istio-injection", "istio.io/rev"]
+                self.diagnostics.append(Diagnostic(
+                    .warning, resource: ResourceID(kind: "Namespace", namespace: "", name: name), location: nil,
+                    "missing namespace: workloads use namespace \(name) but no Namespace object is in the input, so its istio-injection and istio.io/rev labels could not be checked; the plan removes both"
+                ))
+            }
+            self.output.namespaces.append(.init(namespace: name, add: ["istio.io/dataplane-mode": "ambient"], remove: remove))
+        }
+    }
+
+    /// Once a Service uses a waypoint, ztunnel at the destination sees the waypoint's
+    /// identity, not the client's: an L4 ALLOW policy on those pods that names sources must
+    /// also allow the waypoint.
+    private mutating func warnAboutWaypointIdentity() {
+        for (manifest, analysis) in self.analyses where manifest.kind == "AuthorizationPolicy" && analysis.finding.placement == .nodeProxy {
+            guard (manifest.spec["action"]?.scalarText ?? "ALLOW") == "ALLOW", !(manifest.spec["rules"]?.items ?? []).isEmpty,
+                  let waypoint = self.output.waypoints.first(where: { $0.namespace == manifest.namespace }) else { continue }
+            let principal = "\(self.configuration.trustDomain)/ns/\(waypoint.namespace)/sa/\(waypoint.name)"
+            let sources = (manifest.spec["rules"]?.items ?? []).flatMap { $0["from"]?.items ?? [] }.compactMap { $0["source"] }
+            let allowsWaypoint = sources.contains { source in
+                (source["principals"]?.textList ?? []).contains(principal) || (source["namespaces"]?.textList ?? []).contains(waypoint.namespace)
+            }
+            if sources.isEmpty || allowsWaypoint { continue }
+            let targets = PolicyAnalysis.targets(of: manifest, in: self.cluster)
+            let behind = targets.services.filter { waypoint.scope == .namespace || waypoint.services.contains($0.name) }
+            guard !behind.isEmpty else { continue }
+            self.diagnostics.append(Diagnostic(
+                .warning, resource: manifest.id, location: manifest.location,
+                "L4 ALLOW on pods behind waypoint \(waypoint.name) (\(behind.map(\.name).joined(separator: ", "))): ztunnel then sees the waypoint's identity, so add principal \(principal) to a rule, or move the source checks to the waypoint"
+            ))
+        }
+    }
+}

@@ -1,0 +1,157 @@
+import AmbientMigration
+import Foundation
+import MeshTestSupport
+import Testing
+
+/// Bad and unusual input: invalid YAML, non-objects, List dumps, unknown kinds, missing
+/// namespaces, policies that select no Service.
+@Suite("migration analyzer input handling")
+struct InputTests {
+    static func analyze(_ text: String, file: String = "input.yaml") -> MigrationReport {
+        MigrationAnalyzer().analyze(ManifestLoader.parse(text, file: file))
+    }
+
+    @Test("invalid YAML is an error with file and line; the other files are still read")
+    func invalidYAML() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ambient-migrate-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try "apiVersion: v1\nkind: Service\nmetadata:\n  name: ok\n  namespace: a\nspec:\n  selector: {app: ok\n".write(to: directory.appendingPathComponent("broken.yaml"), atomically: true, encoding: .utf8)
+        try "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n".write(to: directory.appendingPathComponent("good.yml"), atomically: true, encoding: .utf8)
+        try "not: [a manifest".write(to: directory.appendingPathComponent("notes.txt"), atomically: true, encoding: .utf8)
+        let input = ManifestLoader.load(paths: [directory.path, directory.appendingPathComponent("missing.yaml").path])
+        #expect(input.manifests.map(\.name) == ["a"])
+        let errors = input.diagnostics.filter { $0.severity == .error }
+        #expect(errors.count == 2, "\(errors)")
+        let yaml = try #require(errors.first { $0.location?.file.hasSuffix("broken.yaml") == true })
+        #expect(yaml.message.hasPrefix("invalid YAML at line"), "\(yaml.message)")
+        #expect(yaml.location?.line != nil)
+        #expect(errors.contains { $0.message == "no such file or directory" })
+        #expect(MigrationAnalyzer().analyze(input).hasErrors)
+    }
+
+    @Test("documents that are not Kubernetes objects are errors, empty documents are skipped")
+    func notObjects() {
+        let input = ManifestLoader.parse("---\n- a\n- b\n---\nname: x\n---\n---\napiVersion: v1\nkind: Service\nmetadata: {}\n", file: "odd.yaml")
+        #expect(input.manifests.isEmpty)
+        #expect(input.diagnostics.map(\.message) == [
+            "document 1 is not a Kubernetes object (a mapping with apiVersion and kind)",
+            "document 2 has no kind or apiVersion: not a Kubernetes object",
+            "Service in document 4 has no metadata.name",
+        ])
+        #expect(input.diagnostics.allSatisfy { $0.severity == .error && $0.location?.file == "odd.yaml" })
+    }
+
+    @Test("kubectl List dumps are flattened")
+    func lists() {
+        let input = ManifestLoader.parse("""
+            apiVersion: v1
+            kind: List
+            items:
+            - apiVersion: v1
+              kind: Service
+              metadata: {name: a, namespace: x}
+            - apiVersion: security.istio.io/v1
+              kind: AuthorizationPolicyList
+              items:
+              - apiVersion: security.istio.io/v1
+                kind: AuthorizationPolicy
+                metadata: {name: p, namespace: x}
+            """, file: "dump.yaml")
+        #expect(input.diagnostics.isEmpty)
+        #expect(input.manifests.map(\.id.description) == ["Service x/a", "AuthorizationPolicy x/p"])
+    }
+
+    @Test("unknown kinds are listed with a note, not fatal")
+    func unknownKinds() {
+        let report = Self.analyze("""
+            apiVersion: networking.istio.io/v1alpha3
+            kind: EnvoyFilter
+            metadata: {name: lua, namespace: x}
+            ---
+            apiVersion: example.com/v1
+            kind: Widget
+            metadata: {name: w, namespace: x}
+            """)
+        #expect(!report.hasErrors)
+        #expect(report.findings.map(\.placement) == [.unknown, .unknown])
+        #expect(report.diagnostics.filter { $0.message.hasPrefix("unknown kind") }.count == 2)
+    }
+
+    @Test("missing namespaces: undeclared metadata.namespace, no Namespace object, unknown policy namespace")
+    func missingNamespaces() {
+        let report = Self.analyze("""
+            apiVersion: apps/v1
+            kind: Deployment
+            metadata: {name: app}
+            spec:
+              template:
+                metadata: {labels: {app: app}}
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: from-elsewhere, namespace: default}
+            spec:
+              rules:
+              - from:
+                - source: {namespaces: [nowhere]}
+            """)
+        let messages = report.diagnostics.map(\.message)
+        #expect(messages.contains { $0.hasPrefix("no metadata.namespace: assumed \"default\"") })
+        #expect(messages.contains { $0.hasPrefix("missing namespace: workloads use namespace default") })
+        #expect(messages.contains("refers to namespace nowhere, which is not in the input (missing namespace, or a typo?)"))
+        #expect(report.plan.namespaces.first?.remove == ["istio-injection", "istio.io/rev"])
+    }
+
+    @Test("a policy selecting no Service is warned with the reason, and left for manual work")
+    func selectsNoService() {
+        let report = Self.analyze("""
+            apiVersion: apps/v1
+            kind: Deployment
+            metadata: {name: worker, namespace: jobs}
+            spec:
+              template:
+                metadata: {labels: {app: worker}}
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: worker-get, namespace: jobs}
+            spec:
+              selector: {matchLabels: {app: worker}}
+              rules:
+              - to: [{operation: {methods: [GET]}}]
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: ghost-get, namespace: jobs}
+            spec:
+              selector: {matchLabels: {app: ghost}}
+              rules:
+              - to: [{operation: {methods: [GET]}}]
+            """)
+        let warnings = report.diagnostics.filter { $0.severity == .warning && $0.message.hasPrefix("selects no Service") }
+        #expect(warnings.first { $0.resource?.name == "worker-get" }?.message.contains("matches Deployment worker, but no Service in namespace jobs selects those pods") == true)
+        #expect(warnings.first { $0.resource?.name == "ghost-get" }?.message.contains("matches no Deployment or Pod in namespace jobs") == true)
+        #expect(Set(report.plan.manual.map(\.resource.name)) == ["worker-get", "ghost-get"])
+        #expect(report.plan.generated.filter { $0.resource.kind == "AuthorizationPolicy" }.isEmpty)
+    }
+
+    @Test("fuzz: mutated fixture files never crash the loader or the analyzer", arguments: [UInt64(71), 72])
+    func fuzz(seed: UInt64) throws {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/shop")
+        let files = try FileManager.default.contentsOfDirectory(atPath: fixture.path).sorted()
+        var generator = SeededGenerator(seed: seed)
+        var errors = 0
+        for round in 0..<300 {
+            let file = files[round % files.count]
+            let bytes = try [UInt8](Data(contentsOf: fixture.appendingPathComponent(file)))
+            let text = String(decoding: generator.mutate(bytes), as: UTF8.self)
+            let input = ManifestLoader.parse(text, file: file)
+            let report = MigrationAnalyzer().analyze(input)
+            errors += report.hasErrors ? 1 : 0
+            #expect(report.diagnostics.allSatisfy { !$0.message.isEmpty }, "seed \(seed) round \(round)")
+            _ = report.text(color: false)
+        }
+        #expect(errors > 0, "no mutation produced invalid input: the fuzzer is not reaching the error paths")
+    }
+}
