@@ -33,13 +33,7 @@ extension PolicyAnalysis {
     // MARK: RequestAuthentication
 
     static func requestAuthentication(_ manifest: Manifest, cluster: Cluster) -> Analysis {
-        if let refs = Self.targetRefs(of: manifest) {
-            return Analysis(finding: Self.attached(manifest, refs: refs, cluster: cluster))
-        }
-        let selector = manifest.spec["selector"]?["matchLabels"]?.stringMap ?? [:]
-        if cluster.selectsGateway(selector, in: manifest.namespace) {
-            return Analysis(finding: Self.gatewayFinding(manifest))
-        }
+        if let placed = Self.placedElsewhere(manifest, cluster: cluster) { return placed }
         let issuers = (manifest.spec["jwtRules"]?.items ?? []).compactMap { $0["issuer"]?.scalarText }
         let targets = Self.targets(of: manifest, in: cluster)
         var analysis = Analysis(finding: Finding(
@@ -61,13 +55,7 @@ extension PolicyAnalysis {
     /// Tracing, request metrics and HTTP access logs come from Envoy; ztunnel emits its own
     /// TCP metrics and access logs and does not read Telemetry.
     static func telemetry(_ manifest: Manifest, cluster: Cluster) -> Analysis {
-        if let refs = Self.targetRefs(of: manifest) {
-            return Analysis(finding: Self.attached(manifest, refs: refs, cluster: cluster))
-        }
-        let selector = manifest.spec["selector"]?["matchLabels"]?.stringMap ?? [:]
-        if cluster.selectsGateway(selector, in: manifest.namespace) {
-            return Analysis(finding: Self.gatewayFinding(manifest))
-        }
+        if let placed = Self.placedElsewhere(manifest, cluster: cluster) { return placed }
         let sections = ["tracing", "metrics", "accessLogging"].filter { manifest.spec[$0].map { !$0.isEmpty } ?? false }
         let finding = Finding(resource: manifest.id, apiVersion: manifest.apiVersion, location: manifest.location, placement: .unaffected, reasons: [])
         var analysis = Analysis(finding: finding)

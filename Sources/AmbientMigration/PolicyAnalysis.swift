@@ -91,6 +91,19 @@ enum PolicyAnalysis {
         )
     }
 
+    /// A policy that already uses `targetRefs`, or whose selector picks gateway pods, needs
+    /// no migration: its analysis; `nil` for a selector-based policy on workloads.
+    static func placedElsewhere(_ manifest: Manifest, cluster: Cluster) -> Analysis? {
+        if let refs = Self.targetRefs(of: manifest) {
+            return Analysis(finding: Self.attached(manifest, refs: refs, cluster: cluster))
+        }
+        let selector = manifest.spec["selector"]?["matchLabels"]?.stringMap ?? [:]
+        if cluster.selectsGateway(selector, in: manifest.namespace) {
+            return Analysis(finding: Self.gatewayFinding(manifest))
+        }
+        return nil
+    }
+
     static func gatewayFinding(_ manifest: Manifest) -> Finding {
         Finding(
             resource: manifest.id, apiVersion: manifest.apiVersion, location: manifest.location, placement: .ingressGateway,
@@ -159,13 +172,7 @@ enum PolicyAnalysis {
     }
 
     static func authorizationPolicy(_ manifest: Manifest, cluster: Cluster) -> Analysis {
-        if let refs = Self.targetRefs(of: manifest) {
-            return Analysis(finding: Self.attached(manifest, refs: refs, cluster: cluster))
-        }
-        let selector = manifest.spec["selector"]?["matchLabels"]?.stringMap ?? [:]
-        if cluster.selectsGateway(selector, in: manifest.namespace) {
-            return Analysis(finding: Self.gatewayFinding(manifest))
-        }
+        if let placed = Self.placedElsewhere(manifest, cluster: cluster) { return placed }
         let action = manifest.spec["action"]?.scalarText ?? "ALLOW"
         let rules = manifest.spec["rules"]?.items ?? []
         let scans = rules.enumerated().map { Self.scan(rule: $0.element, index: $0.offset) }
