@@ -23,6 +23,8 @@ struct Cluster {
         var ports: [Int]
         /// `spec.ports[].name` by port.
         var portNames: [Int: String]
+        /// `clusterIP: None`: clients resolve pod IPs, so a waypoint never sees its traffic.
+        var headless: Bool
         var manifest: Manifest
 
         var key: String { "\(self.namespace)/\(self.name)" }
@@ -45,6 +47,8 @@ struct Cluster {
     private(set) var istioGateways: Set<String> = []
     /// DestinationRule subsets by `namespace/service` then subset name.
     private(set) var subsets: [String: [String: [String: String]]] = [:]
+    /// `namespace/service` of the Services a DestinationRule gives traffic policy.
+    private(set) var subsetPolicies: Set<String> = []
 
     static let workloadKinds: Set<String> = ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"]
     static let inventoryKinds: Set<String> = workloadKinds.union(["Namespace", "Service", "ServiceAccount"])
@@ -75,7 +79,8 @@ struct Cluster {
             self.services.append(Service(
                 namespace: manifest.namespace, name: manifest.name,
                 selector: manifest.spec["selector"]?.stringMap ?? [:],
-                ports: ports.compactMap { $0["port"]?.int }, portNames: names, manifest: manifest
+                ports: ports.compactMap { $0["port"]?.int }, portNames: names,
+                headless: manifest.spec["clusterIP"]?.scalarText == "None", manifest: manifest
             ))
         case let kind where Self.workloadKinds.contains(kind):
             let pod = kind == "Pod" ? manifest.body : (manifest.spec["template"] ?? .null)
@@ -98,6 +103,9 @@ struct Cluster {
 
     private mutating func indexSubsets(_ manifest: Manifest) {
         guard let host = manifest.spec["host"]?.string, let service = self.service(host: host, from: manifest.namespace) else { return }
+        if manifest.spec["trafficPolicy"] != nil || (manifest.spec["subsets"]?.items ?? []).contains(where: { $0["trafficPolicy"] != nil }) {
+            self.subsetPolicies.insert(service.key)
+        }
         for subset in manifest.spec["subsets"]?.items ?? [] {
             guard let name = subset["name"]?.scalarText else { continue }
             self.subsets[service.key, default: [:]][name] = subset["labels"]?.stringMap ?? [:]
@@ -134,6 +142,12 @@ struct Cluster {
         }
     }
 
+    /// The workloads a Service selects.
+    func workloads(selectedBy service: Service) -> [Workload] {
+        guard !service.selector.isEmpty else { return [] }
+        return self.workloads.filter { $0.namespace == service.namespace && Self.matches(service.selector, $0.podLabels) }
+    }
+
     static func matches(_ selector: [String: String], _ labels: [String: String]) -> Bool {
         selector.allSatisfy { labels[$0.key] == $0.value }
     }
@@ -154,9 +168,19 @@ struct Cluster {
         return self.services.first { $0.namespace == serviceNamespace && $0.name == first }
     }
 
+    /// Ingress gateways (Gateway API Gateways that are not waypoints, Istio Gateways) in a
+    /// namespace, or in all when `namespace` is `nil`, as `namespace/name`.
+    func gatewayNames(in namespace: String?) -> [String] {
+        let gatewayAPI = self.gateways.values.filter { !$0.isWaypoint && (namespace == nil || $0.namespace == namespace) }.map { "\($0.namespace)/\($0.name)" }
+        let istio = self.istioGateways.filter { namespace == nil || $0.hasPrefix("\(namespace!)/") }
+        return (gatewayAPI + istio).sorted()
+    }
+
     /// Whether a selector picks ingress/egress gateway pods (which keep their Envoy).
     func selectsGateway(_ selector: [String: String], in namespace: String) -> Bool {
-        if selector["istio"] == "ingressgateway" || selector["istio"] == "egressgateway" { return true }
+        // Istio's gateway installs label their pods `istio: ingressgateway` / `egressgateway`
+        // (istioctl) or `istio: <release>` (the Helm gateway chart, e.g. `ingress`).
+        if let value = selector["istio"], ["gateway", "ingress", "egress"].contains(where: value.contains) { return true }
         if let name = selector["gateway.networking.k8s.io/gateway-name"] {
             return !(self.gateways["\(namespace)/\(name)"]?.isWaypoint ?? false)
         }

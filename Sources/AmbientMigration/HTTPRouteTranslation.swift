@@ -13,6 +13,8 @@ enum HTTPRouteTranslation {
         var manifests: [YAMLValue] = []
         /// Why it could not be translated; empty when it was.
         var manual: [String] = []
+        /// Differences worth knowing in a translation that was made.
+        var notes: [String] = []
     }
 
     static let unsupportedRouteFields = ["retries", "fault", "corsPolicy", "delegate", "directResponse", "mirrors", "mirrorPercentage", "mirrorPercent", "uriRegexRewrite"]
@@ -27,6 +29,7 @@ enum HTTPRouteTranslation {
         let virtualService: Manifest
         let cluster: Cluster
         var manual: [String] = []
+        var notes: [String] = []
         /// `service-subset` → the Service to generate, in first-use order.
         var versionServices: [(String, YAMLValue)] = []
 
@@ -46,22 +49,84 @@ enum HTTPRouteTranslation {
                     self.manual.append("host \(host) is not a Service in the input")
                     continue
                 }
-                parents.append(.object([
-                    "group": .string(""), "kind": .string("Service"), "name": .string(service.name),
-                    "namespace": service.namespace == self.virtualService.namespace ? nil : .string(service.namespace),
-                ]))
+                if service.namespace != self.virtualService.namespace {
+                    // A parent in another namespace makes a GAMMA consumer route: it would
+                    // apply only to clients in this namespace, not to every caller as the
+                    // VirtualService does.
+                    self.manual.append("host \(host) is in namespace \(service.namespace): as an HTTPRoute here it would be a consumer route for this namespace's clients only")
+                    continue
+                }
+                let parent = YAMLValue.object(["group": .string(""), "kind": .string("Service"), "name": .string(service.name)])
+                if !parents.contains(parent) { parents.append(parent) }
             }
             let routes = spec["http"]?.items ?? []
             if routes.isEmpty { self.manual.append("no http routes") }
+            if routes.count > 16 { self.manual.append("\(routes.count) http routes: an HTTPRoute holds at most 16 rules") }
+            self.checkOrder(routes)
             let rules = routes.enumerated().map { self.rule($0.element, index: $0.offset) }
             guard self.manual.isEmpty else { return Result(manual: self.manual) }
+            if routes.contains(where: { ($0["match"]?.items ?? []).contains { $0["uri"]?["prefix"]?.scalarText.map { !$0.hasSuffix("/") && $0 != "/" } ?? false } }) {
+                self.notes.append("PathPrefix matches whole path segments: a prefix like /api no longer matches /apix, as Istio's string prefix did")
+            }
             let route = YAMLValue.object([
                 "apiVersion": .string("gateway.networking.k8s.io/v1"),
                 "kind": .string("HTTPRoute"),
                 "metadata": .object(["name": .string(self.virtualService.name), "namespace": .string(self.virtualService.namespace)]),
                 "spec": .object(["parentRefs": .sequence(parents), "rules": .sequence(rules)]),
             ])
-            return Result(manifests: [route] + self.versionServices.map(\.1))
+            return Result(manifests: [route] + self.versionServices.map(\.1), notes: self.notes)
+        }
+
+        /// Istio tries the http routes in order; an HTTPRoute ranks matches by specificity
+        /// (exact path, longest prefix, method, most headers, most query parameters) and only
+        /// then by rule order. The translation is kept only where both pick the same rule:
+        /// no later route may hold a match more specific than an earlier one's.
+        private mutating func checkOrder(_ routes: [YAMLValue]) {
+            let ranks = routes.map { route in
+                (route["match"]?.items ?? []).isEmpty ? [Precedence.catchAll] : (route["match"]?.items ?? []).map(Precedence.init)
+            }
+            if routes.count > 1, ranks.joined().contains(where: \.regex) {
+                self.manual.append("regex path matches with several routes: HTTPRoute ranks them implementation-specifically, not in order")
+                return
+            }
+            for later in ranks.indices {
+                for earlier in ranks.indices where earlier < later {
+                    if ranks[later].contains(where: { candidate in ranks[earlier].contains { candidate > $0 } }) {
+                        self.manual.append("http[\(later)] is more specific than http[\(earlier)]: an HTTPRoute would try it first, Istio tries http[\(earlier)] first")
+                    }
+                }
+            }
+        }
+
+        /// Gateway API match precedence, highest first.
+        struct Precedence: Comparable {
+            var exact: Bool
+            var length: Int
+            var method: Bool
+            var headers: Int
+            var queries: Int
+            var regex = false
+
+            static let catchAll = Precedence(exact: false, length: 1, method: false, headers: 0, queries: 0)
+
+            init(exact: Bool, length: Int, method: Bool, headers: Int, queries: Int) {
+                (self.exact, self.length, self.method, self.headers, self.queries) = (exact, length, method, headers, queries)
+            }
+
+            init(_ match: YAMLValue) {
+                let uri = match["uri"]
+                let path = uri?["exact"]?.scalarText ?? uri?["prefix"]?.scalarText ?? "/"
+                self.init(
+                    exact: uri?["exact"] != nil, length: path.count, method: match["method"] != nil,
+                    headers: match["headers"]?.entries?.count ?? 0, queries: match["queryParams"]?.entries?.count ?? 0
+                )
+                self.regex = uri?["regex"] != nil
+            }
+
+            static func < (lhs: Precedence, rhs: Precedence) -> Bool {
+                (lhs.exact ? 1 : 0, lhs.length, lhs.method ? 1 : 0, lhs.headers, lhs.queries)
+                    < (rhs.exact ? 1 : 0, rhs.length, rhs.method ? 1 : 0, rhs.headers, rhs.queries)
+            }
         }
 
         private mutating func rule(_ route: YAMLValue, index: Int) -> YAMLValue {
@@ -69,8 +134,9 @@ enum HTTPRouteTranslation {
             for field in HTTPRouteTranslation.unsupportedRouteFields where route[field] != nil {
                 self.manual.append("\(path).\(field): no standard HTTPRoute equivalent")
             }
-            let matches = (route["match"]?.items ?? []).enumerated().map { self.match($0.element, path: "\(path).match[\($0.offset)]") }
-            let allPrefix = !(route["match"]?.items ?? []).isEmpty && (route["match"]?.items ?? []).allSatisfy { $0["uri"]?["prefix"] != nil }
+            let matchItems = route["match"]?.items ?? []
+            var matches = matchItems.enumerated().map { self.match($0.element, path: "\(path).match[\($0.offset)]") }
+            let prefixes = matchItems.filter { $0["uri"]?["prefix"] != nil }.count
             var filters: [YAMLValue] = []
             if let headers = route["headers"] {
                 if let request = headers["request"] { filters.append(Self.headerFilter("RequestHeaderModifier", "requestHeaderModifier", request)) }
@@ -79,9 +145,18 @@ enum HTTPRouteTranslation {
             if let rewrite = route["rewrite"] {
                 var fields: [YAMLValue.Entry] = []
                 if let uri = rewrite["uri"]?.scalarText {
-                    fields.append(.init("path", allPrefix
-                        ? .object(["type": .string("ReplacePrefixMatch"), "replacePrefixMatch": .string(uri)])
-                        : .object(["type": .string("ReplaceFullPath"), "replaceFullPath": .string(uri)])))
+                    // Istio rewrites the matched prefix (all of `/` without a match); Gateway
+                    // API allows ReplacePrefixMatch only with exactly one PathPrefix match.
+                    if matchItems.isEmpty {
+                        matches = [.object(["path": .object(["type": .string("PathPrefix"), "value": .string("/")])])]
+                        fields.append(.init("path", .object(["type": .string("ReplacePrefixMatch"), "replacePrefixMatch": .string(uri)])))
+                    } else if matchItems.count == 1, prefixes == 1 {
+                        fields.append(.init("path", .object(["type": .string("ReplacePrefixMatch"), "replacePrefixMatch": .string(uri)])))
+                    } else if prefixes == 0, matchItems.allSatisfy({ $0["uri"]?["exact"] != nil }) {
+                        fields.append(.init("path", .object(["type": .string("ReplaceFullPath"), "replaceFullPath": .string(uri)])))
+                    } else {
+                        self.manual.append("\(path).rewrite.uri with \(matchItems.count) matches: ReplacePrefixMatch needs exactly one PathPrefix match (split the route)")
+                    }
                 }
                 if let authority = rewrite["authority"]?.scalarText { fields.append(.init("hostname", .string(authority))) }
                 filters.append(.object(["type": .string("URLRewrite"), "urlRewrite": .mapping(fields)]))
@@ -94,7 +169,13 @@ enum HTTPRouteTranslation {
                     fields.append(.init("path", .object(["type": .string("ReplaceFullPath"), "replaceFullPath": .string(uri)])))
                 }
                 if let port = redirect["port"]?.int { fields.append(.init("port", .int(port))) }
-                fields.append(.init("statusCode", .int(redirect["redirectCode"]?.int ?? 301)))
+                if redirect["derivePort"] != nil { self.manual.append("\(path).redirect.derivePort: no HTTPRoute equivalent") }
+                let code = redirect["redirectCode"]?.int ?? 301
+                if code == 301 || code == 302 {
+                    fields.append(.init("statusCode", .int(code)))
+                } else {
+                    self.manual.append("\(path).redirect.redirectCode \(code): HTTPRoute redirects are 301 or 302 only")
+                }
                 filters.append(.object(["type": .string("RequestRedirect"), "requestRedirect": .mapping(fields)]))
             }
             if let mirror = route["mirror"], let ref = self.backendRef(mirror, weight: nil, path: "\(path).mirror") {
@@ -162,6 +243,10 @@ enum HTTPRouteTranslation {
                 self.manual.append("\(path): destination host \(destination["host"]?.scalarText ?? "?") is not a Service in the input")
                 return nil
             }
+            if service.namespace != self.virtualService.namespace {
+                self.manual.append("\(path): \(service.key) is in another namespace: an HTTPRoute backendRef there needs a ReferenceGrant")
+                return nil
+            }
             let port = destination["port"]?["number"]?.int ?? (service.ports.count == 1 ? service.ports[0] : nil)
             guard let port else {
                 self.manual.append("\(path): \(service.key) has \(service.ports.count) ports and the destination names none")
@@ -174,7 +259,19 @@ enum HTTPRouteTranslation {
                     return nil
                 }
                 name = "\(service.name)-\(subset)"
-                self.addVersionService(name, of: service, subset: subset, labels: labels)
+                let selector = service.selector.merging(labels) { _, subset in subset }
+                if let existing = self.cluster.service(host: "\(name).\(service.namespace)", from: service.namespace) {
+                    // Reuse a version Service that already exists; never overwrite another one.
+                    if existing.selector != selector {
+                        self.manual.append("\(path): Service \(existing.key) exists with another selector than subset \(subset) needs")
+                        return nil
+                    }
+                } else {
+                    self.addVersionService(name, of: service, selector: selector)
+                }
+                if self.cluster.subsetPolicies.contains(service.key) {
+                    self.notes.append("\(service.key) has DestinationRule traffic policy: it does not follow the route to \(name); copy it to a DestinationRule for \(name)")
+                }
             }
             return .object([
                 "name": .string(name),
@@ -184,9 +281,8 @@ enum HTTPRouteTranslation {
             ])
         }
 
-        private mutating func addVersionService(_ name: String, of service: Cluster.Service, subset: String, labels: [String: String]) {
+        private mutating func addVersionService(_ name: String, of service: Cluster.Service, selector: [String: String]) {
             guard !self.versionServices.contains(where: { $0.0 == "\(service.namespace)/\(name)" }) else { return }
-            let selector = service.selector.merging(labels) { _, subset in subset }
             let ports = (service.manifest.spec["ports"]?.items ?? []).map { port in
                 YAMLValue.mapping((port.entries ?? []).filter { ["name", "port", "targetPort", "protocol", "appProtocol"].contains($0.key) })
             }
@@ -221,7 +317,9 @@ enum HTTPRouteTranslation {
                 let milliseconds = value * seconds * 1000
                 guard milliseconds == milliseconds.rounded(), milliseconds < 100_000 * 1000 else { return nil }
                 let whole = Int(milliseconds)
-                return whole % 1000 == 0 ? "\(whole / 1000)s" : "\(whole)ms"
+                // Gateway API durations allow at most 5 digits per unit.
+                if whole % 1000 == 0, whole / 1000 <= 99_999 { return "\(whole / 1000)s" }
+                return whole <= 99_999 ? "\(whole)ms" : nil
             }
             return nil
         }

@@ -1,18 +1,23 @@
 extension Planner {
     /// The commands in the order that keeps traffic flowing: waypoints and their policies
-    /// first (they take effect only for traffic that reaches them), then the namespace
-    /// labels, then the removal of what ztunnel would misapply, then the restarts that
-    /// take the sidecars away.
+    /// first (they take effect only for traffic that reaches them, and the via-waypoint
+    /// companions let the waypoint reach pods that still have sidecars), then the
+    /// namespace labels, then the restarts that take the sidecars away, then the removal of
+    /// what the waypoints replace.
     mutating func writeSteps() {
         let directory = self.configuration.emitDirectory
         var steps: [MigrationPlan.Step] = []
         steps.append(.init(
-            title: "Install ambient mode (istio-cni, ztunnel) and the Gateway API CRDs",
+            title: "Add ambient mode (istio-cni, ztunnel) to the Istio install, and the Gateway API CRDs",
             commands: [
-                "istioctl install --set profile=ambient --skip-confirmation",
                 "kubectl get crd gateways.gateway.networking.k8s.io >/dev/null 2>&1 || kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.2.1/standard-install.yaml",
+                "helm upgrade istiod istio/istiod -n istio-system --reuse-values --set profile=ambient --wait",
+                "helm install istio-cni istio/cni -n istio-system --set profile=ambient --wait",
+                "helm install ztunnel istio/ztunnel -n istio-system --wait",
             ],
-            notes: ["on a cluster that already runs Istio with sidecars, upgrade it to a revision with the ambient components instead"]
+            notes: [
+                "Helm shown; with istioctl, run `istioctl install -f <your IstioOperator> --set profile=ambient` — a bare `--set profile=ambient` drops components your install has, such as istio-ingressgateway",
+            ]
         ))
         var waypointCommands: [String] = []
         for waypoint in self.output.waypoints where !waypoint.existing {
@@ -44,12 +49,12 @@ extension Planner {
         let generatedNamespaces = Array(Set(self.output.generated.filter { $0.resource.kind != "Gateway" }.map(\.resource.namespace))).sorted()
         if !generatedNamespaces.isEmpty {
             steps.append(.init(
-                title: "Apply the waypoint policies and routes (targetRefs twins, HTTPRoutes, version Services)",
+                title: "Apply the waypoint policies and routes (targetRefs twins, via-waypoint companions, HTTPRoutes, version Services)",
                 commands: generatedNamespaces.map { namespace in
                     let files = self.output.generated.filter { $0.resource.namespace == namespace && $0.resource.kind != "Gateway" }.map { "-f \(directory)/\($0.path)" }
                     return "kubectl apply \(files.joined(separator: " "))"
                 },
-                notes: ["while sidecars are still running they keep enforcing the old resources; the twins act only on traffic through the waypoint"]
+                notes: ["while sidecars are still running they keep enforcing the old resources; the twins act only on traffic through the waypoint, and the companions only add the waypoint's identity to who may connect"]
             ))
         }
         if !self.output.namespaces.isEmpty {
@@ -62,13 +67,6 @@ extension Planner {
                 notes: ["pods that still have a sidecar are left alone by istio-cni until they restart"]
             ))
         }
-        if !self.superseded.isEmpty {
-            steps.append(.init(
-                title: "Delete what the waypoints replace and what ambient ignores",
-                commands: self.superseded.map { "kubectl delete \($0.kind.lowercased()) \($0.name) -n \($0.namespace)" },
-                notes: ["do this before the restarts: a selector-based ALLOW policy with HTTP rules makes ztunnel deny every connection to the restarted pods"]
-            ))
-        }
         let restarts = self.output.namespaces.flatMap { change in
             Set(self.cluster.workloadKinds(in: change.namespace)).sorted().map { "kubectl rollout restart \($0.lowercased()) -n \(change.namespace)" }
         }
@@ -77,6 +75,16 @@ extension Planner {
                 title: "Restart the workloads without sidecars",
                 commands: restarts,
                 notes: ["afterwards every pod shows 1/1 containers (no istio-proxy), and `istioctl ztunnel-config workloads` lists them with protocol HBONE"]
+            ))
+        }
+        if !self.superseded.isEmpty {
+            steps.append(.init(
+                title: "Delete what the waypoints replace and what ambient ignores",
+                commands: self.superseded.map { "kubectl delete \($0.kind.lowercased()) \($0.name) -n \($0.namespace)" },
+                notes: [
+                    "after the restarts: until then pods with sidecars enforce the originals; at ztunnel an original ALLOW with HTTP rules allows nothing, so only its via-waypoint companion lets traffic in",
+                    "istiod releases that match an emptied DENY clause to every connection deny all traffic to restarted pods until such a DENY policy is deleted: on those, delete the DENY policies right before the restarts",
+                ]
             ))
         }
         self.output.steps = steps

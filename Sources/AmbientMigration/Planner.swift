@@ -29,10 +29,10 @@ struct Planner {
     /// Namespace granularity by default; per-service where fewer than half of the
     /// namespace's Services need L7 processing (policies differ across its services, and a
     /// namespace waypoint would put every service's traffic through Envoy). Anything that
-    /// applies namespace-wide (a selector-less policy, an egress ServiceEntry) needs the
-    /// namespace waypoint.
+    /// applies namespace-wide (a selector-less policy) needs the namespace waypoint; an
+    /// egress ServiceEntry needs a waypoint to exist, and is labelled to use it itself.
     private mutating func planWaypoints() {
-        var needs: [String: (services: Set<String>, namespaceWide: Bool, resources: Set<String>)] = [:]
+        var needs: [String: (services: Set<String>, namespaceWide: Bool, egress: Bool, resources: Set<String>)] = [:]
         for (manifest, analysis) in self.analyses where analysis.finding.placement == .waypoint {
             var byNamespace: [String: [String]] = [:]
             for key in analysis.finding.services {
@@ -40,12 +40,13 @@ struct Planner {
                 if parts.count == 2 { byNamespace[parts[0], default: []].append(parts[1]) }
             }
             if byNamespace.isEmpty, let namespace = analysis.finding.waypointNamespace { byNamespace[namespace] = [] }
-            var namespaceWide = manifest.kind == "ServiceEntry"
+            var namespaceWide = false
             if case .namespace = analysis.twin { namespaceWide = true }
             for (namespace, names) in byNamespace {
-                var entry = needs[namespace] ?? ([], false, [])
+                var entry = needs[namespace] ?? ([], false, false, [])
                 entry.services.formUnion(names)
                 entry.namespaceWide = entry.namespaceWide || namespaceWide
+                entry.egress = entry.egress || manifest.kind == "ServiceEntry"
                 entry.resources.insert(manifest.id.description)
                 needs[namespace] = entry
             }
@@ -53,12 +54,13 @@ struct Planner {
         for (namespace, need) in needs.sorted(by: { $0.key < $1.key }) {
             // Nothing to put behind a waypoint: a mesh-wide policy (it targets every waypoint
             // through the GatewayClass) or one that resolved to no Service (warned).
-            if need.services.isEmpty, !need.namespaceWide || namespace == self.configuration.rootNamespace { continue }
+            if need.services.isEmpty, !need.egress, !need.namespaceWide || namespace == self.configuration.rootNamespace { continue }
             let existing = self.cluster.gateways.values.first { $0.namespace == namespace && $0.isWaypoint }
             let total = self.cluster.services(in: namespace).count
-            let scope: MigrationPlan.Waypoint.Scope = need.namespaceWide || need.services.count * 2 >= total ? .namespace : .service
+            let scope: MigrationPlan.Waypoint.Scope = need.namespaceWide || (!need.services.isEmpty && need.services.count * 2 >= total) ? .namespace : .service
             let reason = scope == .namespace
                 ? "\(need.services.count) of \(total) Services need L7 processing\(need.namespaceWide ? ", and a namespace-wide resource applies" : "")"
+                : need.services.isEmpty ? "egress: only the ServiceEntries labelled to use it go through it"
                 : "only \(need.services.count) of \(total) Services need L7 processing: the others stay at L4, without the extra hop"
             self.output.waypoints.append(MigrationPlan.Waypoint(
                 namespace: namespace, name: existing?.name ?? self.configuration.waypointName, scope: scope,
@@ -87,9 +89,15 @@ struct Planner {
                 for twin in twins {
                     self.output.generated.append(.init(twin, purpose: "replaces the selector-based \(manifest.kind) \(manifest.name), enforced by the waypoint", source: manifest.id))
                 }
+                self.addCompanion(for: manifest, targets: targets)
+                self.warnAboutGatewaysInScope(manifest, targets: targets)
                 self.superseded.append(manifest.id)
             } else if manifest.kind == "VirtualService" {
                 let result = HTTPRouteTranslation.translate(manifest, cluster: self.cluster)
+                for note in result.notes {
+                    self.diagnostics.append(Diagnostic(.note, resource: manifest.id, location: manifest.location, note))
+                }
+                let gateways = (manifest.spec["gateways"]?.textList ?? []).filter { $0 != "mesh" }
                 if result.manual.isEmpty {
                     for (index, value) in result.manifests.enumerated() {
                         self.output.generated.append(.init(
@@ -97,7 +105,13 @@ struct Planner {
                             source: manifest.id
                         ))
                     }
-                    self.superseded.append(manifest.id)
+                    if gateways.isEmpty {
+                        self.superseded.append(manifest.id)
+                    } else {
+                        self.output.manual.append(.init(resource: manifest.id, reasons: [
+                            "also bound to gateway \(gateways.joined(separator: ", ")): keep it for the gateway and remove mesh from spec.gateways once the HTTPRoute is applied",
+                        ]))
+                    }
                 } else {
                     self.output.manual.append(.init(resource: manifest.id, reasons: result.manual + [
                         "manual: keep the VirtualService (waypoints apply VirtualServices bound to mesh) or write the HTTPRoute by hand",
@@ -114,6 +128,47 @@ struct Planner {
         for (manifest, analysis) in self.analyses where analysis.finding.placement == .notUsed {
             self.superseded.append(manifest.id)
         }
+    }
+
+    /// For a selector-based ALLOW policy moving to the waypoint: an L4 ALLOW on the same
+    /// pods for the waypoint's identity. Applied before the restarts, it keeps the pods
+    /// reachable through the waypoint while the original (which ztunnel would reduce to
+    /// "allow nothing") is still in place, and afterwards it stops clients from bypassing
+    /// the waypoint by calling pod IPs directly.
+    private mutating func addCompanion(for manifest: Manifest, targets: Targets) {
+        guard manifest.kind == "AuthorizationPolicy", (manifest.spec["action"]?.scalarText ?? "ALLOW") == "ALLOW" else { return }
+        if case .meshWide = targets { return }
+        guard let waypoint = self.output.waypoints.first(where: { $0.namespace == manifest.namespace }) else { return }
+        let principal = "\(self.configuration.trustDomain)/ns/\(waypoint.namespace)/sa/\(waypoint.name)"
+        let companion = YAMLValue.object([
+            "apiVersion": .string(manifest.apiVersion),
+            "kind": .string("AuthorizationPolicy"),
+            "metadata": .object(["name": .string("\(manifest.name)-via-waypoint"), "namespace": .string(manifest.namespace)]),
+            "spec": .object([
+                "selector": manifest.spec["selector"],
+                "action": .string("ALLOW"),
+                "rules": .sequence([.object(["from": .sequence([.object(["source": .object(["principals": .sequence([.string(principal)])])])])])]),
+            ]),
+        ])
+        self.output.generated.append(.init(
+            companion, purpose: "L4: lets only waypoint \(waypoint.name) reach the pods of \(manifest.name) (enforced by ztunnel)", source: manifest.id
+        ))
+    }
+
+    /// A selector-less policy also applies to gateway pods, which keep their Envoy:
+    /// deleting it takes it away from them too.
+    private mutating func warnAboutGatewaysInScope(_ manifest: Manifest, targets: Targets) {
+        let gateways: [String]
+        switch targets {
+        case .workloads: return
+        case .namespace: gateways = self.cluster.gatewayNames(in: manifest.namespace)
+        case .meshWide: gateways = self.cluster.gatewayNames(in: nil)
+        }
+        guard !gateways.isEmpty else { return }
+        self.diagnostics.append(Diagnostic(
+            .warning, resource: manifest.id, location: manifest.location,
+            "it also applies to gateway \(gateways.joined(separator: ", ")), which keeps its Envoy: deleting it after the migration removes it there too; keep a copy with a selector for the gateway pods"
+        ))
     }
 
     private func waypointName(in namespace: String) -> String {
@@ -144,6 +199,10 @@ struct Planner {
     /// also allow the waypoint.
     private mutating func warnAboutWaypointIdentity() {
         for (manifest, analysis) in self.analyses where manifest.kind == "AuthorizationPolicy" && analysis.finding.placement == .nodeProxy {
+            if manifest.spec["action"]?.scalarText == "DENY" {
+                self.warnAboutDenyOfWaypoint(manifest)
+                continue
+            }
             guard (manifest.spec["action"]?.scalarText ?? "ALLOW") == "ALLOW", !(manifest.spec["rules"]?.items ?? []).isEmpty,
                   let waypoint = self.output.waypoints.first(where: { $0.namespace == manifest.namespace }) else { continue }
             let principal = "\(self.configuration.trustDomain)/ns/\(waypoint.namespace)/sa/\(waypoint.name)"
@@ -160,5 +219,27 @@ struct Planner {
                 "L4 ALLOW on pods behind waypoint \(waypoint.name) (\(behind.map(\.name).joined(separator: ", "))): ztunnel then sees the waypoint's identity, so add principal \(principal) to a rule, or move the source checks to the waypoint"
             ))
         }
+    }
+}
+
+extension Planner {
+    /// An L4 DENY that names the sources it exempts (`notNamespaces`, `notPrincipals`,
+    /// `notServiceAccounts`) also denies the waypoint, unless the waypoint is among them.
+    mutating func warnAboutDenyOfWaypoint(_ manifest: Manifest) {
+        guard let waypoint = self.output.waypoints.first(where: { $0.namespace == manifest.namespace }) else { return }
+        let principal = "\(self.configuration.trustDomain)/ns/\(waypoint.namespace)/sa/\(waypoint.name)"
+        let sources = (manifest.spec["rules"]?.items ?? []).flatMap { $0["from"]?.items ?? [] }.compactMap { $0["source"] }
+        let exempting = sources.filter { source in
+            ["notNamespaces", "notPrincipals", "notServiceAccounts"].contains { source[$0] != nil }
+        }
+        let exempt = exempting.contains { source in
+            (source["notNamespaces"]?.textList ?? []).contains(waypoint.namespace) || (source["notPrincipals"]?.textList ?? []).contains(principal)
+                || (source["notServiceAccounts"]?.textList ?? []).contains { $0 == waypoint.name || $0 == "\(waypoint.namespace)/\(waypoint.name)" }
+        }
+        guard !exempting.isEmpty, !exempt else { return }
+        self.diagnostics.append(Diagnostic(
+            .warning, resource: manifest.id, location: manifest.location,
+            "L4 DENY with not-lists on pods behind waypoint \(waypoint.name): ztunnel sees the waypoint's identity (\(principal)), which these lists do not exempt, so traffic through the waypoint would be denied; add it to notPrincipals"
+        ))
     }
 }

@@ -41,7 +41,7 @@ extension PolicyAnalysis {
             reasons: ["jwtRules (issuer \(issuers.isEmpty ? "?" : issuers.joined(separator: ", "))): JWT validation reads HTTP headers, which only Envoy parses"],
             services: targets.services.map(\.key), waypointNamespace: manifest.namespace
         ))
-        analysis.diagnostics += Self.selectionWarnings(manifest, targets: targets)
+        analysis.diagnostics += Self.selectionWarnings(manifest, targets: targets, cluster: cluster)
         analysis.diagnostics.append(Diagnostic(
             .warning, resource: manifest.id, location: manifest.location,
             "left selector-based, no JWT is validated once the sidecars are gone (ztunnel ignores RequestAuthentication); policies using requestPrincipals need \(manifest.name)-waypoint at the waypoint"
@@ -72,7 +72,7 @@ extension PolicyAnalysis {
         analysis.finding.reasons = sections.map { "\($0): HTTP telemetry comes from Envoy; ztunnel emits TCP metrics and access logs only" }
         analysis.finding.services = targets.services.map(\.key)
         analysis.finding.waypointNamespace = manifest.namespace
-        analysis.diagnostics += Self.selectionWarnings(manifest, targets: targets)
+        analysis.diagnostics += Self.selectionWarnings(manifest, targets: targets, cluster: cluster)
         analysis.twin = targets
         return analysis
     }

@@ -33,7 +33,9 @@ enum PolicyAnalysis {
         "serviceAccounts", "notServiceAccounts",
     ]
     /// `from.source` fields only Envoy can match (`httpSources`).
-    static let l7SourceFields: Set<String> = ["requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks"]
+    static let l7SourceFields: Set<String> = [
+        "requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks", "trustDomains", "notTrustDomains",
+    ]
     /// `to.operation` fields ztunnel enforces; `hosts`, `methods`, `paths` and their `not`
     /// forms are HTTP (`httpOperations`).
     static let l4OperationFields: Set<String> = ["ports", "notPorts"]
@@ -50,7 +52,8 @@ enum PolicyAnalysis {
             return .namespace(cluster.services(in: manifest.namespace))
         }
         let workloads = cluster.workloads(matching: selector, in: manifest.namespace)
-        return .workloads(workloads, cluster.services(selecting: workloads))
+        // Headless Services carry traffic to pod IPs, which never reaches a Service's waypoint.
+        return .workloads(workloads, cluster.services(selecting: workloads).filter { !$0.headless })
     }
 
     /// `spec.targetRefs` (or the older `spec.targetRef`), if the policy uses them.
@@ -181,7 +184,7 @@ enum PolicyAnalysis {
         var analysis = Analysis(finding: Finding(
             resource: manifest.id, apiVersion: manifest.apiVersion, location: manifest.location, placement: .nodeProxy, reasons: []
         ))
-        analysis.diagnostics += Self.selectionWarnings(manifest, targets: targets)
+        analysis.diagnostics += Self.selectionWarnings(manifest, targets: targets, cluster: cluster)
 
         if action == "CUSTOM" || action == "AUDIT" {
             analysis.finding.reasons = ["action \(action): ztunnel enforces only ALLOW and DENY; \(action == "CUSTOM" ? "external authorization" : "audit logging") runs in Envoy"]
@@ -213,7 +216,7 @@ enum PolicyAnalysis {
                 : "only rules \(kept.map(String.init).joined(separator: ", ")) stay, and everything rules \(l7Rules.map(String.init).joined(separator: ", ")) allowed is DENIED"
             return [Diagnostic(
                 .critical, resource: manifest.id, location: manifest.location,
-                "ALLOW policy with HTTP rules left selector-based: once the sidecars are gone ztunnel omits rules that match HTTP attributes (\"more restrictive than requested\"); \(effect). Apply \(twin) (targetRefs, enforced by the waypoint) and delete this policy when the pods move to ambient."
+                "ALLOW policy with HTTP rules left selector-based: once the sidecars are gone ztunnel omits rules that match HTTP attributes (\"more restrictive than requested\"); \(effect). Before the pods restart without sidecars, apply \(twin) (targetRefs, enforced by the waypoint) and \(manifest.name)-via-waypoint (lets the waypoint reach the pods), then delete this policy."
             )]
         }
         return scans.enumerated().compactMap { index, scan in
@@ -221,7 +224,7 @@ enum PolicyAnalysis {
             if scan.emptiedClause {
                 return Diagnostic(
                     .critical, resource: manifest.id, location: manifest.location,
-                    "DENY rule \(index) has a clause made only of HTTP attributes (\(scan.l7.joined(separator: "; "))): ztunnel drops them, the clause is left empty and the rule never matches, so requests it denies today would be ALLOWED to \(scope). Apply \(twin) at the waypoint before the sidecars go."
+                    "DENY rule \(index) has a clause made only of HTTP attributes (\(scan.l7.joined(separator: "; "))): ztunnel drops them and the clause is left empty. Current istiod releases skip such a rule, so requests it denies today would be ALLOWED to \(scope); older releases matched it to every connection and DENIED all of them. Either way, apply \(twin) at the waypoint and delete this policy."
                 )
             }
             return Diagnostic(
@@ -241,17 +244,27 @@ enum PolicyAnalysis {
     }
 
     /// A selector that matches no pod, or pods no Service selects.
-    static func selectionWarnings(_ manifest: Manifest, targets: Targets) -> [Diagnostic] {
+    static func selectionWarnings(_ manifest: Manifest, targets: Targets, cluster: Cluster) -> [Diagnostic] {
         guard case .workloads(let workloads, let services) = targets else { return [] }
         let selector = Self.describe(manifest.spec["selector"]?["matchLabels"]?.stringMap ?? [:])
         if workloads.isEmpty {
             return [Diagnostic(.warning, resource: manifest.id, location: manifest.location,
                                "selects no Service: its selector \(selector) matches no Deployment or Pod in namespace \(manifest.namespace) of the input, so no Service can be resolved for it")]
         }
-        if services.isEmpty {
-            return [Diagnostic(.warning, resource: manifest.id, location: manifest.location,
-                               "selects no Service: its selector \(selector) matches \(workloads.map { "\($0.kind) \($0.name)" }.joined(separator: ", ")), but no Service in namespace \(manifest.namespace) selects those pods; a waypoint only sees traffic addressed to a Service (or to pods labelled istio.io/use-waypoint)")]
+        var diagnostics: [Diagnostic] = []
+        let selected = Set(workloads.map { "\($0.kind)/\($0.name)" })
+        for service in services {
+            let others = cluster.workloads(selectedBy: service).filter { !selected.contains("\($0.kind)/\($0.name)") }
+            guard !others.isEmpty else { continue }
+            diagnostics.append(Diagnostic(
+                .warning, resource: manifest.id, location: manifest.location,
+                "Service \(service.name) also selects \(others.map { "\($0.kind) \($0.name)" }.joined(separator: ", ")), which this policy's selector does not: a twin targeting the Service applies to all of its pods at the waypoint (wider than today); narrow it with a version Service or review the rules"
+            ))
         }
-        return []
+        if services.isEmpty {
+            return diagnostics + [Diagnostic(.warning, resource: manifest.id, location: manifest.location,
+                               "selects no Service: its selector \(selector) matches \(workloads.map { "\($0.kind) \($0.name)" }.joined(separator: ", ")), but no Service in namespace \(manifest.namespace) selects those pods (headless Services do not count: their traffic goes to pod IPs); a waypoint only sees traffic addressed to a Service (or to pods labelled istio.io/use-waypoint)")]
+        }
+        return diagnostics
     }
 }

@@ -150,8 +150,10 @@ enum RouteAnalysis {
         var meshParents: [Cluster.Service] = []
         var missing: [String] = []
         var gateways: [String] = []
+        var groupless: [String] = []
         for parent in manifest.spec["parentRefs"]?.items ?? [] {
             let kind = parent["kind"]?.scalarText ?? "Gateway"
+            if kind == "Service", parent["group"] == nil { groupless.append(parent["name"]?.scalarText ?? "?") }
             let group = parent["group"]?.scalarText ?? (kind == "Service" ? "" : "gateway.networking.k8s.io")
             let name = parent["name"]?.scalarText ?? "?"
             let namespace = parent["namespace"]?.scalarText ?? manifest.namespace
@@ -178,6 +180,12 @@ enum RouteAnalysis {
         ]))
         analysis.finding.services = meshParents.map(\.key)
         analysis.finding.waypointNamespace = meshParents.first?.namespace ?? manifest.namespace
+        for name in groupless {
+            analysis.diagnostics.append(Diagnostic(
+                .warning, resource: manifest.id, location: manifest.location,
+                "parentRef Service \(name) has no group: Gateway API defaults it to gateway.networking.k8s.io, so it does not name the core Service; set group: \"\""
+            ))
+        }
         for key in missing {
             analysis.diagnostics.append(Diagnostic(.warning, resource: manifest.id, location: manifest.location, "parent Service \(key) is not in the input"))
         }

@@ -21,7 +21,8 @@ struct CommandLineTests {
         #expect(text.standardOutput.contains("CRITICAL"))
         let written = try FileManager.default.contentsOfDirectory(atPath: directory.appendingPathComponent("backend").path).sorted()
         #expect(written == [
-            "authorizationpolicy-orders-methods-waypoint.yaml", "authorizationpolicy-payments-post-only-waypoint.yaml",
+            "authorizationpolicy-orders-methods-via-waypoint.yaml", "authorizationpolicy-orders-methods-waypoint.yaml",
+            "authorizationpolicy-payments-post-only-via-waypoint.yaml", "authorizationpolicy-payments-post-only-waypoint.yaml",
             "gateway-waypoint.yaml", "httproute-reviews.yaml", "service-reviews-v2.yaml",
         ])
         let twin = try String(contentsOf: directory.appendingPathComponent("backend/authorizationpolicy-orders-methods-waypoint.yaml"), encoding: .utf8)

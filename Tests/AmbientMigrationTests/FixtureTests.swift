@@ -111,6 +111,27 @@ struct FixtureTests {
         }
     }
 
+    @Test("each L7 ALLOW policy gets an L4 companion that lets the waypoint reach its pods")
+    func companions() throws {
+        let plan = Self.report().plan
+        for (name, app) in [("orders-methods", "orders"), ("payments-post-only", "payments")] {
+            let generated = try #require(plan.generated("AuthorizationPolicy", "backend", "\(name)-via-waypoint"))
+            let companion = try #require(ManifestLoader.parse(generated.yaml, file: generated.path).manifests.first)
+            #expect(companion.spec["selector"] == .object(["matchLabels": .object(["app": .string(app)])]))
+            #expect(companion.spec["action"] == .string("ALLOW"))
+            #expect(companion.spec["rules"] == .sequence([.object(["from": .sequence([.object([
+                "source": .object(["principals": .sequence([.string("cluster.local/ns/backend/sa/waypoint")])]),
+            ])])])]))
+            // Analysed again: an L4 policy, enforced by ztunnel.
+            #expect(MigrationAnalyzer().analyze(ManifestLoader.parse(generated.yaml, file: "c")).findings.first?.placement == .nodeProxy)
+        }
+        let titles = plan.steps.map(\.title)
+        let apply = try #require(titles.firstIndex { $0.hasPrefix("Apply the waypoint policies") })
+        let restart = try #require(titles.firstIndex { $0.hasPrefix("Restart the workloads") })
+        let delete = try #require(titles.firstIndex { $0.hasPrefix("Delete what the waypoints replace") })
+        #expect(apply < restart && restart < delete, "\(titles)")
+    }
+
     @Test("the version route translates to an HTTPRoute on the Service plus a version Service")
     func routeTranslation() throws {
         let plan = Self.report().plan

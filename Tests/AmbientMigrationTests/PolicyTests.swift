@@ -147,6 +147,31 @@ struct PolicyTests {
         #expect(identity.message.contains("add principal cluster.local/ns/shop/sa/waypoint"), "\(identity.message)")
     }
 
+    @Test("twins that would widen a policy, headless Services, DENY not-lists behind a waypoint")
+    func twinScope() throws {
+        let report = Self.analyze("""
+            apiVersion: apps/v1
+            kind: Deployment
+            metadata: {name: api-v2, namespace: shop}
+            spec: {template: {metadata: {labels: {app: api, version: v2}}}}
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: api-headless, namespace: shop}
+            spec: {clusterIP: None, selector: {app: api}}
+            ---
+
+            """ + Self.policy("v2-only", selector: "{matchLabels: {version: v2}}", rules: "[{to: [{operation: {methods: [GET]}}]}]")
+            + "---\n" + Self.policy("deny-others", action: "DENY", rules: "[{from: [{source: {notNamespaces: [shop2]}}]}]"))
+        let wider = try #require(report.diagnostics.first { $0.resource?.name == "v2-only" && $0.message.hasPrefix("Service api also selects") })
+        #expect(wider.message.contains("Deployment api,"), "\(wider.message)")
+        let twin = try #require(report.plan.generated("AuthorizationPolicy", "shop", "v2-only-waypoint"))
+        let parsed = try #require(ManifestLoader.parse(twin.yaml, file: "t").manifests.first)
+        #expect(parsed.spec["targetRefs"]?.items?.compactMap { $0["name"]?.string } == ["api"], "no headless Service")
+        let deny = try #require(report.diagnostics.first { $0.resource?.name == "deny-others" })
+        #expect(deny.message.contains("traffic through the waypoint would be denied; add it to notPrincipals"), "\(deny.message)")
+    }
+
     @Test("PeerAuthentication and RequestAuthentication; gateway-selected policies stay at the gateway")
     func otherSecurityKinds() {
         let report = Self.analyze("""
@@ -168,7 +193,15 @@ struct PolicyTests {
             spec:
               selector: {matchLabels: {istio: ingressgateway}}
               rules: [{from: [{source: {requestPrincipals: ["*"]}}]}]
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: helm-gateway, namespace: shop}
+            spec:
+              selector: {matchLabels: {istio: ingress}}
+              rules: [{to: [{operation: {paths: [/admin]}}]}]
             """)
+        #expect(report.finding("AuthorizationPolicy", "shop", "helm-gateway")?.placement == .ingressGateway)
         #expect(report.finding("PeerAuthentication", "shop", "default")?.placement == .nodeProxy)
         #expect(report.diagnostics.contains { $0.message.hasPrefix("portLevelMtls on a namespace- or mesh-wide PeerAuthentication is ignored") })
         #expect(report.finding("RequestAuthentication", "shop", "jwt")?.placement == .waypoint)

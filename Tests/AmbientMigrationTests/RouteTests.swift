@@ -58,6 +58,65 @@ struct RouteTests {
         #expect(report.plan.manual.isEmpty)
     }
 
+    @Test("translation keeps Istio's first-match order or refuses; rewrite without match; redirect codes; other namespaces")
+    func translationLimits() throws {
+        let report = Self.analyze("""
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: order, namespace: shop}
+            spec:
+              hosts: [web]
+              http:
+              - match: [{headers: {x-canary: {exact: "1"}}}]
+                route: [{destination: {host: web}}]
+              - match: [{uri: {prefix: /api}}]
+                route: [{destination: {host: web}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: rewrite, namespace: shop}
+            spec:
+              hosts: [web]
+              http:
+              - rewrite: {uri: /v2}
+                route: [{destination: {host: web}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: moved, namespace: shop}
+            spec:
+              hosts: [web]
+              http: [{redirect: {uri: /new, redirectCode: 307}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: consumer, namespace: other}
+            spec:
+              hosts: [web.shop.svc.cluster.local]
+              http: [{route: [{destination: {host: web.shop.svc.cluster.local}}]}]
+            """)
+        #expect(report.plan.manual.first { $0.resource.name == "order" }?.reasons.first == "http[1] is more specific than http[0]: an HTTPRoute would try it first, Istio tries http[0] first")
+        let rewrite = try #require(report.plan.generated("HTTPRoute", "shop", "rewrite"))
+        let rule = try #require(ManifestLoader.parse(rewrite.yaml, file: "r").manifests.first?.spec["rules"]?.items?.first)
+        #expect(rule["matches"] == .sequence([.object(["path": .object(["type": .string("PathPrefix"), "value": .string("/")])])]))
+        #expect(rule["filters"]?.items?.first?["urlRewrite"]?["path"] == .object(["type": .string("ReplacePrefixMatch"), "replacePrefixMatch": .string("/v2")]))
+        #expect(report.plan.manual.first { $0.resource.name == "moved" }?.reasons.contains("http[0].redirect.redirectCode 307: HTTPRoute redirects are 301 or 302 only") == true)
+        #expect(report.plan.manual.first { $0.resource.name == "consumer" }?.reasons.first?.contains("consumer route") == true)
+    }
+
+    @Test("a VirtualService also bound to a gateway is translated but kept for the gateway")
+    func keptForGateway() {
+        let report = Self.analyze("""
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: both, namespace: shop}
+            spec: {hosts: [web], gateways: [mesh, istio-system/public], http: [{route: [{destination: {host: web}}]}]}
+            """)
+        #expect(report.plan.generated("HTTPRoute", "shop", "both") != nil)
+        #expect(report.plan.manual.first { $0.resource.name == "both" }?.reasons.first?.hasPrefix("also bound to gateway istio-system/public: keep it") == true)
+        #expect(!report.plan.steps.flatMap(\.commands).contains("kubectl delete virtualservice both -n shop"))
+    }
+
     @Test("untranslatable routes get a manual note naming every field")
     func manual() throws {
         let report = Self.analyze("""
@@ -119,6 +178,7 @@ struct RouteTests {
             """)
         #expect(report.finding("HTTPRoute", "shop", "mesh")?.placement == .waypoint)
         #expect(report.finding("GRPCRoute", "shop", "grpc")?.placement == .waypoint)
+        #expect(report.diagnostics.contains { $0.resource?.name == "grpc" && $0.message.hasPrefix("parentRef Service api has no group") })
         #expect(report.finding("HTTPRoute", "shop", "edge")?.placement == .ingressGateway)
     }
 
