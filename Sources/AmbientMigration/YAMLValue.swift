@@ -157,8 +157,10 @@ extension YAMLValue {
         case .int(let value): return Node(String(value), Tag(.int))
         case .double(let value): return Node(String(value), Tag(.float))
         case .string(let value):
-            // A string that would read back as another type (`"8080"`, `""`, `"true"`) is quoted.
-            let style: Node.Scalar.Style = Resolver.default.resolveTag(of: Node(value)) == .str ? .any : .doubleQuoted
+            // A string that would read back as another type (`"8080"`, `""`, `"true"`) is quoted,
+            // and so are `y`/`n`, which go-yaml v2 (kubectl, the API server) reads as booleans.
+            let plain = Resolver.default.resolveTag(of: Node(value)) == .str && !Self.goYAMLBooleans.contains(value)
+            let style: Node.Scalar.Style = plain ? .any : .doubleQuoted
             return .scalar(Node.Scalar(value, Tag(.str), style))
         case .sequence(let items):
             return Node(items.map(\.node), Tag(.seq), .block)
@@ -166,6 +168,9 @@ extension YAMLValue {
             return Node(entries.map { (Node($0.key, Tag(.str)), $0.value.node) }, Tag(.map), .block)
         }
     }
+
+    /// Booleans of YAML 1.1 as go-yaml v2 resolves them, beyond what Yams resolves.
+    static let goYAMLBooleans: Set<String> = ["y", "Y", "n", "N"]
 
     /// The value as a YAML document (block style, keys in order).
     public func yamlText() -> String {
