@@ -41,5 +41,16 @@ struct CommandLineTests {
         #expect(failed.standardOutput.contains("ERROR"), "\(failed.combined)")
         let usage = try await ExternalTool.run([Self.binary, "--output", "xml", Self.fixture])
         #expect(usage.status == 64)
+
+        // Colour when stdout is a terminal (util-linux `script` gives it a pseudo-terminal),
+        // not with NO_COLOR, always with --color always.
+        if ExternalTool.isAvailable("script") {
+            let tty = try await ExternalTool.run(["env", "-u", "NO_COLOR", "script", "-q", "-e", "-c", "\(Self.binary) \(Self.fixture)", "/dev/null"])
+            #expect(tty.standardOutput.contains("\u{1B}[33;1mwaypoint"), "\(tty.combined.prefix(300))")
+            let noColor = try await ExternalTool.run(["env", "NO_COLOR=1", "script", "-q", "-e", "-c", "\(Self.binary) \(Self.fixture)", "/dev/null"])
+            #expect(!noColor.standardOutput.contains("\u{1B}["))
+        }
+        let forced = try await ExternalTool.run([Self.binary, Self.fixture, "--color", "always"])
+        #expect(forced.standardOutput.contains("\u{1B}[41;97;1mCRITICAL"))
     }
 }
