@@ -62,6 +62,48 @@ struct InputTests {
         #expect(input.manifests.map(\.id.description) == ["Service x/a", "AuthorizationPolicy x/p"])
     }
 
+    @Test("a kubectl dump's server fields (status, managedFields, uid, resourceVersion) stay out of the twins")
+    func serverFields() throws {
+        let report = MigrationAnalyzer().analyze(ManifestLoader.parse("""
+            apiVersion: v1
+            items:
+            - apiVersion: v1
+              kind: Service
+              metadata: {name: api, namespace: shop, uid: 5d1c, resourceVersion: "991"}
+              spec: {selector: {app: api}, clusterIP: 10.96.4.2, ports: [{port: 80, protocol: TCP, targetPort: 8080}]}
+              status: {loadBalancer: {}}
+            - apiVersion: apps/v1
+              kind: Deployment
+              metadata: {name: api, namespace: shop}
+              spec: {template: {metadata: {labels: {app: api}}}}
+              status: {replicas: 2}
+            - apiVersion: security.istio.io/v1
+              kind: AuthorizationPolicy
+              metadata:
+                name: get-only
+                namespace: shop
+                uid: 0b7e
+                resourceVersion: "1234"
+                generation: 3
+                creationTimestamp: "2026-11-01T10:00:00Z"
+                annotations:
+                  kubectl.kubernetes.io/last-applied-configuration: '{"apiVersion":"security.istio.io/v1"}'
+                managedFields: [{manager: kubectl, operation: Update}]
+              spec:
+                selector: {matchLabels: {app: api}}
+                rules: [{to: [{operation: {methods: [GET]}}]}]
+              status: {validationMessages: [{type: {code: IST0001}}]}
+            kind: List
+            metadata: {resourceVersion: ""}
+            """, file: "dump.yaml"))
+        #expect(!report.hasErrors)
+        let twin = try #require(report.plan.generated("AuthorizationPolicy", "shop", "get-only-waypoint"))
+        let parsed = try #require(ManifestLoader.parse(twin.yaml, file: "t").manifests.first)
+        #expect(parsed.body.entries?.map(\.key) == ["apiVersion", "kind", "metadata", "spec"])
+        #expect(parsed.body["metadata"]?.entries?.map(\.key) == ["name", "namespace"])
+        #expect(parsed.spec.entries?.map(\.key) == ["targetRefs", "rules"])
+    }
+
     @Test("unknown kinds are listed with a note, not fatal")
     func unknownKinds() {
         let report = Self.analyze("""
