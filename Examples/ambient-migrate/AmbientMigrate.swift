@@ -40,10 +40,18 @@ struct AmbientMigrate: ParsableCommand {
     @Option(help: "The mesh's trust domain, for waypoint identities.")
     var trustDomain = "cluster.local"
 
+    @Option(help: "The cluster's DNS domain, in hostnames such as reviews.backend.svc.<domain>.")
+    var domainSuffix = "cluster.local"
+
+    @Option(help: "The name of new waypoints (and of their service accounts).")
+    var waypointName = "waypoint"
+
     mutating func run() throws {
         var configuration = MigrationAnalyzer.Configuration()
         configuration.rootNamespace = self.rootNamespace
         configuration.trustDomain = self.trustDomain
+        configuration.domainSuffix = self.domainSuffix
+        configuration.waypointName = self.waypointName
         if let emit { configuration.emitDirectory = emit }
         let input = ManifestLoader.load(paths: self.paths, defaultNamespace: self.defaultNamespace)
         let report = MigrationAnalyzer(configuration: configuration).analyze(input)

@@ -14,6 +14,17 @@ struct Cluster {
         var name: String
         var podLabels: [String: String]
         var serviceAccount: String
+        /// The pod template asks for a sidecar itself (`sidecar.istio.io/inject: "true"` as
+        /// label or annotation, or `istio.io/rev`).
+        var requestsSidecar: Bool
+
+        /// Gateway pods keep their Envoy: `istio: ingressgateway` (istioctl), `istio: <release>`
+        /// of the Helm gateway chart, or a Gateway API deployment.
+        var isGateway: Bool {
+            if let value = self.podLabels["istio"], ["gateway", "ingress", "egress"].contains(where: value.contains) { return true }
+            return self.podLabels["gateway.networking.k8s.io/gateway-name"] != nil && self.podLabels["istio.io/waypoint-for"] == nil
+                && self.podLabels["gateway.istio.io/managed"] != "istio.io-mesh-controller"
+        }
     }
 
     struct Service {
@@ -49,6 +60,8 @@ struct Cluster {
     private(set) var subsets: [String: [String: [String: String]]] = [:]
     /// `namespace/service` of the Services a DestinationRule gives traffic policy.
     private(set) var subsetPolicies: Set<String> = []
+    /// Every object of the input, to keep generated names from overwriting one.
+    private(set) var ids: Set<ResourceID> = []
 
     static let workloadKinds: Set<String> = ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"]
     static let inventoryKinds: Set<String> = workloadKinds.union(["Namespace", "Service", "ServiceAccount"])
@@ -61,6 +74,7 @@ struct Cluster {
     init(_ manifests: [Manifest], rootNamespace: String, domainSuffix: String) {
         self.rootNamespace = rootNamespace
         self.domainSuffix = domainSuffix
+        self.ids = Set(manifests.map(\.id))
         for manifest in manifests { self.index(manifest) }
         for manifest in manifests where manifest.kind == "DestinationRule" { self.indexSubsets(manifest) }
     }
@@ -85,10 +99,12 @@ struct Cluster {
         case let kind where Self.workloadKinds.contains(kind):
             let pod = kind == "Pod" ? manifest.body : (manifest.spec["template"] ?? .null)
             let podSpec = pod["spec"] ?? .null
+            let labels = pod["metadata"]?["labels"]?.stringMap ?? [:]
+            let annotations = pod["metadata"]?["annotations"]?.stringMap ?? [:]
             self.workloads.append(Workload(
-                namespace: manifest.namespace, kind: kind, name: manifest.name,
-                podLabels: pod["metadata"]?["labels"]?.stringMap ?? [:],
-                serviceAccount: podSpec["serviceAccountName"]?.string ?? podSpec["serviceAccount"]?.string ?? "default"
+                namespace: manifest.namespace, kind: kind, name: manifest.name, podLabels: labels,
+                serviceAccount: podSpec["serviceAccountName"]?.string ?? podSpec["serviceAccount"]?.string ?? "default",
+                requestsSidecar: labels["sidecar.istio.io/inject"] == "true" || annotations["sidecar.istio.io/inject"] == "true" || labels["istio.io/rev"] != nil
             ))
         case "Gateway" where manifest.group == "gateway.networking.k8s.io":
             self.gateways["\(manifest.namespace)/\(manifest.name)"] = Gateway(
@@ -168,12 +184,37 @@ struct Cluster {
         return self.services.first { $0.namespace == serviceNamespace && $0.name == first }
     }
 
-    /// Ingress gateways (Gateway API Gateways that are not waypoints, Istio Gateways) in a
-    /// namespace, or in all when `namespace` is `nil`, as `namespace/name`.
-    func gatewayNames(in namespace: String?) -> [String] {
+    func contains(_ id: ResourceID) -> Bool { self.ids.contains(id) }
+
+    /// Gateway pods (workloads that keep their Envoy) in a namespace, or in all when
+    /// `namespace` is `nil`, as `namespace/name`; Gateway API Gateways that are not
+    /// waypoints count too (Istio deploys their pods next to them).
+    func gatewayPods(in namespace: String?) -> [String] {
+        let pods = self.workloads.filter { $0.isGateway && (namespace == nil || $0.namespace == namespace) }.map { "\($0.namespace)/\($0.name)" }
         let gatewayAPI = self.gateways.values.filter { !$0.isWaypoint && (namespace == nil || $0.namespace == namespace) }.map { "\($0.namespace)/\($0.name)" }
-        let istio = self.istioGateways.filter { namespace == nil || $0.hasPrefix("\(namespace!)/") }
-        return (gatewayAPI + istio).sorted()
+        return Array(Set(pods + gatewayAPI)).sorted()
+    }
+
+    var workloadsRequestingSidecars: [Workload] { self.workloads.filter(\.requestsSidecar) }
+
+    /// Services a route sends to, as `namespace/name`: HTTPRoute/GRPCRoute `backendRefs`
+    /// (kind Service) and VirtualService destinations.
+    func routeBackends(_ manifest: Manifest) -> [String] {
+        if manifest.kind == "VirtualService" {
+            let routes = ["http", "tcp", "tls"].flatMap { manifest.spec[$0]?.items ?? [] }
+            return routes.flatMap { $0["route"]?.items ?? [] }.compactMap { destination in
+                destination["destination"]?["host"]?.scalarText.flatMap { self.service(host: $0, from: manifest.namespace)?.key }
+            }
+        }
+        return (manifest.spec["rules"]?.items ?? []).flatMap { $0["backendRefs"]?.items ?? [] }.compactMap { ref in
+            guard (ref["kind"]?.scalarText ?? "Service") == "Service", let name = ref["name"]?.scalarText else { return nil }
+            return "\(ref["namespace"]?.scalarText ?? manifest.namespace)/\(name)"
+        }
+    }
+
+    /// A Service that fronts gateway or waypoint pods rather than an application.
+    func isInfrastructure(_ service: Service) -> Bool {
+        service.selector["gateway.networking.k8s.io/gateway-name"] != nil || service.selector["istio"].map { ["gateway", "ingress", "egress"].contains(where: $0.contains) } ?? false
     }
 
     /// Whether a selector picks ingress/egress gateway pods (which keep their Envoy).

@@ -49,6 +49,10 @@ enum HTTPRouteTranslation {
                     self.manual.append("host \(host) is not a Service in the input")
                     continue
                 }
+                if service.headless {
+                    self.manual.append("host \(host) is a headless Service: clients connect to pod IPs, which never reach a waypoint")
+                    continue
+                }
                 if service.namespace != self.virtualService.namespace {
                     // A parent in another namespace makes a GAMMA consumer route: it would
                     // apply only to clients in this namespace, not to every caller as the
@@ -80,7 +84,8 @@ enum HTTPRouteTranslation {
         /// Istio tries the http routes in order; an HTTPRoute ranks matches by specificity
         /// (exact path, longest prefix, method, most headers, most query parameters) and only
         /// then by rule order. The translation is kept only where both pick the same rule:
-        /// no later route may hold a match more specific than an earlier one's.
+        /// no later route may hold a match more specific than an earlier one's that a
+        /// request could satisfy too.
         private mutating func checkOrder(_ routes: [YAMLValue]) {
             let ranks = routes.map { route in
                 (route["match"]?.items ?? []).isEmpty ? [Precedence.catchAll] : (route["match"]?.items ?? []).map(Precedence.init)
@@ -91,7 +96,7 @@ enum HTTPRouteTranslation {
             }
             for later in ranks.indices {
                 for earlier in ranks.indices where earlier < later {
-                    if ranks[later].contains(where: { candidate in ranks[earlier].contains { candidate > $0 } }) {
+                    if ranks[later].contains(where: { candidate in ranks[earlier].contains { candidate > $0 && candidate.mayOverlap($0) } }) {
                         self.manual.append("http[\(later)] is more specific than http[\(earlier)]: an HTTPRoute would try it first, Istio tries http[\(earlier)] first")
                     }
                 }
@@ -106,8 +111,29 @@ enum HTTPRouteTranslation {
             var headers: Int
             var queries: Int
             var regex = false
+            /// What a request must carry to match: the path (exact or prefix), the method and
+            /// exact header values, to tell matches no request can satisfy both of.
+            var path = "/"
+            var methodName: String?
+            var exactHeaders: [String: String] = [:]
 
             static let catchAll = Precedence(exact: false, length: 1, method: false, headers: 0, queries: 0)
+
+            /// Whether one request could match both (conservative: `true` unless the paths,
+            /// methods or exact header values rule it out).
+            func mayOverlap(_ other: Precedence) -> Bool {
+                if self.regex || other.regex { return true }
+                let paths: Bool
+                switch (self.exact, other.exact) {
+                case (true, true): paths = self.path == other.path
+                case (true, false): paths = self.path.hasPrefix(other.path)
+                case (false, true): paths = other.path.hasPrefix(self.path)
+                case (false, false): paths = self.path.hasPrefix(other.path) || other.path.hasPrefix(self.path)
+                }
+                if !paths { return false }
+                if let a = self.methodName, let b = other.methodName, a != b { return false }
+                return !self.exactHeaders.contains { name, value in other.exactHeaders[name].map { $0 != value } ?? false }
+            }
 
             init(exact: Bool, length: Int, method: Bool, headers: Int, queries: Int) {
                 (self.exact, self.length, self.method, self.headers, self.queries) = (exact, length, method, headers, queries)
@@ -121,6 +147,11 @@ enum HTTPRouteTranslation {
                     headers: match["headers"]?.entries?.count ?? 0, queries: match["queryParams"]?.entries?.count ?? 0
                 )
                 self.regex = uri?["regex"] != nil
+                self.path = path
+                self.methodName = match["method"]?["exact"]?.scalarText
+                for entry in match["headers"]?.entries ?? [] {
+                    if let value = entry.value["exact"]?.scalarText { self.exactHeaders[entry.key] = value }
+                }
             }
 
             static func < (lhs: Precedence, rhs: Precedence) -> Bool {
@@ -143,6 +174,10 @@ enum HTTPRouteTranslation {
                 if let response = headers["response"] { filters.append(Self.headerFilter("ResponseHeaderModifier", "responseHeaderModifier", response)) }
             }
             if let rewrite = route["rewrite"] {
+                if rewrite["uriRegexRewrite"] != nil { self.manual.append("\(path).rewrite.uriRegexRewrite: no HTTPRoute equivalent") }
+                if rewrite["uri"] != nil {
+                    self.notes.append("\(path).rewrite.uri: Istio replaces the matched prefix as a string, HTTPRoute's ReplacePrefixMatch per path segment (slashes are normalised): check paths such as /prefixextra")
+                }
                 var fields: [YAMLValue.Entry] = []
                 if let uri = rewrite["uri"]?.scalarText {
                     // Istio rewrites the matched prefix (all of `/` without a match); Gateway
@@ -259,6 +294,10 @@ enum HTTPRouteTranslation {
                     return nil
                 }
                 name = "\(service.name)-\(subset)"
+                guard Self.isDNSLabel(name) else {
+                    self.manual.append("\(path): \(name) is not a valid Service name (lowercase letters, digits and '-', at most 63): name the version Service by hand")
+                    return nil
+                }
                 let selector = service.selector.merging(labels) { _, subset in subset }
                 if let existing = self.cluster.service(host: "\(name).\(service.namespace)", from: service.namespace) {
                     // Reuse a version Service that already exists; never overwrite another one.
@@ -295,6 +334,13 @@ enum HTTPRouteTranslation {
                 ]),
                 "spec": .object(["selector": .labels(selector), "ports": .sequence(ports)]),
             ])))
+        }
+
+        /// RFC 1035 label, as Service names must be.
+        static func isDNSLabel(_ name: String) -> Bool {
+            guard (1...63).contains(name.utf8.count), let first = name.utf8.first, let last = name.utf8.last else { return false }
+            let allowed = name.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }
+            return allowed && first >= 0x61 && first <= 0x7A && last != 0x2D
         }
 
         static func headerFilter(_ type: String, _ field: String, _ changes: YAMLValue) -> YAMLValue {

@@ -16,6 +16,9 @@ public struct MigrationPlan: Sendable, Codable {
         public var reason: String
         /// Whether the input already has it (then nothing is deployed).
         public var existing: Bool
+        /// Services behind it that ingress routes send to: they need
+        /// `istio.io/ingress-use-waypoint=true`, or ingress traffic skips the waypoint.
+        public var ingressServices: [String] = []
     }
 
     /// Labels to change on a namespace that moves to ambient.

@@ -11,9 +11,10 @@ extension Planner {
             title: "Add ambient mode (istio-cni, ztunnel) to the Istio install, and the Gateway API CRDs",
             commands: [
                 "kubectl get crd gateways.gateway.networking.k8s.io >/dev/null 2>&1 || kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.2.1/standard-install.yaml",
-                "helm upgrade istiod istio/istiod -n istio-system --reuse-values --set profile=ambient --wait",
-                "helm install istio-cni istio/cni -n istio-system --set profile=ambient --wait",
-                "helm install ztunnel istio/ztunnel -n istio-system --wait",
+                "ISTIO_VERSION=$(kubectl get deployment istiod -n istio-system -o jsonpath='{.spec.template.spec.containers[0].image}' | sed 's/.*://')",
+                "helm upgrade istiod istio/istiod -n istio-system --version \"$ISTIO_VERSION\" --reuse-values --set profile=ambient --wait",
+                "helm install istio-cni istio/cni -n istio-system --version \"$ISTIO_VERSION\" --set profile=ambient --wait",
+                "helm install ztunnel istio/ztunnel -n istio-system --version \"$ISTIO_VERSION\" --wait",
             ],
             notes: [
                 "Helm shown; with istioctl, run `istioctl install -f <your IstioOperator> --set profile=ambient` — a bare `--set profile=ambient` drops components your install has, such as istio-ingressgateway",
@@ -32,10 +33,16 @@ extension Planner {
             }
         }
         for waypoint in self.output.waypoints where waypoint.existing {
-            waypointCommands.append(waypoint.scope == .namespace
-                ? "kubectl label namespace \(waypoint.namespace) istio.io/use-waypoint=\(waypoint.name) --overwrite"
-                : waypoint.services.map { "kubectl label service \($0) -n \(waypoint.namespace) istio.io/use-waypoint=\(waypoint.name)" }.joined(separator: " && "))
+            if waypoint.scope == .namespace {
+                waypointCommands.append("kubectl label namespace \(waypoint.namespace) istio.io/use-waypoint=\(waypoint.name) --overwrite")
+            } else {
+                waypointCommands += waypoint.services.map { "kubectl label service \($0) -n \(waypoint.namespace) istio.io/use-waypoint=\(waypoint.name)" }
+            }
         }
+        let ingress = self.output.waypoints.flatMap { waypoint in
+            waypoint.ingressServices.map { "kubectl label service \($0) -n \(waypoint.namespace) istio.io/ingress-use-waypoint=true" }
+        }
+        waypointCommands += ingress
         for (manifest, _) in self.analyses where manifest.kind == "ServiceEntry" && self.output.manual.contains(where: { $0.resource == manifest.id }) {
             waypointCommands.append("kubectl label serviceentry \(manifest.name) -n \(manifest.namespace) istio.io/use-waypoint=\(self.output.waypoints.first { $0.namespace == manifest.namespace }?.name ?? self.configuration.waypointName)")
         }
@@ -44,6 +51,7 @@ extension Planner {
                 title: "Deploy the waypoints",
                 commands: waypointCommands,
                 notes: ["the Gateways are also written to \(directory)/<namespace>/gateway-<name>.yaml for GitOps"]
+                    + (ingress.isEmpty ? [] : ["istio.io/ingress-use-waypoint: ingress gateways send to these Services' pods directly otherwise, skipping the waypoint's policies (and the via-waypoint companions would refuse them)"])
             ))
         }
         let generatedNamespaces = Array(Set(self.output.generated.filter { $0.resource.kind != "Gateway" }.map(\.resource.namespace))).sorted()

@@ -4,7 +4,7 @@ struct Planner {
     let configuration: MigrationAnalyzer.Configuration
     let cluster: Cluster
     let analyses: [(Manifest, Analysis)]
-    private(set) var diagnostics: [Diagnostic] = []
+    var diagnostics: [Diagnostic] = []
     var output = MigrationPlan()
     /// Resources to delete once their replacement is applied.
     var superseded: [ResourceID] = []
@@ -19,7 +19,9 @@ struct Planner {
         self.planWaypoints()
         self.generateReplacements()
         self.planNamespaces()
-        self.warnAboutWaypointIdentity()
+        self.protectSourceChecks()
+        self.findIngressBackends()
+        self.warnAboutPodLabels()
         self.writeSteps()
         return self.output
     }
@@ -54,7 +56,8 @@ struct Planner {
         for (namespace, need) in needs.sorted(by: { $0.key < $1.key }) {
             // Nothing to put behind a waypoint: a mesh-wide policy (it targets every waypoint
             // through the GatewayClass) or one that resolved to no Service (warned).
-            if need.services.isEmpty, !need.egress, !need.namespaceWide || namespace == self.configuration.rootNamespace { continue }
+            // An egress-only namespace still needs a waypoint for its ServiceEntries.
+            if need.services.isEmpty, !need.egress { continue }
             let existing = self.cluster.gateways.values.first { $0.namespace == namespace && $0.isWaypoint }
             let total = self.cluster.services(in: namespace).count
             let scope: MigrationPlan.Waypoint.Scope = need.namespaceWide || (!need.services.isEmpty && need.services.count * 2 >= total) ? .namespace : .service
@@ -68,10 +71,10 @@ struct Planner {
                 existing: existing != nil
             ))
             if existing == nil {
-                self.output.generated.append(.init(
+                self.emit(
                     Generate.waypoint(self.configuration.waypointName, namespace: namespace),
-                    purpose: "waypoint for \(scope == .namespace ? "namespace \(namespace)" : need.services.sorted().joined(separator: ", "))", source: nil
-                ))
+                    purpose: "waypoint for \(scope == .namespace ? "namespace \(namespace)" : need.services.isEmpty ? "egress" : need.services.sorted().joined(separator: ", "))", source: nil
+                )
             }
         }
     }
@@ -87,9 +90,11 @@ struct Planner {
                     continue
                 }
                 for twin in twins {
-                    self.output.generated.append(.init(twin, purpose: "replaces the selector-based \(manifest.kind) \(manifest.name), enforced by the waypoint", source: manifest.id))
+                    self.emit(twin, purpose: "replaces the selector-based \(manifest.kind) \(manifest.name), enforced by the waypoint", source: manifest.id)
                 }
-                self.addCompanion(for: manifest, targets: targets)
+                if manifest.kind == "AuthorizationPolicy", (manifest.spec["action"]?.scalarText ?? "ALLOW") == "ALLOW" {
+                    self.addCompanion(for: manifest, targets: targets, keepingL4Rules: true)
+                }
                 self.warnAboutGatewaysInScope(manifest, targets: targets)
                 self.superseded.append(manifest.id)
             } else if manifest.kind == "VirtualService" {
@@ -100,10 +105,10 @@ struct Planner {
                 let gateways = (manifest.spec["gateways"]?.textList ?? []).filter { $0 != "mesh" }
                 if result.manual.isEmpty {
                     for (index, value) in result.manifests.enumerated() {
-                        self.output.generated.append(.init(
+                        self.emit(
                             value, purpose: index == 0 ? "HTTPRoute translation of VirtualService \(manifest.name)" : "version Service for the HTTPRoute (Gateway API has no subsets)",
                             source: manifest.id
-                        ))
+                        )
                     }
                     if gateways.isEmpty {
                         self.superseded.append(manifest.id)
@@ -130,44 +135,19 @@ struct Planner {
         }
     }
 
-    /// For a selector-based ALLOW policy moving to the waypoint: an L4 ALLOW on the same
-    /// pods for the waypoint's identity. Applied before the restarts, it keeps the pods
-    /// reachable through the waypoint while the original (which ztunnel would reduce to
-    /// "allow nothing") is still in place, and afterwards it stops clients from bypassing
-    /// the waypoint by calling pod IPs directly.
-    private mutating func addCompanion(for manifest: Manifest, targets: Targets) {
-        guard manifest.kind == "AuthorizationPolicy", (manifest.spec["action"]?.scalarText ?? "ALLOW") == "ALLOW" else { return }
-        if case .meshWide = targets { return }
-        guard let waypoint = self.output.waypoints.first(where: { $0.namespace == manifest.namespace }) else { return }
-        let principal = "\(self.configuration.trustDomain)/ns/\(waypoint.namespace)/sa/\(waypoint.name)"
-        let companion = YAMLValue.object([
-            "apiVersion": .string(manifest.apiVersion),
-            "kind": .string("AuthorizationPolicy"),
-            "metadata": .object(["name": .string("\(manifest.name)-via-waypoint"), "namespace": .string(manifest.namespace)]),
-            "spec": .object([
-                "selector": manifest.spec["selector"],
-                "action": .string("ALLOW"),
-                "rules": .sequence([.object(["from": .sequence([.object(["source": .object(["principals": .sequence([.string(principal)])])])])])]),
-            ]),
-        ])
-        self.output.generated.append(.init(
-            companion, purpose: "L4: lets only waypoint \(waypoint.name) reach the pods of \(manifest.name) (enforced by ztunnel)", source: manifest.id
-        ))
-    }
-
     /// A selector-less policy also applies to gateway pods, which keep their Envoy:
     /// deleting it takes it away from them too.
     private mutating func warnAboutGatewaysInScope(_ manifest: Manifest, targets: Targets) {
         let gateways: [String]
         switch targets {
         case .workloads: return
-        case .namespace: gateways = self.cluster.gatewayNames(in: manifest.namespace)
-        case .meshWide: gateways = self.cluster.gatewayNames(in: nil)
+        case .namespace: gateways = self.cluster.gatewayPods(in: manifest.namespace)
+        case .meshWide: gateways = self.cluster.gatewayPods(in: nil)
         }
         guard !gateways.isEmpty else { return }
         self.diagnostics.append(Diagnostic(
             .warning, resource: manifest.id, location: manifest.location,
-            "it also applies to gateway \(gateways.joined(separator: ", ")), which keeps its Envoy: deleting it after the migration removes it there too; keep a copy with a selector for the gateway pods"
+            "it also applies to the gateway pods of \(gateways.joined(separator: ", ")), which keep their Envoy: deleting it after the migration removes it there too; keep a copy with a selector for the gateway pods"
         ))
     }
 
@@ -192,54 +172,5 @@ struct Planner {
             }
             self.output.namespaces.append(.init(namespace: name, add: ["istio.io/dataplane-mode": "ambient"], remove: remove))
         }
-    }
-
-    /// Once a Service uses a waypoint, ztunnel at the destination sees the waypoint's
-    /// identity, not the client's: an L4 ALLOW policy on those pods that names sources must
-    /// also allow the waypoint.
-    private mutating func warnAboutWaypointIdentity() {
-        for (manifest, analysis) in self.analyses where manifest.kind == "AuthorizationPolicy" && analysis.finding.placement == .nodeProxy {
-            if manifest.spec["action"]?.scalarText == "DENY" {
-                self.warnAboutDenyOfWaypoint(manifest)
-                continue
-            }
-            guard (manifest.spec["action"]?.scalarText ?? "ALLOW") == "ALLOW", !(manifest.spec["rules"]?.items ?? []).isEmpty,
-                  let waypoint = self.output.waypoints.first(where: { $0.namespace == manifest.namespace }) else { continue }
-            let principal = "\(self.configuration.trustDomain)/ns/\(waypoint.namespace)/sa/\(waypoint.name)"
-            let sources = (manifest.spec["rules"]?.items ?? []).flatMap { $0["from"]?.items ?? [] }.compactMap { $0["source"] }
-            let allowsWaypoint = sources.contains { source in
-                (source["principals"]?.textList ?? []).contains(principal) || (source["namespaces"]?.textList ?? []).contains(waypoint.namespace)
-            }
-            if sources.isEmpty || allowsWaypoint { continue }
-            let targets = PolicyAnalysis.targets(of: manifest, in: self.cluster)
-            let behind = targets.services.filter { waypoint.scope == .namespace || waypoint.services.contains($0.name) }
-            guard !behind.isEmpty else { continue }
-            self.diagnostics.append(Diagnostic(
-                .warning, resource: manifest.id, location: manifest.location,
-                "L4 ALLOW on pods behind waypoint \(waypoint.name) (\(behind.map(\.name).joined(separator: ", "))): ztunnel then sees the waypoint's identity, so add principal \(principal) to a rule, or move the source checks to the waypoint"
-            ))
-        }
-    }
-}
-
-extension Planner {
-    /// An L4 DENY that names the sources it exempts (`notNamespaces`, `notPrincipals`,
-    /// `notServiceAccounts`) also denies the waypoint, unless the waypoint is among them.
-    mutating func warnAboutDenyOfWaypoint(_ manifest: Manifest) {
-        guard let waypoint = self.output.waypoints.first(where: { $0.namespace == manifest.namespace }) else { return }
-        let principal = "\(self.configuration.trustDomain)/ns/\(waypoint.namespace)/sa/\(waypoint.name)"
-        let sources = (manifest.spec["rules"]?.items ?? []).flatMap { $0["from"]?.items ?? [] }.compactMap { $0["source"] }
-        let exempting = sources.filter { source in
-            ["notNamespaces", "notPrincipals", "notServiceAccounts"].contains { source[$0] != nil }
-        }
-        let exempt = exempting.contains { source in
-            (source["notNamespaces"]?.textList ?? []).contains(waypoint.namespace) || (source["notPrincipals"]?.textList ?? []).contains(principal)
-                || (source["notServiceAccounts"]?.textList ?? []).contains { $0 == waypoint.name || $0 == "\(waypoint.namespace)/\(waypoint.name)" }
-        }
-        guard !exempting.isEmpty, !exempt else { return }
-        self.diagnostics.append(Diagnostic(
-            .warning, resource: manifest.id, location: manifest.location,
-            "L4 DENY with not-lists on pods behind waypoint \(waypoint.name): ztunnel sees the waypoint's identity (\(principal)), which these lists do not exempt, so traffic through the waypoint would be denied; add it to notPrincipals"
-        ))
     }
 }

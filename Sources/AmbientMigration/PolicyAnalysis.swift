@@ -49,7 +49,9 @@ enum PolicyAnalysis {
         let selector = manifest.spec["selector"]?["matchLabels"]?.stringMap ?? [:]
         if selector.isEmpty {
             if manifest.namespace == cluster.rootNamespace { return .meshWide }
-            return .namespace(cluster.services(in: manifest.namespace))
+            // Not headless Services (their traffic goes to pod IPs, past the waypoint), nor
+            // those of gateway or waypoint pods.
+            return .namespace(cluster.services(in: manifest.namespace).filter { !$0.headless && !cluster.isInfrastructure($0) })
         }
         let workloads = cluster.workloads(matching: selector, in: manifest.namespace)
         // Headless Services carry traffic to pod IPs, which never reaches a Service's waypoint.
@@ -214,9 +216,14 @@ enum PolicyAnalysis {
             let effect = kept.isEmpty
                 ? "this policy then allows nothing and every connection to \(scope) is DENIED"
                 : "only rules \(kept.map(String.init).joined(separator: ", ")) stay, and everything rules \(l7Rules.map(String.init).joined(separator: ", ")) allowed is DENIED"
+            var resolved = true
+            if case .meshWide = targets {} else { resolved = !targets.services.isEmpty }
+            let fix = resolved
+                ? "Before the pods restart without sidecars, apply \(twin) (targetRefs, enforced by the waypoint) and \(manifest.name)-via-waypoint (lets the waypoint reach the pods), then delete this policy."
+                : "It selects no Service, so no twin can be generated (see the warning): rewrite it with targetRefs by hand before the pods restart without sidecars."
             return [Diagnostic(
                 .critical, resource: manifest.id, location: manifest.location,
-                "ALLOW policy with HTTP rules left selector-based: once the sidecars are gone ztunnel omits rules that match HTTP attributes (\"more restrictive than requested\"); \(effect). Before the pods restart without sidecars, apply \(twin) (targetRefs, enforced by the waypoint) and \(manifest.name)-via-waypoint (lets the waypoint reach the pods), then delete this policy."
+                "ALLOW policy with HTTP rules left selector-based: once the sidecars are gone ztunnel omits rules that match HTTP attributes (\"more restrictive than requested\"); \(effect). \(fix)"
             )]
         }
         return scans.enumerated().compactMap { index, scan in
@@ -245,6 +252,10 @@ enum PolicyAnalysis {
 
     /// A selector that matches no pod, or pods no Service selects.
     static func selectionWarnings(_ manifest: Manifest, targets: Targets, cluster: Cluster) -> [Diagnostic] {
+        if case .namespace(let services) = targets, services.isEmpty {
+            return [Diagnostic(.warning, resource: manifest.id, location: manifest.location,
+                               "selects no Service: it applies to all of namespace \(manifest.namespace), which has no Service in the input (headless, gateway and waypoint Services do not count)")]
+        }
         guard case .workloads(let workloads, let services) = targets else { return [] }
         let selector = Self.describe(manifest.spec["selector"]?["matchLabels"]?.stringMap ?? [:])
         if workloads.isEmpty {

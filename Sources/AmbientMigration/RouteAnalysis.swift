@@ -39,7 +39,12 @@ enum RouteAnalysis {
         var analysis = Analysis(finding: Self.finding(manifest, .waypoint, reasons))
         var services: [Cluster.Service] = []
         for host in hosts {
-            if let service = cluster.service(host: host, from: manifest.namespace) {
+            if let service = cluster.service(host: host, from: manifest.namespace), service.headless {
+                analysis.diagnostics.append(Diagnostic(
+                    .warning, resource: manifest.id, location: manifest.location,
+                    "host \(host) is a headless Service: its clients connect to pod IPs, which never reach a waypoint, so this routing would stop applying"
+                ))
+            } else if let service = cluster.service(host: host, from: manifest.namespace) {
                 services.append(service)
             } else {
                 analysis.diagnostics.append(Diagnostic(

@@ -23,6 +23,7 @@ struct CommandLineTests {
         #expect(written == [
             "authorizationpolicy-orders-methods-via-waypoint.yaml", "authorizationpolicy-orders-methods-waypoint.yaml",
             "authorizationpolicy-payments-post-only-via-waypoint.yaml", "authorizationpolicy-payments-post-only-waypoint.yaml",
+            "authorizationpolicy-postgres-backend-only-waypoint.yaml",
             "gateway-waypoint.yaml", "httproute-reviews.yaml", "service-reviews-v2.yaml",
         ])
         let twin = try String(contentsOf: directory.appendingPathComponent("backend/authorizationpolicy-orders-methods-waypoint.yaml"), encoding: .utf8)

@@ -63,7 +63,7 @@ struct FixtureTests {
     }
 
     @Test("one namespace waypoint in backend; frontend only moves to ambient")
-    func waypointsAndNamespaces() {
+    func waypointsAndNamespaces() throws {
         let plan = Self.report().plan
         #expect(plan.waypoints.map { "\($0.namespace)/\($0.name)/\($0.scope.rawValue)" } == ["backend/waypoint/namespace"])
         #expect(plan.waypoints.first?.services == ["orders", "payments", "reviews"])
@@ -79,8 +79,17 @@ struct FixtureTests {
         #expect(commands.contains("kubectl delete authorizationpolicy orders-methods -n backend"))
         #expect(commands.contains("kubectl rollout restart statefulset -n backend"))
         #expect(!commands.contains { $0.contains("web-ingress-only") })
-        // The L4 database policy allows namespace backend, which the waypoint is in: no warning.
-        #expect(!Self.report().diagnostics.contains { $0.resource?.name == "postgres-backend-only" })
+        // The L4 database policy admits namespace backend, which the waypoint is in, so any
+        // client through the waypoint would pass it: its check moves to the waypoint too.
+        let postgres = Self.report().diagnostics.filter { $0.resource?.name == "postgres-backend-only" }
+        #expect(postgres.map(\.message) == [
+            "its source checks on postgres would see waypoint waypoint's identity for traffic through it, so any client of the waypoint would pass them; generated postgres-backend-only-waypoint (the same checks at the waypoint)",
+        ])
+        #expect(plan.generated("AuthorizationPolicy", "backend", "postgres-backend-only-via-waypoint") == nil)
+        let twin = try #require(plan.generated("AuthorizationPolicy", "backend", "postgres-backend-only-waypoint"))
+        let parsed = try #require(ManifestLoader.parse(twin.yaml, file: "t").manifests.first)
+        #expect(parsed.spec["targetRefs"] == .sequence([.object(["group": .string(""), "kind": .string("Service"), "name": .string("postgres")])]))
+        #expect(!commands.contains("kubectl delete authorizationpolicy postgres-backend-only -n backend"))
     }
 
     @Test("the targetRefs twins are valid manifests: parsed back and checked field by field")
@@ -107,7 +116,7 @@ struct FixtureTests {
             // Analysed again, the twin is already at a waypoint and needs nothing more.
             let again = MigrationAnalyzer().analyze(parsed)
             #expect(again.findings.first?.reasons.first?.hasPrefix("already attached through targetRefs") == true)
-            #expect(again.plan.generated.allSatisfy { $0.resource.kind == "Gateway" })
+            #expect(again.plan.generated.map(\.resource.kind) == ["Gateway"])
         }
     }
 

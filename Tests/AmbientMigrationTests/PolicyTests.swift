@@ -129,7 +129,7 @@ struct PolicyTests {
         #expect(!report.plan.waypoints.contains { $0.namespace == "istio-system" })
     }
 
-    @Test("per-service waypoint where only a minority of Services need L7; L4 ALLOW behind it is warned")
+    @Test("per-service waypoint where only a minority of Services need L7; an L4 ALLOW behind it moves its checks there")
     func perService() throws {
         var text = Self.policy("api-get", rules: "[{to: [{operation: {methods: [GET]}}]}]")
         text += "---\n" + Self.policy("api-l4", rules: "[{from: [{source: {principals: [cluster.local/ns/other/sa/client]}}]}]")
@@ -144,7 +144,13 @@ struct PolicyTests {
         #expect(commands.contains("istioctl waypoint apply -n shop --name waypoint --wait"))
         #expect(commands.contains("kubectl label service api -n shop istio.io/use-waypoint=waypoint"))
         let identity = try #require(report.diagnostics.first { $0.resource?.name == "api-l4" })
-        #expect(identity.message.contains("add principal cluster.local/ns/shop/sa/waypoint"), "\(identity.message)")
+        #expect(identity.message.hasSuffix("generated api-l4-waypoint (the same checks at the waypoint) and api-l4-via-waypoint (ztunnel admits the waypoint)"), "\(identity.message)")
+        let companion = try #require(report.plan.generated("AuthorizationPolicy", "shop", "api-l4-via-waypoint"))
+        let parsed = try #require(ManifestLoader.parse(companion.yaml, file: "c").manifests.first)
+        #expect(parsed.spec["rules"] == .sequence([.object(["from": .sequence([.object([
+            "source": .object(["principals": .sequence([.string("cluster.local/ns/shop/sa/waypoint")])]),
+        ])])])]))
+        #expect(report.plan.generated("AuthorizationPolicy", "shop", "api-l4-waypoint") != nil)
     }
 
     @Test("twins that would widen a policy, headless Services, DENY not-lists behind a waypoint")
