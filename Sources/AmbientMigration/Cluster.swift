@@ -45,7 +45,10 @@ struct Cluster {
         var namespace: String
         var name: String
         var className: String
+        /// `istio.io/waypoint-for`: `service` (istiod's default), `workload`, `all` or `none`.
+        var waypointFor: String?
         var isWaypoint: Bool { self.className == "istio-waypoint" }
+        var servesServices: Bool { self.waypointFor.map { $0 == "service" || $0 == "all" } ?? true }
     }
 
     var rootNamespace: String
@@ -108,7 +111,8 @@ struct Cluster {
             ))
         case "Gateway" where manifest.group == "gateway.networking.k8s.io":
             self.gateways["\(manifest.namespace)/\(manifest.name)"] = Gateway(
-                namespace: manifest.namespace, name: manifest.name, className: manifest.spec["gatewayClassName"]?.string ?? ""
+                namespace: manifest.namespace, name: manifest.name, className: manifest.spec["gatewayClassName"]?.string ?? "",
+                waypointFor: manifest.labels["istio.io/waypoint-for"]
             )
         case "Gateway" where manifest.group == "networking.istio.io":
             self.istioGateways.insert("\(manifest.namespace)/\(manifest.name)")

@@ -58,7 +58,14 @@ struct Planner {
             // through the GatewayClass) or one that resolved to no Service (warned).
             // An egress-only namespace still needs a waypoint for its ServiceEntries.
             if need.services.isEmpty, !need.egress { continue }
-            let existing = self.cluster.gateways.values.first { $0.namespace == namespace && $0.isWaypoint }
+            let waypoints = self.cluster.gateways.values.filter { $0.namespace == namespace && $0.isWaypoint }.sorted { $0.name < $1.name }
+            let existing = waypoints.first { $0.servesServices }
+            for other in waypoints where !other.servesServices {
+                self.diagnostics.append(Diagnostic(
+                    .note, resource: ResourceID(kind: "Gateway", namespace: namespace, name: other.name), location: nil,
+                    "waypoint \(other.name) is istio.io/waypoint-for=\(other.waypointFor ?? "?"): it does not serve Service traffic, so it is not used for this plan"
+                ))
+            }
             let total = self.cluster.services(in: namespace).count
             let scope: MigrationPlan.Waypoint.Scope = need.namespaceWide || (!need.services.isEmpty && need.services.count * 2 >= total) ? .namespace : .service
             let reason = scope == .namespace

@@ -44,6 +44,21 @@ struct PlanTests {
         #expect(companion.yaml.contains("cluster.local/ns/shop/sa/shop-waypoint"))
     }
 
+    @Test("a workload-only waypoint is not reused for Service traffic")
+    func workloadWaypoint() throws {
+        let report = Self.analyze("""
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: Gateway
+            metadata: {name: pods-only, namespace: shop, labels: {istio.io/waypoint-for: workload}}
+            spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+            ---
+            """ + "\n" + PolicyTests.policy("get", rules: "[{to: [{operation: {methods: [GET]}}]}]"))
+        let waypoint = try #require(report.plan.waypoints.first)
+        #expect(!waypoint.existing)
+        #expect(waypoint.name == "waypoint")
+        #expect(report.diagnostics.contains { $0.message.hasPrefix("waypoint pods-only is istio.io/waypoint-for=workload") })
+    }
+
     @Test("Services that ingress routes send to get istio.io/ingress-use-waypoint")
     func ingressBackends() {
         let report = Self.analyze(PolicyTests.policy("get", rules: "[{to: [{operation: {methods: [GET]}}]}]") + """
