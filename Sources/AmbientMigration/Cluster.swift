@@ -33,7 +33,6 @@ struct Cluster {
         var selector: [String: String]
         var ports: [Int]
         /// `spec.ports[].name` by port.
-        var portNames: [Int: String]
         /// `clusterIP: None`: clients resolve pod IPs, so a waypoint never sees its traffic.
         var headless: Bool
         var manifest: Manifest
@@ -57,8 +56,6 @@ struct Cluster {
     private(set) var workloads: [Workload] = []
     private(set) var services: [Service] = []
     private(set) var gateways: [String: Gateway] = [:]
-    /// Istio (`networking.istio.io`) Gateways, `namespace/name`: ingress or egress gateways.
-    private(set) var istioGateways: Set<String> = []
     /// DestinationRule subsets by `namespace/service` then subset name.
     private(set) var subsets: [String: [String: [String: String]]] = [:]
     /// `namespace/service` of the Services a DestinationRule gives traffic policy.
@@ -91,12 +88,10 @@ struct Cluster {
             self.namespaces[manifest.name] = Namespace(name: manifest.name, labels: manifest.labels, declared: true)
         case "Service" where manifest.group.isEmpty:
             let ports = manifest.spec["ports"]?.items ?? []
-            var names: [Int: String] = [:]
-            for port in ports { if let number = port["port"]?.int, let name = port["name"]?.string { names[number] = name } }
             self.services.append(Service(
                 namespace: manifest.namespace, name: manifest.name,
                 selector: manifest.spec["selector"]?.stringMap ?? [:],
-                ports: ports.compactMap { $0["port"]?.int }, portNames: names,
+                ports: ports.compactMap { $0["port"]?.int },
                 headless: manifest.spec["clusterIP"]?.scalarText == "None", manifest: manifest
             ))
         case let kind where Self.workloadKinds.contains(kind):
@@ -114,8 +109,6 @@ struct Cluster {
                 namespace: manifest.namespace, name: manifest.name, className: manifest.spec["gatewayClassName"]?.string ?? "",
                 waypointFor: manifest.labels["istio.io/waypoint-for"]
             )
-        case "Gateway" where manifest.group == "networking.istio.io":
-            self.istioGateways.insert("\(manifest.namespace)/\(manifest.name)")
         default:
             break
         }

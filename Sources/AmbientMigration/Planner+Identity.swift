@@ -2,17 +2,19 @@
 /// destination sees the waypoint's identity, not the client's.
 extension Planner {
     /// Adds a generated manifest, unless an object of that kind and name is already in the
-    /// input (`kubectl apply` would overwrite it): then it is left for manual work.
-    mutating func emit(_ value: YAMLValue, purpose: String, source: ResourceID?) {
+    /// input (`kubectl apply` would overwrite it): then it is left for manual work. Returns
+    /// whether it was generated (or already was).
+    @discardableResult
+    mutating func emit(_ value: YAMLValue, purpose: String, source: ResourceID?) -> Bool {
         let manifest = MigrationPlan.GeneratedManifest(value, purpose: purpose, source: source)
         if self.cluster.contains(manifest.resource) {
             self.output.manual.append(.init(resource: source ?? manifest.resource, reasons: [
                 "\(manifest.resource) would be generated (\(purpose)), but one of that name exists in the input: not overwritten; rename and apply by hand",
             ]))
-            return
+            return false
         }
-        guard !self.output.generated.contains(where: { $0.resource == manifest.resource }) else { return }
-        self.output.generated.append(manifest)
+        if !self.output.generated.contains(where: { $0.resource == manifest.resource }) { self.output.generated.append(manifest) }
+        return true
     }
 
     func waypoint(behind namespace: String) -> MigrationPlan.Waypoint? {

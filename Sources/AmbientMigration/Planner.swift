@@ -96,14 +96,16 @@ struct Planner {
                     self.output.manual.append(.init(resource: manifest.id, reasons: ["no Service to target: see the warning; add targetRefs by hand"]))
                     continue
                 }
+                var complete = true
                 for twin in twins {
-                    self.emit(twin, purpose: "replaces the selector-based \(manifest.kind) \(manifest.name), enforced by the waypoint", source: manifest.id)
+                    complete = self.emit(twin, purpose: "replaces the selector-based \(manifest.kind) \(manifest.name), enforced by the waypoint", source: manifest.id) && complete
                 }
                 if manifest.kind == "AuthorizationPolicy", (manifest.spec["action"]?.scalarText ?? "ALLOW") == "ALLOW" {
                     self.addCompanion(for: manifest, targets: targets, keepingL4Rules: true)
                 }
                 self.warnAboutGatewaysInScope(manifest, targets: targets)
-                self.superseded.append(manifest.id)
+                // The original goes only once its replacement exists.
+                if complete { self.superseded.append(manifest.id) }
             } else if manifest.kind == "VirtualService" {
                 let result = HTTPRouteTranslation.translate(manifest, cluster: self.cluster)
                 for note in result.notes {
@@ -111,13 +113,16 @@ struct Planner {
                 }
                 let gateways = (manifest.spec["gateways"]?.textList ?? []).filter { $0 != "mesh" }
                 if result.manual.isEmpty {
+                    var complete = true
                     for (index, value) in result.manifests.enumerated() {
-                        self.emit(
+                        complete = self.emit(
                             value, purpose: index == 0 ? "HTTPRoute translation of VirtualService \(manifest.name)" : "version Service for the HTTPRoute (Gateway API has no subsets)",
                             source: manifest.id
-                        )
+                        ) && complete
                     }
-                    if gateways.isEmpty {
+                    if !complete {
+                        // Kept: what would replace it is not generated (see manual work).
+                    } else if gateways.isEmpty {
                         self.superseded.append(manifest.id)
                     } else {
                         self.output.manual.append(.init(resource: manifest.id, reasons: [

@@ -109,17 +109,6 @@ public enum YAMLValue: Hashable, Sendable {
     public static func labels(_ map: [String: String]) -> YAMLValue {
         .mapping(map.sorted { $0.key < $1.key }.map { Entry($0.key, .string($0.value)) })
     }
-
-    /// A copy with `key` set to `value` (appended if new), or removed when `value` is `nil`.
-    public func setting(_ key: String, to value: YAMLValue?) -> YAMLValue {
-        guard case .mapping(var entries) = self else { return self }
-        if let index = entries.firstIndex(where: { $0.key == key }) {
-            if let value { entries[index].value = value } else { entries.remove(at: index) }
-        } else if let value {
-            entries.append(Entry(key, value))
-        }
-        return .mapping(entries)
-    }
 }
 
 // MARK: - Yams bridge

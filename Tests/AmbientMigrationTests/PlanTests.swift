@@ -115,6 +115,7 @@ struct PlanTests {
         #expect(report.plan.generated("HTTPRoute", "shop", "api") == nil)
         let item = try #require(report.plan.manual.first { $0.resource.name == "api" && $0.resource.kind == "VirtualService" })
         #expect(item.reasons.first?.hasPrefix("HTTPRoute shop/api would be generated") == true)
+        #expect(!report.plan.steps.flatMap(\.commands).contains("kubectl delete virtualservice api -n shop"), "kept: its replacement is not generated")
     }
 
     @Test("pods that ask for a sidecar themselves are warned about")
