@@ -30,19 +30,26 @@ extension Planner {
     /// enforcing for clients that do not come through the waypoint). Applied before the
     /// restarts it keeps the pods reachable through the waypoint while the original (which
     /// ztunnel reduces to "allow nothing") is still in place; afterwards it stops clients
-    /// from bypassing the waypoint by connecting to pod IPs. A mesh-wide policy's companion
-    /// allows every waypoint with this name (`*/sa/<name>`).
+    /// from bypassing the waypoint by connecting to pod IPs.
+    ///
+    /// None for a mesh-wide policy: a mesh-wide ALLOW for waypoints only would cut off every
+    /// workload that has no waypoint; that case is left for manual work instead.
     mutating func addCompanion(for manifest: Manifest, targets: Targets, keepingL4Rules: Bool) {
-        let principal: String
-        let name: String
         if case .meshWide = targets {
-            name = self.configuration.waypointName
-            principal = "*/sa/\(name)"
-        } else {
-            guard let waypoint = self.waypoint(behind: manifest.namespace) else { return }
-            name = waypoint.name
-            principal = self.principal(of: waypoint)
+            let covered = Set(self.output.waypoints.map(\.namespace))
+            let uncovered = Set(self.cluster.workloadsNamespaces).filter {
+                !covered.contains($0) && !MigrationAnalyzer.systemNamespaces.contains($0) && $0 != self.configuration.rootNamespace
+            }.sorted()
+            self.output.manual.append(.init(resource: manifest.id, reasons: [
+                "mesh-wide ALLOW with HTTP rules: they hold only where traffic passes a waypoint"
+                    + (uncovered.isEmpty ? "" : "; namespaces without one: \(uncovered.joined(separator: ", "))")
+                    + ". Deploy waypoints there (and an L4 ALLOW for the waypoints' identities), or narrow the policy to the namespaces that need it",
+            ]))
+            return
         }
+        guard let waypoint = self.waypoint(behind: manifest.namespace) else { return }
+        let name = waypoint.name
+        let principal = self.principal(of: waypoint)
         var rules: [YAMLValue] = [.object(["from": .sequence([.object(["source": .object(["principals": .sequence([.string(principal)])])])])])]
         if keepingL4Rules {
             rules += (manifest.spec["rules"]?.items ?? []).enumerated().filter { PolicyAnalysis.scan(rule: $0.element, index: $0.offset).l7.isEmpty }.map(\.element)

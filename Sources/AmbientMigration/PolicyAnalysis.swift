@@ -216,11 +216,14 @@ enum PolicyAnalysis {
             let effect = kept.isEmpty
                 ? "this policy then allows nothing and every connection to \(scope) is DENIED"
                 : "only rules \(kept.map(String.init).joined(separator: ", ")) stay, and everything rules \(l7Rules.map(String.init).joined(separator: ", ")) allowed is DENIED"
-            var resolved = true
-            if case .meshWide = targets {} else { resolved = !targets.services.isEmpty }
-            let fix = resolved
-                ? "Before the pods restart without sidecars, apply \(twin) (targetRefs, enforced by the waypoint) and \(manifest.name)-via-waypoint (lets the waypoint reach the pods), then delete this policy."
-                : "It selects no Service, so no twin can be generated (see the warning): rewrite it with targetRefs by hand before the pods restart without sidecars."
+            let fix: String
+            if case .meshWide = targets {
+                fix = "Mesh-wide, its HTTP rules hold only for Services behind a waypoint: \(twin) applies them at every waypoint; every namespace without one loses them (see manual work)."
+            } else if targets.services.isEmpty {
+                fix = "It selects no Service, so no twin can be generated (see the warning): rewrite it with targetRefs by hand before the pods restart without sidecars."
+            } else {
+                fix = "Before the pods restart without sidecars, apply \(twin) (targetRefs, enforced by the waypoint) and \(manifest.name)-via-waypoint (lets the waypoint reach the pods), then delete this policy."
+            }
             return [Diagnostic(
                 .critical, resource: manifest.id, location: manifest.location,
                 "ALLOW policy with HTTP rules left selector-based: once the sidecars are gone ztunnel omits rules that match HTTP attributes (\"more restrictive than requested\"); \(effect). \(fix)"

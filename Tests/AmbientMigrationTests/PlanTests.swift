@@ -84,7 +84,7 @@ struct PlanTests {
         #expect(report.diagnostics.contains { $0.resource?.name == "all-get" && $0.message.hasPrefix("it also applies to the gateway pods of shop/ingress") })
     }
 
-    @Test("a mesh-wide ALLOW with HTTP rules: twin on every waypoint, companion for every waypoint's identity")
+    @Test("a mesh-wide ALLOW with HTTP rules: twin on every waypoint, no mesh-wide companion, uncovered namespaces named")
     func meshWideAllow() throws {
         let report = Self.analyze("""
             apiVersion: security.istio.io/v1
@@ -92,11 +92,13 @@ struct PlanTests {
             metadata: {name: mesh-get, namespace: istio-system}
             spec: {rules: [{to: [{operation: {methods: [GET]}}]}]}
             """)
-        let companion = try #require(report.plan.generated("AuthorizationPolicy", "istio-system", "mesh-get-via-waypoint"))
-        let parsed = try #require(ManifestLoader.parse(companion.yaml, file: "c").manifests.first)
-        #expect(parsed.spec["selector"] == nil)
-        #expect(parsed.spec["rules"]?.items?.first?["from"]?.items?.first?["source"]?["principals"] == .sequence([.string("*/sa/waypoint")]))
-        #expect(report.diagnostics.first { $0.severity == .critical }?.message.contains("mesh-get-via-waypoint") == true)
+        let twin = try #require(report.plan.generated("AuthorizationPolicy", "istio-system", "mesh-get-waypoint"))
+        #expect(ManifestLoader.parse(twin.yaml, file: "t").manifests.first?.spec["targetRefs"]?.items?.first?["kind"] == .string("GatewayClass"))
+        // A mesh-wide ALLOW for waypoints only would cut off every workload without one.
+        #expect(report.plan.generated("AuthorizationPolicy", "istio-system", "mesh-get-via-waypoint") == nil)
+        let item = try #require(report.plan.manual.first { $0.resource.name == "mesh-get" })
+        #expect(item.reasons.first?.contains("namespaces without one: shop") == true, "\(item.reasons)")
+        #expect(report.diagnostics.first { $0.severity == .critical }?.message.contains("every namespace without one loses them") == true)
     }
 
     @Test("generated names never overwrite objects of the input")
