@@ -13,7 +13,6 @@ struct Cluster {
         var kind: String
         var name: String
         var podLabels: [String: String]
-        var serviceAccount: String
         /// The pod template asks for a sidecar itself (`sidecar.istio.io/inject: "true"` as
         /// label or annotation, or `istio.io/rev`).
         var requestsSidecar: Bool
@@ -21,7 +20,7 @@ struct Cluster {
         /// Gateway pods keep their Envoy: `istio: ingressgateway` (istioctl), `istio: <release>`
         /// of the Helm gateway chart, or a Gateway API deployment.
         var isGateway: Bool {
-            if let value = self.podLabels["istio"], ["gateway", "ingress", "egress"].contains(where: value.contains) { return true }
+            if Cluster.namesIstioGateway(self.podLabels) { return true }
             return self.podLabels["gateway.networking.k8s.io/gateway-name"] != nil && self.podLabels["istio.io/waypoint-for"] == nil
                 && self.podLabels["gateway.istio.io/managed"] != "istio.io-mesh-controller"
         }
@@ -32,7 +31,6 @@ struct Cluster {
         var name: String
         var selector: [String: String]
         var ports: [Int]
-        /// `spec.ports[].name` by port.
         /// `clusterIP: None`: clients resolve pod IPs, so a waypoint never sees its traffic.
         var headless: Bool
         var manifest: Manifest
@@ -96,12 +94,10 @@ struct Cluster {
             ))
         case let kind where Self.workloadKinds.contains(kind):
             let pod = kind == "Pod" ? manifest.body : (manifest.spec["template"] ?? .null)
-            let podSpec = pod["spec"] ?? .null
             let labels = pod["metadata"]?["labels"]?.stringMap ?? [:]
             let annotations = pod["metadata"]?["annotations"]?.stringMap ?? [:]
             self.workloads.append(Workload(
                 namespace: manifest.namespace, kind: kind, name: manifest.name, podLabels: labels,
-                serviceAccount: podSpec["serviceAccountName"]?.string ?? podSpec["serviceAccount"]?.string ?? "default",
                 requestsSidecar: labels["sidecar.istio.io/inject"] == "true" || annotations["sidecar.istio.io/inject"] == "true" || labels["istio.io/rev"] != nil
             ))
         case "Gateway" where manifest.group == "gateway.networking.k8s.io":
@@ -211,14 +207,19 @@ struct Cluster {
 
     /// A Service that fronts gateway or waypoint pods rather than an application.
     func isInfrastructure(_ service: Service) -> Bool {
-        service.selector["gateway.networking.k8s.io/gateway-name"] != nil || service.selector["istio"].map { ["gateway", "ingress", "egress"].contains(where: $0.contains) } ?? false
+        service.selector["gateway.networking.k8s.io/gateway-name"] != nil || Self.namesIstioGateway(service.selector)
+    }
+
+    /// Istio's gateway installs label their pods `istio: ingressgateway` / `egressgateway`
+    /// (istioctl) or `istio: <release>` (the Helm gateway chart, e.g. `ingress`).
+    static func namesIstioGateway(_ labels: [String: String]) -> Bool {
+        guard let value = labels["istio"] else { return false }
+        return ["gateway", "ingress", "egress"].contains(where: value.contains)
     }
 
     /// Whether a selector picks ingress/egress gateway pods (which keep their Envoy).
     func selectsGateway(_ selector: [String: String], in namespace: String) -> Bool {
-        // Istio's gateway installs label their pods `istio: ingressgateway` / `egressgateway`
-        // (istioctl) or `istio: <release>` (the Helm gateway chart, e.g. `ingress`).
-        if let value = selector["istio"], ["gateway", "ingress", "egress"].contains(where: value.contains) { return true }
+        if Self.namesIstioGateway(selector) { return true }
         if let name = selector["gateway.networking.k8s.io/gateway-name"] {
             return !(self.gateways["\(namespace)/\(name)"]?.isWaypoint ?? false)
         }

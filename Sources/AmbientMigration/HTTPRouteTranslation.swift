@@ -105,19 +105,31 @@ enum HTTPRouteTranslation {
 
         /// Gateway API match precedence, highest first.
         struct Precedence: Comparable {
+            /// What a request must carry to match: the path (exact, or a prefix), the method,
+            /// exact header values; and the counts the ranking uses.
+            var path: String
             var exact: Bool
-            var length: Int
-            var method: Bool
+            var regex: Bool
+            var method: String?
+            var exactHeaders: [String: String] = [:]
             var headers: Int
             var queries: Int
-            var regex = false
-            /// What a request must carry to match: the path (exact or prefix), the method and
-            /// exact header values, to tell matches no request can satisfy both of.
-            var path = "/"
-            var methodName: String?
-            var exactHeaders: [String: String] = [:]
 
-            static let catchAll = Precedence(exact: false, length: 1, method: false, headers: 0, queries: 0)
+            /// A route without matches: everything, as the lowest-ranked `PathPrefix /`.
+            static let catchAll = Precedence(.mapping([]))
+
+            init(_ match: YAMLValue) {
+                let uri = match["uri"]
+                self.path = uri?["exact"]?.scalarText ?? uri?["prefix"]?.scalarText ?? "/"
+                self.exact = uri?["exact"] != nil
+                self.regex = uri?["regex"] != nil
+                self.method = match["method"]?["exact"]?.scalarText
+                self.headers = match["headers"]?.entries?.count ?? 0
+                self.queries = match["queryParams"]?.entries?.count ?? 0
+                for entry in match["headers"]?.entries ?? [] {
+                    if let value = entry.value["exact"]?.scalarText { self.exactHeaders[entry.key] = value }
+                }
+            }
 
             /// Whether one request could match both (conservative: `true` unless the paths,
             /// methods or exact header values rule it out).
@@ -131,32 +143,15 @@ enum HTTPRouteTranslation {
                 case (false, false): paths = self.path.hasPrefix(other.path) || other.path.hasPrefix(self.path)
                 }
                 if !paths { return false }
-                if let a = self.methodName, let b = other.methodName, a != b { return false }
+                if let a = self.method, let b = other.method, a != b { return false }
                 return !self.exactHeaders.contains { name, value in other.exactHeaders[name].map { $0 != value } ?? false }
             }
 
-            init(exact: Bool, length: Int, method: Bool, headers: Int, queries: Int) {
-                (self.exact, self.length, self.method, self.headers, self.queries) = (exact, length, method, headers, queries)
-            }
-
-            init(_ match: YAMLValue) {
-                let uri = match["uri"]
-                let path = uri?["exact"]?.scalarText ?? uri?["prefix"]?.scalarText ?? "/"
-                self.init(
-                    exact: uri?["exact"] != nil, length: path.count, method: match["method"] != nil,
-                    headers: match["headers"]?.entries?.count ?? 0, queries: match["queryParams"]?.entries?.count ?? 0
-                )
-                self.regex = uri?["regex"] != nil
-                self.path = path
-                self.methodName = match["method"]?["exact"]?.scalarText
-                for entry in match["headers"]?.entries ?? [] {
-                    if let value = entry.value["exact"]?.scalarText { self.exactHeaders[entry.key] = value }
-                }
-            }
-
+            /// Gateway API's ranking: exact path, longest path, method, most headers, most
+            /// query parameters.
             static func < (lhs: Precedence, rhs: Precedence) -> Bool {
-                (lhs.exact ? 1 : 0, lhs.length, lhs.method ? 1 : 0, lhs.headers, lhs.queries)
-                    < (rhs.exact ? 1 : 0, rhs.length, rhs.method ? 1 : 0, rhs.headers, rhs.queries)
+                (lhs.exact ? 1 : 0, lhs.path.count, lhs.method == nil ? 0 : 1, lhs.headers, lhs.queries)
+                    < (rhs.exact ? 1 : 0, rhs.path.count, rhs.method == nil ? 0 : 1, rhs.headers, rhs.queries)
             }
         }
 

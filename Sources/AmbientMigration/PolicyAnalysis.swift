@@ -27,14 +27,12 @@ enum Targets {
 /// Classifies the `security.istio.io` kinds and Telemetry the way istiod converts them
 /// for ztunnel (`pilot/pkg/serviceregistry/ambient/authorization.go`).
 enum PolicyAnalysis {
-    /// `from.source` fields ztunnel enforces (`authorization.go`, `handleRule`).
+    /// `from.source` fields ztunnel enforces (`authorization.go`, `handleRule`). Every other
+    /// field counts as HTTP: `requestPrincipals`, `remoteIpBlocks`, `trustDomains` and their
+    /// `not` forms (`httpSources`), and any field this list does not know.
     static let l4SourceFields: Set<String> = [
         "principals", "notPrincipals", "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks",
         "serviceAccounts", "notServiceAccounts",
-    ]
-    /// `from.source` fields only Envoy can match (`httpSources`).
-    static let l7SourceFields: Set<String> = [
-        "requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks", "trustDomains", "notTrustDomains",
     ]
     /// `to.operation` fields ztunnel enforces; `hosts`, `methods`, `paths` and their `not`
     /// forms are HTTP (`httpOperations`).
@@ -159,19 +157,17 @@ enum PolicyAnalysis {
         }
         clause("from", "source", l4: Self.l4SourceFields)
         clause("to", "operation", l4: Self.l4OperationFields)
-        if let conditions = rule["when"]?.items, !conditions.isEmpty {
-            var kept = false
-            for condition in conditions {
-                let key = condition["key"]?.scalarText ?? "?"
-                let text = "rules[\(index)].when \(key) \(Self.values(condition["values"] ?? condition["notValues"]))"
-                if Self.l4WhenKeys.contains(key) {
-                    scan.l4.append(text)
-                    kept = true
-                } else {
-                    scan.l7.append(text)
-                }
+        // Each `when` condition is a clause of its own (istiod emits one match per
+        // condition), so a single HTTP condition already leaves an empty clause.
+        for condition in rule["when"]?.items ?? [] {
+            let key = condition["key"]?.scalarText ?? "?"
+            let text = "rules[\(index)].when \(key) \(Self.values(condition["values"] ?? condition["notValues"]))"
+            if Self.l4WhenKeys.contains(key) {
+                scan.l4.append(text)
+            } else {
+                scan.l7.append(text)
+                scan.emptiedClause = true
             }
-            if !kept { scan.emptiedClause = true }
         }
         return scan
     }

@@ -106,6 +106,11 @@ struct PolicyTests {
         #expect(broader.severity == .warning)
         #expect(broader.message.contains("more than intended"), "\(broader.message)")
         #expect(report.plan.generated("AuthorizationPolicy", "shop", "deny-get-waypoint") != nil)
+        // A `when` condition is a clause of its own: one HTTP condition empties it, even next to ports.
+        let conditioned = Self.analyze(Self.policy("deny-header", action: "DENY", rules: """
+            [{to: [{operation: {ports: ["80"]}}], when: [{key: source.ip, values: [10.0.0.0/8]}, {key: "request.headers[x-debug]", values: ["1"]}]}]
+            """))
+        #expect(conditioned.diagnostics.first { $0.resource?.name == "deny-header" }?.severity == .critical)
     }
 
     @Test("namespace-wide and mesh-wide L7 policies: twins target every Service, or every waypoint")
