@@ -11,6 +11,8 @@ Every configuration has the same shape, so the numbers compare like with like:
   c-peer        the C nghttp2+OpenSSL HBONE peer in both roles (Tests/Interop/hbone-peer)
   swift         hbone-tunnel client -> hbone-tunnel server (this package)
   swift-nopool  the same with the client's pool off (tunnel rates only: a handshake each)
+  swift-nosplice  the same with inbound DATA through nio-http2's stream channels instead of
+                the splicer (HBONEConfiguration.splicesInboundData off), for comparison
   swift->c, c->swift   the two implementations against each other
 
 Measured: bulk throughput (iperf3, one stream), CPU seconds per GiB spent by the relays,
@@ -135,6 +137,7 @@ class Relays:
         else:
             client_impl, server_impl = {
                 "swift": ("swift", "swift"), "c-peer": ("c", "c"), "swift-nopool": ("swift-nopool", "swift"),
+                "swift-nosplice": ("swift-nosplice", "swift-nosplice"),
                 "swift->c": ("swift", "c"), "c->swift": ("c", "swift"),
             }[name]
             server_port = self._start(b.server_command(server_impl, upstream))
@@ -186,9 +189,9 @@ class Bench:
             setattr(self, f"{role}_key", prefix + ".key")
 
     def server_command(self, impl, upstream):
-        if impl == "swift":
+        if impl.startswith("swift"):
             return [self.tunnel, "server", "--dir", self.ca, "--listen", "127.0.0.1:0",
-                    "--upstream", f"127.0.0.1:{upstream}"]
+                    "--upstream", f"127.0.0.1:{upstream}"] + (["--no-splice"] if impl == "swift-nosplice" else [])
         return [self.peer, "server", "--listen", "127.0.0.1:0", "--cert", self.server_cert,
                 "--key", self.server_key, "--ca", self.root, "--trust-domain", "cluster.local",
                 "--upstream", f"127.0.0.1:{upstream}", "--quiet"]
@@ -197,7 +200,8 @@ class Bench:
         if impl.startswith("swift"):
             return [self.tunnel, "client", "--dir", self.ca, "--listen", "127.0.0.1:0",
                     "--connect", f"127.0.0.1:{server_port}", "--authority", f"127.0.0.1:{upstream}"] \
-                + (["--pool-off"] if impl == "swift-nopool" else [])
+                + (["--pool-off"] if impl == "swift-nopool" else []) \
+                + (["--no-splice"] if impl == "swift-nosplice" else [])
         return [self.peer, "client", "--listen", "127.0.0.1:0", "--connect", f"127.0.0.1:{server_port}",
                 "--authority", f"127.0.0.1:{upstream}", "--cert", self.client_cert, "--key", self.client_key,
                 "--ca", self.root, "--expect-identity", "spiffe://cluster.local/ns/default/sa/httpbin", "--quiet"]
@@ -293,7 +297,7 @@ def main():
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
-    configs = ["plain", "socat-pair", "socat-tls", "swift", "swift-nopool"]
+    configs = ["plain", "socat-pair", "socat-tls", "swift", "swift-nosplice", "swift-nopool"]
     if args.hbone_peer:
         configs += ["c-peer", "swift->c", "c->swift"]
     if args.only:
@@ -356,7 +360,7 @@ def main():
     print("\nRatios (same run):")
     swift = results.get("swift")
     if swift:
-        for base in ("plain", "socat-tls", "c-peer", "socat-pair"):
+        for base in ("plain", "socat-tls", "c-peer", "socat-pair", "swift-nosplice"):
             if base in results:
                 print(f"  swift throughput / {base:10s} = {swift['gbps'] / results[base]['gbps']:.2f}x")
         if "plain" in results:
@@ -365,7 +369,9 @@ def main():
             for n, a in added.items():
                 print(f"  added p50 latency {n:10s} = {a:+7.1f} µs")
             if "socat-pair" in added and added["socat-pair"] > 0:
-                print(f"  swift added p50 / socat-pair added p50 = {added['swift'] / added['socat-pair']:.2f}x")
+                for n in ("swift", "swift-nosplice", "c-peer"):
+                    if n in added:
+                        print(f"  {n} added p50 / socat-pair added p50 = {added[n] / added['socat-pair']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -77,6 +77,9 @@ struct Server: AsyncParsableCommand {
     @Flag(help: "Log each tunnel.")
     var verbose = false
 
+    @Flag(help: "Inbound DATA through nio-http2's stream channels, not spliced (for comparison).")
+    var noSplice = false
+
     func run() async throws {
         let logger = makeLogger("hbone-tunnel.server", level: self.verbose ? .debug : .warning)
         let manager = try makeManager(self.ca)
@@ -85,6 +88,7 @@ struct Server: AsyncParsableCommand {
         var configuration = HBONEServer.Configuration()
         configuration.host = listen.host
         configuration.port = listen.port
+        configuration.hbone.splicesInboundData = !self.noSplice
         let server = HBONEServer(
             configuration: configuration, identity: try SPIFFEID(parsing: self.identity), certificates: manager,
             logger: logger,
@@ -125,6 +129,9 @@ struct Client: AsyncParsableCommand {
     @Flag(help: "No pooling: every tunnel its own mTLS connection (and handshake), closed with it.")
     var poolOff = false
 
+    @Flag(help: "Inbound DATA through nio-http2's stream channels, not spliced (for comparison).")
+    var noSplice = false
+
     func run() async throws {
         let logger = makeLogger("hbone-tunnel.client", level: .warning)
         let manager = try makeManager(self.ca)
@@ -135,6 +142,7 @@ struct Client: AsyncParsableCommand {
             authority: try parseAddress(self.authority)
         )
         var configuration = HBONEConfiguration()
+        configuration.splicesInboundData = !self.noSplice
         if self.poolOff {
             configuration.http2.clientMaximumStreamsPerConnection = 1
             configuration.poolIdleTimeout = .zero

@@ -305,6 +305,9 @@ public final class HBONEClient: Sendable {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(tls)
                     try sync.addHandler(HandshakeWatcher(promise: handshake))
+                    if configuration.splicesInboundData {
+                        try sync.addHandler(InboundDataSplicerHandler(role: .client, configuration: configuration))
+                    }
                     let multiplexer = try sync.configureHTTP2Pipeline(
                         mode: .client,
                         connectionConfiguration: HBONEPipeline.connectionConfiguration(configuration, server: false),

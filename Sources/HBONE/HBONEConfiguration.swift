@@ -72,6 +72,13 @@ public struct HBONEConfiguration: Sendable, Hashable {
     /// memory per idle tunnel (about 24 → 11 KiB per process, Docs/performance.md).
     public var maximumReadSize: Int = 256 << 10
 
+    /// Whether a tunnel's inbound DATA payloads go straight from the TLS layer to its TCP
+    /// side (``InboundDataSplicer``: no copy into nio-http2's frame parser, no child-channel
+    /// pipeline per message; the splicer does the flow control for those bytes) instead of
+    /// through `NIOHTTP2Handler` and the stream channel. Default on; off is the plain
+    /// nio-http2 path, kept for comparison (`Docs/performance.md`).
+    public var splicesInboundData = true
+
     /// The well-known HBONE port.
     public static let port: UInt16 = 15008
 

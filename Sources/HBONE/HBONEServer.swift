@@ -154,6 +154,9 @@ public final class HBONEServer: Service, Sendable {
             try sync.addHandler(tls)
             try sync.addHandler(ResumptionGuard(peer: peer, logger: self.logger))
             let configuration = self.configuration.hbone
+            if configuration.splicesInboundData {
+                try sync.addHandler(InboundDataSplicerHandler(role: .server, configuration: configuration))
+            }
             _ = try sync.configureHTTP2Pipeline(
                 mode: .server,
                 connectionConfiguration: HBONEPipeline.connectionConfiguration(configuration, server: true),

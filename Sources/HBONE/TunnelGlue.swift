@@ -230,14 +230,52 @@ final class TunnelGlue {
         /// and a FIN that arrive while the tunnel is being set up are kept, not dropped).
         private var pending: [HTTP2Frame.FramePayload] = []
 
+        /// The connection's splicer while it takes this stream's DATA (see
+        /// ``InboundDataSplicer``), and the stream's ID there.
+        private var splicer: InboundDataSplicerHandler?
+        private var streamID: Int32 = 0
+
         func handlerAdded(context: ChannelHandlerContext) {
             self.context = context
             for payload in self.pending { context.write(Self.wrapOutboundOut(payload), promise: nil) }
             self.pending = []
             context.flush()
-            if self.glue == nil { context.close(promise: nil) }
+            if self.glue == nil {
+                context.close(promise: nil)
+                return
+            }
+            // Added before any DATA of the stream was read, or right after the ones that
+            // came with the answer: from here the connection's splicer may take its DATA.
+            if let splicer = InboundDataSplicerHandler.of(stream: context.channel),
+                let id = try? context.channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID),
+                splicer.register(Int32(Int(id)), sink: self)
+            {
+                self.splicer = splicer
+                self.streamID = Int32(Int(id))
+            }
         }
-        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+        func handlerRemoved(context: ChannelHandlerContext) {
+            self.context = nil
+            self.unsplice()
+        }
+
+        private func unsplice() {
+            self.splicer?.forget(self.streamID)
+            self.splicer = nil
+        }
+
+        /// A DATA payload the splicer took for this stream.
+        func spliceRead(_ buffer: ByteBuffer) {
+            if buffer.readableBytes > 0 { self.glue?.streamRead(buffer) }
+        }
+
+        /// The splicer's read burst ended.
+        func spliceReadComplete() {
+            self.glue?.tcp.flush()
+        }
+
+        /// Whether the TCP side takes more bytes (the splicer returns window only then).
+        var partnerIsWritable: Bool { self.glue?.tcp.isWritable ?? true }
 
         func read(context: ChannelHandlerContext) {
             if self.gate.shouldRead(partnerWritable: self.glue?.tcp.isWritable ?? true) { context.read() }
@@ -252,6 +290,7 @@ final class TunnelGlue {
 
         fileprivate func resumeReading() {
             if self.gate.partnerBecameWritable() { self.context?.read() }
+            self.splicer?.becameWritable(self.streamID)
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -280,6 +319,7 @@ final class TunnelGlue {
         }
 
         func channelInactive(context: ChannelHandlerContext) {
+            self.unsplice()
             self.glue?.streamGone()
             context.fireChannelInactive()
         }

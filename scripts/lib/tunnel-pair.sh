@@ -9,6 +9,8 @@
 #                             pair_server and pair_client (pids) and pair_port (the client's
 #                             listener, where the load goes)
 #   pair_cleanup              stops everything started here
+#
+# PAIR_ARGS (environment): extra words for both endpoints, e.g. --no-splice.
 
 pair_pids=()
 server_prefix=()
@@ -36,10 +38,10 @@ pair_start() {
     local dir=$1 server_port
     server_port=$(free_port); pair_port=$(free_port)
     "${server_prefix[@]}" "$dir/hbone-tunnel" server --dir "$dir/ca" --listen "127.0.0.1:$server_port" \
-        --upstream "127.0.0.1:$pair_echo" >"$dir/server.out" 2>&1 & pair_server=$!; pair_pids+=($pair_server)
+        --upstream "127.0.0.1:$pair_echo" ${PAIR_ARGS:-} >"$dir/server.out" 2>&1 & pair_server=$!; pair_pids+=($pair_server)
     pair_wait "$dir/server.out"
     "${client_prefix[@]}" "$dir/hbone-tunnel" client --dir "$dir/ca" --listen "127.0.0.1:$pair_port" \
-        --connect "127.0.0.1:$server_port" --authority "127.0.0.1:$pair_echo" >"$dir/client.out" 2>&1 & pair_client=$!
+        --connect "127.0.0.1:$server_port" --authority "127.0.0.1:$pair_echo" ${PAIR_ARGS:-} >"$dir/client.out" 2>&1 & pair_client=$!
     pair_pids+=($pair_client)
     pair_wait "$dir/client.out"
 }

@@ -1,0 +1,380 @@
+internal import NIOCore
+
+/// The inbound half of an HBONE connection's byte stream, split between swift-nio-http2 and
+/// the tunnels: DATA frames of spliced tunnel streams are taken out and handed to their TCP
+/// side directly, everything else goes on to `NIOHTTP2Handler` unchanged.
+///
+/// Why: every inbound byte through nio-http2 is copied once into its frame parser's buffer
+/// and then passes its stream state machine, the multiplexer and a child channel's
+/// pipeline; for a tunnel that is most of the user-space work per message
+/// (`Docs/profiles.md`). A DATA payload taken here is a slice of the TLS plaintext buffer.
+///
+/// A value type that returns actions; ``InboundDataSplicerHandler`` does the I/O. Rules:
+///
+/// - **Which frames.** Only DATA frames of a *registered* stream, without END_STREAM and not
+///   above SETTINGS_MAX_FRAME_SIZE, are taken. A stream can be registered only if no DATA
+///   of it has gone to nio-http2 yet, so bytes cannot overtake earlier ones still queued in
+///   the stream's child channel. END_STREAM frames, trailers, RST_STREAM and every other
+///   frame go to nio-http2, which keeps the stream's state; the stream's earlier payload has
+///   been handed over by then, so order holds.
+/// - **Flow control** (RFC 9113 §6.9). nio-http2 never sees the payload taken here, so it
+///   neither charges its windows for it nor returns them; this type does both for those
+///   bytes. Each taken frame's length (padding included, §6.9.1 "the entire DATA frame
+///   payload is included in flow control") is charged to the stream and to the connection;
+///   "A receiver MAY respond with a stream error or connection error of type
+///   FLOW_CONTROL_ERROR" when a sender exceeds them — here a connection error. Bytes are
+///   returned with WINDOW_UPDATE once their TCP side has taken them and is still writable
+///   (back-pressure: a slow reader holds its stream's window), in batches of half a window,
+///   as nio-http2 does for the frames it handles.
+/// - **Padding** (§6.1): the pad length byte and the padding are dropped; "If the length of
+///   the padding is the length of the frame payload or greater, the recipient MUST treat
+///   this as a connection error … of type PROTOCOL_ERROR."
+struct InboundDataSplicer {
+    /// Whose connection this is: a server first receives the 24-byte client preface.
+    enum Role { case client, server }
+
+    /// What to do with the next part of the input.
+    enum Action: Equatable {
+        /// Bytes for nio-http2, in order.
+        case forward(ByteBuffer)
+        /// A DATA payload (or part of one) for a registered stream's TCP side.
+        case deliver(streamID: Int32, ByteBuffer)
+        /// A connection error: send GOAWAY with this code and close (RFC 9113 §5.4.1).
+        case connectionError(code: UInt32, lastStreamID: Int32)
+    }
+
+    /// WINDOW_UPDATE frames to send: `(stream ID, increment)`, stream 0 for the connection.
+    typealias WindowUpdates = [(streamID: Int32, increment: UInt32)]
+
+    static let frameHeaderLength = 9
+    static let clientPrefaceLength = 24
+    static let flowControlError: UInt32 = 0x3
+    static let protocolError: UInt32 = 0x1
+
+    private enum FrameType {
+        static let data: UInt8 = 0x0
+        static let headers: UInt8 = 0x1
+        static let rstStream: UInt8 = 0x3
+    }
+
+    private enum Flag {
+        static let endStream: UInt8 = 0x1
+        static let padded: UInt8 = 0x8
+    }
+
+    private enum Phase {
+        /// The client preface (server role), passed on.
+        case preface(remaining: Int)
+        /// Between frames: collecting a frame header.
+        case header
+        /// Inside a frame that nio-http2 handles.
+        case forwarding(remaining: Int)
+        /// A padded DATA frame of a registered stream: its pad length byte is next.
+        case padLength(streamID: Int32, frameLength: Int)
+        /// Inside a registered stream's DATA frame: payload bytes, then padding to drop.
+        case delivering(streamID: Int32, data: Int, padding: Int)
+    }
+
+    /// What is known of a stream that opened with HEADERS and has not ended.
+    private struct Stream {
+        /// Registered: its DATA is taken here.
+        var spliced = false
+        /// Some of its DATA went to nio-http2 (it can no longer be registered).
+        var dataForwarded = false
+        /// The sender's stream window as we granted it.
+        var window = 0
+        /// Taken in the current read burst, not yet judged for credit.
+        var delivered = 0
+        /// Taken while its TCP side was not writable: credited when it is again.
+        var held = 0
+        /// Credited, not yet sent (below the batching threshold).
+        var unsent = 0
+    }
+
+    let role: Role
+    /// The stream window we advertise (SETTINGS_INITIAL_WINDOW_SIZE).
+    let streamWindow: Int
+    /// The connection window nio-http2 keeps open (its target window).
+    let connectionWindow: Int
+    /// SETTINGS_MAX_FRAME_SIZE we advertise; larger frames go to nio-http2, which rejects them.
+    let maximumFrameSize: Int
+    /// Entries kept for streams that are not registered before unregistered ones are dropped.
+    let trackingLimit: Int
+
+    private var phase: Phase
+    private var header: [UInt8] = []
+    private var streams: [Int32: Stream] = [:]
+    /// Streams with bytes taken in the current read burst.
+    private var touched: [Int32] = []
+    /// Bytes taken here and not yet returned to the connection window.
+    private var connectionOutstanding = 0
+    /// Connection credit not yet sent.
+    private var connectionUnsent = 0
+    /// The highest stream ID the peer opened (for GOAWAY).
+    private var lastPeerStreamID: Int32 = 0
+
+    init(role: Role, streamWindow: Int, connectionWindow: Int, maximumFrameSize: Int, trackingLimit: Int = 1024) {
+        self.role = role
+        self.streamWindow = streamWindow
+        self.connectionWindow = connectionWindow
+        self.maximumFrameSize = maximumFrameSize
+        self.trackingLimit = trackingLimit
+        self.phase = role == .server ? .preface(remaining: Self.clientPrefaceLength) : .header
+        self.header.reserveCapacity(Self.frameHeaderLength)
+    }
+
+    /// Whether `streamID` is registered.
+    func isSpliced(_ streamID: Int32) -> Bool { self.streams[streamID]?.spliced ?? false }
+
+    /// Streams with bytes taken in the current read burst.
+    var touchedStreams: [Int32] { self.touched }
+
+    /// Streams tracked (registered or not), for tests.
+    var trackedStreams: Int { self.streams.count }
+
+    // MARK: Registration
+
+    /// Takes `streamID`'s DATA from now on. Refused (returns false) for a stream that has not
+    /// opened, has ended, or already had DATA go to nio-http2.
+    mutating func register(_ streamID: Int32) -> Bool {
+        guard var stream = self.streams[streamID], !stream.dataForwarded, !stream.spliced else { return false }
+        stream.spliced = true
+        stream.window = self.streamWindow
+        self.streams[streamID] = stream
+        return true
+    }
+
+    /// The stream is gone on our side (its channel closed): forget it, and return its
+    /// taken bytes to the connection window.
+    mutating func forget(_ streamID: Int32) -> WindowUpdates {
+        self.end(streamID)
+        return self.connectionCredit()
+    }
+
+    // MARK: Input
+
+    /// The next action for `input`, consuming what it covers; nil once `input` is used up.
+    /// Consecutive bytes for nio-http2 come as one slice.
+    mutating func next(_ input: inout ByteBuffer) -> Action? {
+        var forwardStart: Int? = nil
+        /// The bytes from `forwardStart` to `end` (already passed over), as one slice.
+        func forwarded(_ input: inout ByteBuffer, upTo end: Int) -> Action? {
+            guard let start = forwardStart, end > start else { return nil }
+            let resume = input.readerIndex
+            input.moveReaderIndex(to: start)
+            let slice = input.readSlice(length: end - start)!
+            input.moveReaderIndex(to: resume)
+            return .forward(slice)
+        }
+        while input.readableBytes > 0 {
+            switch self.phase {
+            case .preface(let remaining):
+                let count = min(remaining, input.readableBytes)
+                if forwardStart == nil { forwardStart = input.readerIndex }
+                input.moveReaderIndex(forwardBy: count)
+                self.phase = remaining == count ? .header : .preface(remaining: remaining - count)
+
+            case .forwarding(let remaining):
+                let count = min(remaining, input.readableBytes)
+                if forwardStart == nil { forwardStart = input.readerIndex }
+                input.moveReaderIndex(forwardBy: count)
+                self.phase = remaining == count ? .header : .forwarding(remaining: remaining - count)
+
+            case .header:
+                let headerStart = input.readerIndex
+                let header: FrameHeader
+                var fromCopy = false
+                if self.header.isEmpty, input.readableBytes >= Self.frameHeaderLength {
+                    // The whole header is in this buffer: read it in place.
+                    header = FrameHeader(input, at: headerStart)
+                    input.moveReaderIndex(forwardBy: Self.frameHeaderLength)
+                } else {
+                    let count = min(Self.frameHeaderLength - self.header.count, input.readableBytes)
+                    self.header += input.readBytes(length: count)!
+                    // The rest of the header is in a later read; the part we have is not
+                    // forwarded yet, since the frame may be one we take.
+                    guard self.header.count == Self.frameHeaderLength else { return forwarded(&input, upTo: headerStart) }
+                    header = FrameHeader(ByteBuffer(bytes: self.header), at: 0)
+                    fromCopy = true
+                }
+                switch self.frameStarts(header) {
+                case .forward(let length):
+                    self.phase = length == 0 ? .header : .forwarding(remaining: length)
+                    if fromCopy {
+                        // A header that spanned reads starts this input: forward our copy.
+                        let bytes = ByteBuffer(bytes: self.header)
+                        self.header.removeAll(keepingCapacity: true)
+                        return .forward(bytes)
+                    }
+                    if forwardStart == nil { forwardStart = headerStart }
+                case .take(let streamID, let length, let padded):
+                    self.header.removeAll(keepingCapacity: true)
+                    if padded {
+                        self.phase = .padLength(streamID: streamID, frameLength: length)
+                    } else {
+                        self.phase = length == 0 ? .header : .delivering(streamID: streamID, data: length, padding: 0)
+                    }
+                    if let action = forwarded(&input, upTo: headerStart) { return action }
+                case .fail(let code):
+                    return .connectionError(code: code, lastStreamID: self.lastPeerStreamID)
+                }
+
+            case .padLength(let streamID, let frameLength):
+                let padding = Int(input.readInteger(as: UInt8.self)!)
+                guard padding < frameLength else {
+                    return .connectionError(code: Self.protocolError, lastStreamID: self.lastPeerStreamID)
+                }
+                let data = frameLength - 1 - padding
+                self.phase = data == 0 && padding == 0 ? .header : .delivering(streamID: streamID, data: data, padding: padding)
+
+            case .delivering(let streamID, let data, let padding):
+                if data > 0 {
+                    let count = min(data, input.readableBytes)
+                    let slice = input.readSlice(length: count)!
+                    self.phase = data == count && padding == 0 ? .header : .delivering(streamID: streamID, data: data - count, padding: padding)
+                    self.noteDelivered(streamID, count)
+                    return .deliver(streamID: streamID, slice)
+                }
+                let count = min(padding, input.readableBytes)
+                input.moveReaderIndex(forwardBy: count)
+                self.phase = padding == count ? .header : .delivering(streamID: streamID, data: 0, padding: padding - count)
+            }
+        }
+        return forwarded(&input, upTo: input.readerIndex)
+    }
+
+    /// A frame header (RFC 9113 §4.1): 24-bit length, type, flags, R bit and 31-bit stream ID.
+    private struct FrameHeader {
+        var length: Int
+        var type: UInt8
+        var flags: UInt8
+        var streamID: Int32
+
+        init(_ buffer: ByteBuffer, at index: Int) {
+            let high = Int(buffer.getInteger(at: index, as: UInt16.self)!)
+            self.length = high << 8 | Int(buffer.getInteger(at: index + 2, as: UInt8.self)!)
+            self.type = buffer.getInteger(at: index + 3, as: UInt8.self)!
+            self.flags = buffer.getInteger(at: index + 4, as: UInt8.self)!
+            self.streamID = Int32(bitPattern: buffer.getInteger(at: index + 5, as: UInt32.self)! & 0x7fff_ffff)
+        }
+    }
+
+    private enum FrameDecision {
+        case forward(length: Int)
+        case take(streamID: Int32, length: Int, padded: Bool)
+        case fail(UInt32)
+    }
+
+    /// Decides where a frame goes from its header (RFC 9113 §4.1), and keeps the streams'
+    /// bookkeeping: HEADERS opens a stream, END_STREAM and RST_STREAM end one.
+    private mutating func frameStarts(_ header: FrameHeader) -> FrameDecision {
+        let (length, flags, streamID) = (header.length, header.flags, header.streamID)
+        switch header.type {
+        case FrameType.data:
+            guard var stream = self.streams[streamID] else { return .forward(length: length) }
+            guard stream.spliced, flags & Flag.endStream == 0, length <= self.maximumFrameSize else {
+                if flags & Flag.endStream != 0 {
+                    self.end(streamID)
+                } else {
+                    stream.dataForwarded = true
+                    self.streams[streamID] = stream
+                }
+                return .forward(length: length)
+            }
+            if flags & Flag.padded != 0, length == 0 { return .fail(Self.protocolError) }
+            guard length <= stream.window, self.connectionOutstanding + length <= self.connectionWindow else {
+                return .fail(Self.flowControlError)
+            }
+            stream.window -= length
+            self.streams[streamID] = stream
+            self.connectionOutstanding += length
+            return .take(streamID: streamID, length: length, padded: flags & Flag.padded != 0)
+        case FrameType.headers:
+            if flags & Flag.endStream != 0 {
+                self.end(streamID)
+            } else if self.streams[streamID] == nil, streamID != 0 {
+                self.track(streamID)
+            }
+            return .forward(length: length)
+        case FrameType.rstStream:
+            self.end(streamID)
+            return .forward(length: length)
+        default:
+            return .forward(length: length)
+        }
+    }
+
+    private mutating func track(_ streamID: Int32) {
+        if self.role == .server, streamID > self.lastPeerStreamID { self.lastPeerStreamID = streamID }
+        if self.streams.count >= self.trackingLimit {
+            // Streams that never registered (rejected, reset before the answer): drop them.
+            self.streams = self.streams.filter { $0.value.spliced }
+        }
+        self.streams[streamID] = Stream()
+    }
+
+    /// The stream ended: what it took and was not credited goes back to the connection.
+    private mutating func end(_ streamID: Int32) {
+        guard let stream = self.streams.removeValue(forKey: streamID) else { return }
+        let pending = stream.delivered + stream.held
+        if pending > 0 { self.connectionUnsent += pending }
+    }
+
+    private mutating func noteDelivered(_ streamID: Int32, _ count: Int) {
+        guard var stream = self.streams[streamID] else { return }
+        if stream.delivered == 0 { self.touched.append(streamID) }
+        stream.delivered += count
+        self.streams[streamID] = stream
+    }
+
+    // MARK: Credit
+
+    /// The read burst ended and each touched stream's TCP side flushed: credit the bytes
+    /// of those that are still writable, hold the rest.
+    mutating func readComplete(isWritable: (Int32) -> Bool) -> WindowUpdates {
+        var updates: WindowUpdates = []
+        for streamID in self.touched {
+            guard var stream = self.streams[streamID], stream.delivered > 0 else { continue }
+            if isWritable(streamID) {
+                stream.unsent += stream.delivered
+                self.connectionUnsent += stream.delivered
+            } else {
+                stream.held += stream.delivered
+            }
+            stream.delivered = 0
+            self.streams[streamID] = stream
+            self.streamCredit(streamID, into: &updates)
+        }
+        self.touched.removeAll(keepingCapacity: true)
+        updates += self.connectionCredit()
+        return updates
+    }
+
+    /// `streamID`'s TCP side is writable again: credit what it held.
+    mutating func becameWritable(_ streamID: Int32) -> WindowUpdates {
+        guard var stream = self.streams[streamID], stream.held > 0 else { return [] }
+        stream.unsent += stream.held
+        self.connectionUnsent += stream.held
+        stream.held = 0
+        self.streams[streamID] = stream
+        var updates: WindowUpdates = []
+        self.streamCredit(streamID, into: &updates)
+        return updates + self.connectionCredit()
+    }
+
+    private mutating func streamCredit(_ streamID: Int32, into updates: inout WindowUpdates) {
+        guard var stream = self.streams[streamID], stream.unsent > 0, stream.unsent >= self.streamWindow / 2 else { return }
+        updates.append((streamID, UInt32(stream.unsent)))
+        stream.window += stream.unsent
+        stream.unsent = 0
+        self.streams[streamID] = stream
+    }
+
+    private mutating func connectionCredit() -> WindowUpdates {
+        guard self.connectionUnsent > 0, self.connectionUnsent >= self.connectionWindow / 2 else { return [] }
+        let increment = self.connectionUnsent
+        self.connectionUnsent = 0
+        self.connectionOutstanding -= increment
+        return [(0, UInt32(increment))]
+    }
+}

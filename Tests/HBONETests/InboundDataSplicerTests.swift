@@ -1,0 +1,234 @@
+@testable import HBONE
+import NIOCore
+import Testing
+
+/// ``InboundDataSplicer`` without I/O: which bytes go to nio-http2, which to a tunnel, and
+/// the flow control it does for the bytes it takes (RFC 9113 §4.1, §6.1, §6.9).
+@Suite("Inbound DATA splicer")
+struct InboundDataSplicerTests {
+    static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+    static func frame(_ type: UInt8, flags: UInt8 = 0, stream: Int32, _ payload: [UInt8]) -> [UInt8] {
+        let length = payload.count
+        var bytes: [UInt8] = [UInt8(length >> 16 & 0xff), UInt8(length >> 8 & 0xff), UInt8(length & 0xff), type, flags]
+        bytes += [UInt8(stream >> 24 & 0x7f), UInt8(stream >> 16 & 0xff), UInt8(stream >> 8 & 0xff), UInt8(stream & 0xff)]
+        return bytes + payload
+    }
+
+    static func headers(_ stream: Int32, endStream: Bool = false) -> [UInt8] {
+        frame(0x1, flags: 0x4 | (endStream ? 0x1 : 0), stream: stream, [0x82, 0x84])
+    }
+
+    static func data(_ stream: Int32, _ payload: [UInt8], endStream: Bool = false, padding: Int? = nil) -> [UInt8] {
+        guard let padding else { return frame(0x0, flags: endStream ? 0x1 : 0, stream: stream, payload) }
+        return frame(0x0, flags: 0x8 | (endStream ? 0x1 : 0), stream: stream, [UInt8(padding)] + payload + Array(repeating: 0, count: padding))
+    }
+
+    static let settings = frame(0x4, stream: 0, [0, 4, 0, 0x40, 0, 0])
+    static let ping = frame(0x6, stream: 0, Array(repeating: 7, count: 8))
+
+    static func machine(_ role: InboundDataSplicer.Role = .server, window: Int = 1 << 20) -> InboundDataSplicer {
+        InboundDataSplicer(role: role, streamWindow: window, connectionWindow: 4 * window, maximumFrameSize: 1 << 16)
+    }
+
+    /// Feeds `chunks` and collects what came out.
+    struct Output {
+        var forwarded: [UInt8] = []
+        var forwardActions = 0
+        var delivered: [Int32: [UInt8]] = [:]
+        var errors: [UInt32] = []
+    }
+
+    static func feed(_ machine: inout InboundDataSplicer, _ chunks: [[UInt8]], into output: inout Output) {
+        for chunk in chunks {
+            var buffer = ByteBuffer(bytes: chunk)
+            while let action = machine.next(&buffer) {
+                switch action {
+                case .forward(let bytes):
+                    output.forwarded += Array(bytes.readableBytesView)
+                    output.forwardActions += 1
+                case .deliver(let stream, let bytes):
+                    output.delivered[stream, default: []] += Array(bytes.readableBytesView)
+                case .connectionError(let code, _):
+                    output.errors.append(code)
+                    return
+                }
+            }
+            #expect(buffer.readableBytes == 0)
+        }
+    }
+
+    @Test("a registered stream's DATA is taken; everything else reaches nio-http2 unchanged and in one slice per run")
+    func takesRegisteredData() {
+        var machine = Self.machine()
+        var output = Output()
+        let opening = Self.preface + Self.settings + Self.headers(1)
+        Self.feed(&machine, [opening], into: &output)
+        #expect(output.forwarded == opening)
+        #expect(output.forwardActions == 1)
+        let result1 = machine.register(1)
+        #expect(result1)
+        let result2 = !machine.register(1)
+        #expect(result2, "registered twice")
+        let result3 = !machine.register(3)
+        #expect(result3, "a stream that never opened")
+
+        let payload = Array((0..<1000).map { UInt8($0 & 0xff) })
+        let end = Self.data(1, [1, 2, 3], endStream: true)
+        Self.feed(&machine, [Self.ping + Self.data(1, payload) + Self.ping + end], into: &output)
+        #expect(output.delivered[1] == payload)
+        #expect(output.forwarded == opening + Self.ping + Self.ping + end, "END_STREAM goes to nio-http2 with its payload")
+        #expect(!machine.isSpliced(1), "END_STREAM ended the stream")
+        #expect(output.errors.isEmpty)
+    }
+
+    @Test("a stream whose DATA already went to nio-http2 cannot be registered (bytes would overtake queued ones)")
+    func refusesAfterForwardedData() {
+        var machine = Self.machine(.client)
+        var output = Output()
+        Self.feed(&machine, [Self.headers(1) + Self.data(1, [9, 9])], into: &output)
+        let result4 = !machine.register(1)
+        #expect(result4)
+        Self.feed(&machine, [Self.data(1, [8])], into: &output)
+        #expect(output.delivered.isEmpty)
+        #expect(output.forwarded == Self.headers(1) + Self.data(1, [9, 9]) + Self.data(1, [8]))
+    }
+
+    @Test("RST_STREAM and END_STREAM on HEADERS end a stream; unknown streams' DATA goes to nio-http2")
+    func endsStreams() {
+        var machine = Self.machine(.client)
+        var output = Output()
+        Self.feed(&machine, [Self.headers(1), Self.headers(3)], into: &output)
+        let result5 = machine.register(1) && machine.register(3)
+        #expect(result5)
+        Self.feed(&machine, [Self.frame(0x3, stream: 1, [0, 0, 0, 8]), Self.headers(3, endStream: true)], into: &output)
+        #expect(!machine.isSpliced(1) && !machine.isSpliced(3))
+        #expect(machine.trackedStreams == 0)
+        Self.feed(&machine, [Self.data(5, [1])], into: &output)
+        #expect(output.delivered.isEmpty)
+        #expect(output.forwarded.suffix(10) == Self.data(5, [1])[...])
+    }
+
+    @Test("padding is stripped and charged to flow control; padding as long as the payload is PROTOCOL_ERROR")
+    func padding() {
+        var machine = Self.machine(.client, window: 64)
+        var output = Output()
+        Self.feed(&machine, [Self.headers(1)], into: &output)
+        let result6 = machine.register(1)
+        #expect(result6)
+        Self.feed(&machine, [Self.data(1, [1, 2, 3], padding: 4), Self.data(1, [], padding: 0)], into: &output)
+        #expect(output.delivered[1] == [1, 2, 3])
+        #expect(output.forwarded == Self.headers(1))
+        // 8 + 1 bytes charged of 64: a 56-byte frame exceeds the window.
+        Self.feed(&machine, [Self.data(1, Array(repeating: 0, count: 56))], into: &output)
+        #expect(output.errors == [InboundDataSplicer.flowControlError])
+
+        var bad = Self.machine(.client)
+        var badOutput = Output()
+        Self.feed(&bad, [Self.headers(1)], into: &badOutput)
+        let result7 = bad.register(1)
+        #expect(result7)
+        Self.feed(&bad, [Self.frame(0x0, flags: 0x8, stream: 1, [3, 0, 0])], into: &badOutput)
+        #expect(badOutput.errors == [InboundDataSplicer.protocolError])
+    }
+
+    @Test("split anywhere: every cut of a frame sequence gives the same bytes to nio-http2 and to the tunnels")
+    func splitsAnywhere() {
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<200 {
+            var wire = Self.preface + Self.settings + Self.headers(1) + Self.headers(3)
+            var expectForwarded = wire
+            var expectDelivered: [Int32: [UInt8]] = [:]
+            for _ in 0..<Int.random(in: 1...12, using: &generator) {
+                switch Int.random(in: 0..<5, using: &generator) {
+                case 0, 1:
+                    let stream: Int32 = Bool.random(using: &generator) ? 1 : 3
+                    let payload = (0..<Int.random(in: 0...300, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                    let padding = Bool.random(using: &generator) ? Int.random(in: 0...20, using: &generator) : nil
+                    wire += Self.data(stream, payload, padding: padding)
+                    expectDelivered[stream, default: []] += payload
+                case 2:
+                    wire += Self.ping
+                    expectForwarded += Self.ping
+                case 3:
+                    let update = Self.frame(0x8, stream: 0, [0, 0, 1, 0])
+                    wire += update
+                    expectForwarded += update
+                default:
+                    let other = Self.data(7, [1, 2, 3])  // a stream never opened: nio-http2's
+                    wire += other
+                    expectForwarded += other
+                }
+            }
+            var machine = Self.machine()
+            var output = Output()
+            // The opening (preface, SETTINGS, two HEADERS) first, then register both streams.
+            let opening = Self.preface.count + Self.settings.count + 2 * Self.headers(1).count
+            Self.feed(&machine, [Array(wire[..<opening])], into: &output)
+            let result8 = machine.register(1) && machine.register(3)
+            #expect(result8)
+            // The rest cut into pieces of random size, every third round single bytes.
+            var rest: [[UInt8]] = []
+            var index = opening
+            while index < wire.count {
+                let size = round % 3 == 0 ? 1 : Int.random(in: 1...64, using: &generator)
+                rest.append(Array(wire[index..<min(wire.count, index + size)]))
+                index += size
+            }
+            Self.feed(&machine, rest, into: &output)
+            #expect(output.errors.isEmpty)
+            #expect(output.forwarded == expectForwarded, "round \(round)")
+            #expect((output.delivered[1] ?? []) == (expectDelivered[1] ?? []), "round \(round)")
+            #expect((output.delivered[3] ?? []) == (expectDelivered[3] ?? []), "round \(round)")
+        }
+    }
+
+    @Test("credit: WINDOW_UPDATE for stream and connection in batches of half a window, held while the TCP side is full")
+    func credit() {
+        var machine = Self.machine(.client, window: 1000)  // connection window 4000
+        var output = Output()
+        Self.feed(&machine, [Self.headers(1)], into: &output)
+        let result9 = machine.register(1)
+        #expect(result9)
+        Self.feed(&machine, [Self.data(1, Array(repeating: 1, count: 400))], into: &output)
+        let result10 = machine.readComplete { _ in true }.isEmpty
+        #expect(result10, "400 < half the stream window")
+        Self.feed(&machine, [Self.data(1, Array(repeating: 1, count: 200))], into: &output)
+        let first = machine.readComplete { _ in true }
+        #expect(first.map(\.streamID) == [1] && first.map(\.increment) == [600])
+        // The TCP side is full: nothing is returned until it drains.
+        Self.feed(&machine, [Self.data(1, Array(repeating: 1, count: 900))], into: &output)
+        let result11 = machine.readComplete { _ in false }.isEmpty
+        #expect(result11)
+        // 600 + 900 outstanding of the 1000 + 600 granted: 200 more fit, 201 do not.
+        var probe = machine
+        var probeOutput = Output()
+        Self.feed(&probe, [Self.data(1, Array(repeating: 1, count: 201))], into: &probeOutput)
+        #expect(probeOutput.errors == [InboundDataSplicer.flowControlError])
+        let drained = machine.becameWritable(1)
+        #expect(drained.map(\.streamID) == [1] && drained.map(\.increment) == [900])
+        // Connection credit comes at half the connection window (2000): 400 + 200 + 900 = 1500 so far.
+        Self.feed(&machine, [Self.data(1, Array(repeating: 1, count: 500))], into: &output)
+        let connection = machine.readComplete { _ in true }
+        #expect(connection.map(\.streamID) == [1, 0] && connection.map(\.increment) == [500, 2000])
+        // A stream that ends returns what it held to the connection.
+        Self.feed(&machine, [Self.data(1, Array(repeating: 1, count: 300))], into: &output)
+        let result12 = machine.readComplete { _ in false }.isEmpty
+        #expect(result12)
+        let result13 = machine.forget(1).isEmpty
+        #expect(result13, "300 < 2000")
+        #expect(!machine.isSpliced(1))
+    }
+
+    @Test("streams that never register are dropped beyond the tracking limit; registered ones are kept")
+    func trackingLimit() {
+        var machine = InboundDataSplicer(role: .server, streamWindow: 1000, connectionWindow: 4000, maximumFrameSize: 1 << 14, trackingLimit: 8)
+        var output = Output()
+        Self.feed(&machine, [Self.preface, Self.headers(1)], into: &output)
+        let result14 = machine.register(1)
+        #expect(result14)
+        for stream in stride(from: Int32(3), through: 41, by: 2) { Self.feed(&machine, [Self.headers(stream)], into: &output) }
+        #expect(machine.trackedStreams <= 8)
+        #expect(machine.isSpliced(1))
+    }
+}
