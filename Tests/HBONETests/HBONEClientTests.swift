@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 @testable import HBONE
 import MeshIdentity
 import MeshTestSupport
@@ -124,4 +125,64 @@ struct HBONEClientTests {
         }
         await upstream.close()
     }
+
+    @Test(
+        "back-pressure end to end: an upstream that stops reading stalls the sender within a bounded amount, and everything arrives once it reads",
+        arguments: [true, false]
+    )
+    func backPressure(splice: Bool) async throws {
+        let counters = Counters()
+        let sink = try BlockingTCPServer { socket in
+            while !counters.reading.load(ordering: .acquiring) { usleep(10_000) }
+            while true {
+                let chunk = socket.receive()
+                if chunk.isEmpty { break }
+                counters.received.add(chunk.count, ordering: .relaxed)
+            }
+        }
+        defer { sink.stop() }
+        var configuration = HBONEConfiguration()
+        configuration.splicesInboundData = splice
+        let mesh = try TestMesh(upstreamPort: sink.port, configuration: configuration)
+        try await mesh.run { port in
+            try await mesh.withForwarder(serverPort: port) { local in
+                let total = 160 << 20
+                let writer = Task {
+                    try await offload { () throws -> Bool in
+                        let socket = try BlockingSocket.connect(port: local)
+                        let chunk = [UInt8](repeating: 0x5a, count: 64 << 10)
+                        for _ in 0..<(total / chunk.count) {
+                            guard socket.send(chunk) else { return false }
+                            counters.written.add(chunk.count, ordering: .relaxed)
+                        }
+                        socket.shutdownWrite()
+                        _ = socket.receiveAll()
+                        return true
+                    }
+                }
+                // Every hop buffers some (socket buffers, the 4 MiB stream window, the 1 MiB
+                // write watermark); without back-pressure the writer would never stop.
+                try await pause(.seconds(2))
+                let stalled = counters.written.load(ordering: .relaxed)
+                try await pause(.milliseconds(500))
+                #expect(counters.written.load(ordering: .relaxed) == stalled, "the writer kept going while nothing was read")
+                #expect(stalled < 64 << 20, "\(stalled >> 20) MiB accepted while the upstream read nothing")
+                #expect(stalled > 4 << 20, "the tunnel carried at least a stream window before stalling")
+                #expect(counters.received.load(ordering: .relaxed) == 0)
+                counters.reading.store(true, ordering: .releasing)
+                let completed = try await writer.value
+                #expect(completed, "the writer's connection failed")
+                try await eventually(timeout: .seconds(60), "all bytes at the upstream") {
+                    counters.received.load(ordering: .relaxed) == total
+                }
+            }
+        }
+    }
+}
+
+/// Shared between the test, its writer thread and the upstream's thread.
+private final class Counters: Sendable {
+    let reading = Atomic<Bool>(false)
+    let received = Atomic<Int>(0)
+    let written = Atomic<Int>(0)
 }
