@@ -317,6 +317,7 @@ public final class HBONEClient: Sendable {
                         stream.close()
                     }
                     multiplexerBox.withLockedValue { $0 = multiplexer }
+                    try sync.addHandler(ConnectionWindowOpener(target: configuration.http2.connectionWindow))
                     try sync.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
                     try sync.addHandler(GoAwayWatcher { [weak self] in
                         let id: Int? = slot.withLockedValue { slot in

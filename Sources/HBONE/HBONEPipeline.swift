@@ -40,6 +40,49 @@ enum HBONEPipeline {
     }
 }
 
+/// Opens the connection-level receive window to its target as soon as the connection is up.
+///
+/// RFC 9113 §6.9.2: "When an HTTP/2 connection is first established, new streams are created
+/// with an initial flow-control window size of 65,535 octets. The connection flow-control
+/// window is also 65,535 octets", and only WINDOW_UPDATE on stream 0 changes it. nio-http2
+/// raises it to its target lazily, on its first flow-control event for the connection;
+/// DATA taken by ``InboundDataSplicer`` is no such event, so a peer that only sends would
+/// stay at 65,535 bytes in flight. Written through `NIOHTTP2Handler`, so its accounting of
+/// the window agrees with the peer's. Sits after `NIOHTTP2Handler` and removes itself.
+final class ConnectionWindowOpener: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    /// RFC 9113 §6.9.2's initial connection window.
+    static let initialWindow = 65_535
+    private let increment: Int
+    private var opened = false
+
+    init(target: Int) {
+        self.increment = max(0, min(target, Int(Int32.max)) - Self.initialWindow)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.open(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        // After NIOHTTP2Handler's own channelActive, which sent the connection preface.
+        context.fireChannelActive()
+        self.open(context: context)
+    }
+
+    private func open(context: ChannelHandlerContext) {
+        guard !self.opened else { return }
+        self.opened = true
+        if self.increment > 0 {
+            let frame = HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: self.increment))
+            context.writeAndFlush(Self.wrapOutboundOut(frame), promise: nil)
+        }
+        context.pipeline.syncOperations.removeHandler(self, promise: nil)
+    }
+}
+
 /// Sends keepalive PINGs and closes the connection when they go unanswered; see
 /// ``KeepaliveStateMachine`` for the rules. Sits after `NIOHTTP2Handler` on the
 /// connection channel, where connection-level frames arrive.

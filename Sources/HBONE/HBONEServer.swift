@@ -176,6 +176,7 @@ public final class HBONEServer: Service, Sendable {
                     )
                 }
             }
+            try sync.addHandler(ConnectionWindowOpener(target: configuration.http2.connectionWindow))
             try sync.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
         }
     }

@@ -112,6 +112,9 @@ struct HBONEInteropTests {
             #expect(settings["4"] == 4 << 20, "SETTINGS_INITIAL_WINDOW_SIZE 4 MiB: \(settings)")
             #expect(settings["5"] == 1 << 20, "SETTINGS_MAX_FRAME_SIZE 1 MiB")
             #expect(settings["3"] == 200, "SETTINGS_MAX_CONCURRENT_STREAMS 200")
+            // The connection window is opened to 16 MiB with the preface, not left at
+            // RFC 9113's 65,535 until the first DATA (a send-only peer would crawl).
+            #expect(result["connection_window"] as? Int == 16 << 20, "\(result)")
             try await eventually("tunnel record") { fixture.records.all.contains { $0.status == .ok && $0.bytes.received > 0 } }
             let record = try #require(fixture.records.all.first { $0.status == .ok })
             #expect(record.request?.peerIdentity == spiffe("default", "sleep"))
@@ -120,6 +123,25 @@ struct HBONEInteropTests {
             #expect(record.request?.metadata.traceParent?.parentID == 0x00f0_67aa_0ba9_02b7)
             #expect(record.bytes.received == "hello through the mesh".utf8.count, "bytes from the tunnel to the upstream")
             #expect(record.bytes.sent == "echo:hello through the mesh".utf8.count)
+        }
+    }
+
+    @Test("a Python h2 client sends 8 MiB in padded DATA frames as our windows allow: echoed intact, the window returned")
+    func paddedAndFlowControlled() async throws {
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required")
+        try await self.withFixture { fixture, port in
+            let size = 8 << 20
+            let result = try await self.python(fixture, port: port, [
+                "--authority", "127.0.0.1:8080", "--payload-size", "\(size)", "--pad", "17",
+            ])
+            #expect(result["error"] == nil, "\(result)")
+            #expect(result["status"] as? Int == 200)
+            #expect(result["goaway"] == nil, "no connection error: \(result)")
+            #expect(result["received_length"] as? Int == size + 5, "echo: and every byte, padding stripped")
+            #expect(result["received_sha256"] as? String == result["sent_sha256"] as? String)
+            // Twice the 4 MiB stream window: the sender needed our WINDOW_UPDATEs for the stream.
+            #expect((result["stream_window_updates"] as? Int ?? 0) > 0, "\(result)")
+            #expect((result["frames_sent"] as? Int ?? 0) >= 8)
         }
     }
 
