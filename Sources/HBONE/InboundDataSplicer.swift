@@ -23,12 +23,15 @@ internal import NIOCore
 ///   payload is included in flow control") is charged to the stream and to the connection;
 ///   "A receiver MAY respond with a stream error or connection error of type
 ///   FLOW_CONTROL_ERROR" when a sender exceeds them — here a connection error. Bytes are
-///   returned with WINDOW_UPDATE once their TCP side has taken them and is still writable
-///   (back-pressure: a slow reader holds its stream's window), in batches of half a window,
-///   as nio-http2 does for the frames it handles.
-/// - **Padding** (§6.1): the pad length byte and the padding are dropped; "If the length of
-///   the padding is the length of the frame payload or greater, the recipient MUST treat
-///   this as a connection error … of type PROTOCOL_ERROR."
+///   returned with WINDOW_UPDATE in batches of half a window, as nio-http2 does for the
+///   frames it handles: to the connection once handed to the TCP side, to the stream once
+///   the TCP side has taken them and is still writable (back-pressure: a slow reader holds
+///   its own stream's window, not the connection's, which every stream shares).
+/// - **Padding** (§6.1): the pad length byte and the padding are dropped and their window
+///   returned at once; "If the length of the padding is the length of the frame payload or
+///   greater, the recipient MUST treat this as a connection error … of type PROTOCOL_ERROR."
+/// - A stream that goes away in the middle of a taken frame returns that frame's window;
+///   the rest of the frame is dropped.
 struct InboundDataSplicer {
     /// Whose connection this is: a server first receives the 24-byte client preface.
     enum Role { case client, server }
@@ -50,6 +53,7 @@ struct InboundDataSplicer {
     static let clientPrefaceLength = 24
     static let flowControlError: UInt32 = 0x3
     static let protocolError: UInt32 = 0x1
+    static let frameSizeError: UInt32 = 0x6
 
     private enum FrameType {
         static let data: UInt8 = 0x0
@@ -73,6 +77,9 @@ struct InboundDataSplicer {
         case padLength(streamID: Int32, frameLength: Int)
         /// Inside a registered stream's DATA frame: payload bytes, then padding to drop.
         case delivering(streamID: Int32, data: Int, padding: Int)
+        /// The rest of a taken frame whose stream was forgotten mid-frame: dropped (its
+        /// window was already returned).
+        case discarding(remaining: Int)
     }
 
     /// What is known of a stream that opened with HEADERS and has not ended.
@@ -224,6 +231,9 @@ struct InboundDataSplicer {
                 guard padding < frameLength else {
                     return .connectionError(code: Self.protocolError, lastStreamID: self.lastPeerStreamID)
                 }
+                // The pad length byte and the padding were charged with the frame and never
+                // reach the TCP side: they are returned at once.
+                self.creditDropped(streamID, 1 + padding)
                 let data = frameLength - 1 - padding
                 self.phase = data == 0 && padding == 0 ? .header : .delivering(streamID: streamID, data: data, padding: padding)
 
@@ -238,6 +248,11 @@ struct InboundDataSplicer {
                 let count = min(padding, input.readableBytes)
                 input.moveReaderIndex(forwardBy: count)
                 self.phase = padding == count ? .header : .delivering(streamID: streamID, data: 0, padding: padding - count)
+
+            case .discarding(let remaining):
+                let count = min(remaining, input.readableBytes)
+                input.moveReaderIndex(forwardBy: count)
+                self.phase = remaining == count ? .header : .discarding(remaining: remaining - count)
             }
         }
         return forwarded(&input, upTo: input.readerIndex)
@@ -281,7 +296,8 @@ struct InboundDataSplicer {
                 }
                 return .forward(length: length)
             }
-            if flags & Flag.padded != 0, length == 0 { return .fail(Self.protocolError) }
+            // RFC 9113 §4.2: a frame too small for its mandatory fields (the pad length).
+            if flags & Flag.padded != 0, length == 0 { return .fail(Self.frameSizeError) }
             guard length <= stream.window, self.connectionOutstanding + length <= self.connectionWindow else {
                 return .fail(Self.flowControlError)
             }
@@ -290,6 +306,7 @@ struct InboundDataSplicer {
             self.connectionOutstanding += length
             return .take(streamID: streamID, length: length, padded: flags & Flag.padded != 0)
         case FrameType.headers:
+            if self.role == .server, streamID > self.lastPeerStreamID { self.lastPeerStreamID = streamID }
             if flags & Flag.endStream != 0 {
                 self.end(streamID)
             } else if self.streams[streamID] == nil, streamID != 0 {
@@ -305,7 +322,6 @@ struct InboundDataSplicer {
     }
 
     private mutating func track(_ streamID: Int32) {
-        if self.role == .server, streamID > self.lastPeerStreamID { self.lastPeerStreamID = streamID }
         if self.streams.count >= self.trackingLimit {
             // Streams that never registered (rejected, reset before the answer): drop them.
             self.streams = self.streams.filter { $0.value.spliced }
@@ -313,31 +329,54 @@ struct InboundDataSplicer {
         self.streams[streamID] = Stream()
     }
 
-    /// The stream ended: what it took and was not credited goes back to the connection.
+    /// The stream ended: what it took that the connection has not been credited for goes
+    /// back now — bytes of the current read burst, and, when it ends in the middle of a
+    /// taken frame (forgotten between reads), the rest of that frame, which is then dropped.
+    /// Its stream credit is moot.
     private mutating func end(_ streamID: Int32) {
         guard let stream = self.streams.removeValue(forKey: streamID) else { return }
-        let pending = stream.delivered + stream.held
-        if pending > 0 { self.connectionUnsent += pending }
+        self.connectionUnsent += stream.delivered
+        switch self.phase {
+        case .padLength(streamID, let frameLength):
+            self.connectionUnsent += frameLength
+            self.phase = .discarding(remaining: frameLength)
+        case .delivering(streamID, let data, let padding):
+            self.connectionUnsent += data + padding
+            self.phase = .discarding(remaining: data + padding)
+        default:
+            break
+        }
+    }
+
+    /// Charged bytes that never go to the TCP side (padding): credited at once.
+    private mutating func creditDropped(_ streamID: Int32, _ count: Int) {
+        self.connectionUnsent += count
+        guard var stream = self.streams[streamID] else { return }
+        if stream.delivered == 0, stream.unsent == 0, !self.touched.contains(streamID) { self.touched.append(streamID) }
+        stream.unsent += count
+        self.streams[streamID] = stream
     }
 
     private mutating func noteDelivered(_ streamID: Int32, _ count: Int) {
         guard var stream = self.streams[streamID] else { return }
-        if stream.delivered == 0 { self.touched.append(streamID) }
+        if stream.delivered == 0, !self.touched.contains(streamID) { self.touched.append(streamID) }
         stream.delivered += count
         self.streams[streamID] = stream
     }
 
     // MARK: Credit
 
-    /// The read burst ended and each touched stream's TCP side flushed: credit the bytes
-    /// of those that are still writable, hold the rest.
+    /// The read burst ended and each touched stream's TCP side flushed. The connection is
+    /// credited for everything taken (as nio-http2 does for the frames it buffers: a slow
+    /// reader must not hold the window every other stream shares); a stream is credited
+    /// only while its TCP side is writable, and holds the rest until it is again.
     mutating func readComplete(isWritable: (Int32) -> Bool) -> WindowUpdates {
         var updates: WindowUpdates = []
         for streamID in self.touched {
-            guard var stream = self.streams[streamID], stream.delivered > 0 else { continue }
+            guard var stream = self.streams[streamID] else { continue }
+            self.connectionUnsent += stream.delivered
             if isWritable(streamID) {
                 stream.unsent += stream.delivered
-                self.connectionUnsent += stream.delivered
             } else {
                 stream.held += stream.delivered
             }
@@ -354,7 +393,6 @@ struct InboundDataSplicer {
     mutating func becameWritable(_ streamID: Int32) -> WindowUpdates {
         guard var stream = self.streams[streamID], stream.held > 0 else { return [] }
         stream.unsent += stream.held
-        self.connectionUnsent += stream.held
         stream.held = 0
         self.streams[streamID] = stream
         var updates: WindowUpdates = []

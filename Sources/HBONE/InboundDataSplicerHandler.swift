@@ -85,6 +85,9 @@ final class InboundDataSplicerHandler: ChannelInboundHandler {
         context.fireChannelReadComplete()
     }
 
+    /// Written below nio-http2, so between its frames: it writes each frame (header, then
+    /// payload) within one call, and nothing here runs inside such a call — updates are
+    /// sent from this handler's own inbound events and from TCP sides' writability changes.
     private func send(_ updates: InboundDataSplicer.WindowUpdates) {
         guard !updates.isEmpty, let context = self.context else { return }
         var frames = context.channel.allocator.buffer(capacity: 13 * updates.count)

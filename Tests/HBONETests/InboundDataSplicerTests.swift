@@ -200,10 +200,14 @@ struct InboundDataSplicerTests {
         Self.feed(&machine, [Self.data(1, Array(repeating: 1, count: 900))], into: &output)
         let result11 = machine.readComplete { _ in false }.isEmpty
         #expect(result11)
-        // 600 + 900 outstanding of the 1000 + 600 granted: 200 more fit, 201 do not.
+        // 1500 received of the 1000 + 600 granted: 100 more fit, 101 do not.
+        var fits = machine
+        var fitsOutput = Output()
+        Self.feed(&fits, [Self.data(1, Array(repeating: 1, count: 100))], into: &fitsOutput)
+        #expect(fitsOutput.errors.isEmpty)
         var probe = machine
         var probeOutput = Output()
-        Self.feed(&probe, [Self.data(1, Array(repeating: 1, count: 201))], into: &probeOutput)
+        Self.feed(&probe, [Self.data(1, Array(repeating: 1, count: 101))], into: &probeOutput)
         #expect(probeOutput.errors == [InboundDataSplicer.flowControlError])
         let drained = machine.becameWritable(1)
         #expect(drained.map(\.streamID) == [1] && drained.map(\.increment) == [900])
@@ -218,6 +222,61 @@ struct InboundDataSplicerTests {
         let result13 = machine.forget(1).isEmpty
         #expect(result13, "300 < 2000")
         #expect(!machine.isSpliced(1))
+    }
+
+    @Test("padding is returned at once: a peer padding every frame keeps its windows")
+    func paddingCredit() {
+        var machine = Self.machine(.client, window: 100)  // stream threshold 50, connection 200
+        var output = Output()
+        Self.feed(&machine, [Self.headers(1)], into: &output)
+        let registered = machine.register(1)
+        #expect(registered)
+        var streamCredit = 0
+        var connectionCredit = 0
+        // 40 rounds of 5 payload bytes in 46-byte frames: 1840 bytes charged against a 100-byte window.
+        for _ in 0..<40 {
+            Self.feed(&machine, [Self.data(1, [1, 2, 3, 4, 5], padding: 40)], into: &output)
+            for update in machine.readComplete(isWritable: { _ in true }) {
+                if update.streamID == 0 { connectionCredit += Int(update.increment) } else { streamCredit += Int(update.increment) }
+            }
+        }
+        #expect(output.errors.isEmpty)
+        #expect(output.delivered[1]?.count == 200)
+        #expect(streamCredit >= 40 * 46 - 100, "all but the last unsent batch returned: \(streamCredit)")
+        #expect(connectionCredit >= 40 * 46 - 400)
+    }
+
+    @Test("a stream forgotten in the middle of a frame returns the whole frame to the connection and drops its rest")
+    func forgetMidFrame() {
+        var machine = InboundDataSplicer(role: .client, streamWindow: 1000, connectionWindow: 1000, maximumFrameSize: 1 << 16)
+        var output = Output()
+        Self.feed(&machine, [Self.headers(1)], into: &output)
+        let registered = machine.register(1)
+        #expect(registered)
+        let frame = Self.data(1, Array(repeating: 7, count: 600))
+        Self.feed(&machine, [Array(frame[..<109])], into: &output)  // header + 100 bytes
+        #expect(output.delivered[1]?.count == 100)
+        let returned = machine.forget(1)
+        #expect(returned.map(\.streamID) == [0] && returned.map(\.increment) == [600])
+        Self.feed(&machine, [Array(frame[109...]) + Self.ping], into: &output)
+        #expect(output.delivered[1]?.count == 100, "the rest of the frame is dropped")
+        #expect(output.forwarded == Self.headers(1) + Self.ping)
+    }
+
+    @Test("a stream whose TCP side is full holds its own window, not the connection's")
+    func slowStreamKeepsConnectionOpen() {
+        var machine = InboundDataSplicer(role: .client, streamWindow: 1000, connectionWindow: 1000, maximumFrameSize: 1 << 16)
+        var output = Output()
+        Self.feed(&machine, [Self.headers(1), Self.headers(3)], into: &output)
+        let registered = machine.register(1) && machine.register(3)
+        #expect(registered)
+        Self.feed(&machine, [Self.data(1, Array(repeating: 1, count: 600))], into: &output)
+        let updates = machine.readComplete { $0 != 1 }  // stream 1's TCP side is full
+        #expect(updates.map(\.streamID) == [0] && updates.map(\.increment) == [600], "connection credited, stream 1 not")
+        // Stream 3 can still use the connection window: 1000 − 600 + 600.
+        Self.feed(&machine, [Self.data(3, Array(repeating: 3, count: 900))], into: &output)
+        #expect(output.errors.isEmpty)
+        #expect(output.delivered[3]?.count == 900)
     }
 
     @Test("streams that never register are dropped beyond the tracking limit; registered ones are kept")
