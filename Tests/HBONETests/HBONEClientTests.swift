@@ -180,6 +180,60 @@ struct HBONEClientTests {
     }
 }
 
+extension HBONEClientTests {
+    @Test("tunnels whose upstreams stop reading do not stall the other tunnels on their connection")
+    func stalledTunnelsDoNotBlockOthers() async throws {
+        let counters = Counters()
+        // The first byte of each connection says what the upstream does: 'S' stalls (reads
+        // nothing more until released), 'R' reads everything.
+        let sink = try BlockingTCPServer { socket in
+            guard let mode = socket.receive(maximum: 1).first else { return }
+            if mode == UInt8(ascii: "S") {
+                while !counters.reading.load(ordering: .acquiring) { usleep(10_000) }
+            }
+            while true {
+                let chunk = socket.receive()
+                if chunk.isEmpty { break }
+                if mode == UInt8(ascii: "R") { counters.received.add(chunk.count, ordering: .relaxed) }
+            }
+        }
+        defer { sink.stop() }
+        let mesh = try TestMesh(upstreamPort: sink.port)
+        try await mesh.run { port in
+            try await mesh.withForwarder(serverPort: port) { local in
+                // Eight stalled tunnels over the pooled connections (one per event loop), each
+                // filling its 4 MiB stream window and the buffers in front of it: 32 MiB or
+                // more held, twice the 16 MiB connection window.
+                let stalled = (0..<8).map { _ in
+                    Task {
+                        try await offload { () throws -> Void in
+                            let socket = try BlockingSocket.connect(port: local)
+                            _ = socket.send([UInt8(ascii: "S")] + [UInt8](repeating: 1, count: 12 << 20))
+                            socket.shutdownWrite()
+                            _ = socket.receiveAll()
+                        }
+                    }
+                }
+                try await pause(.seconds(2))
+                let total = 32 << 20
+                let active = try await offload { () throws -> Bool in
+                    let socket = try BlockingSocket.connect(port: local)
+                    guard socket.send([UInt8(ascii: "R")] + [UInt8](repeating: 2, count: total)) else { return false }
+                    socket.shutdownWrite()
+                    return true
+                }
+                #expect(active)
+                try await eventually(timeout: .seconds(30), "the active tunnel's bytes at its upstream") {
+                    counters.received.load(ordering: .relaxed) == total
+                }
+                #expect(mesh.client.connectionsStarted <= System.coreCount, "the tunnels shared pooled connections")
+                counters.reading.store(true, ordering: .releasing)
+                for task in stalled { try await task.value }
+            }
+        }
+    }
+}
+
 /// Shared between the test, its writer thread and the upstream's thread.
 private final class Counters: Sendable {
     let reading = Atomic<Bool>(false)
