@@ -67,18 +67,16 @@ struct InboundDataSplicer {
     }
 
     private enum Phase {
-        /// The client preface (server role), passed on.
-        case preface(remaining: Int)
         /// Between frames: collecting a frame header.
         case header
-        /// Inside a frame that nio-http2 handles.
+        /// Inside a frame that nio-http2 handles (or the server's 24-byte client preface).
         case forwarding(remaining: Int)
         /// A padded DATA frame of a registered stream: its pad length byte is next.
         case padLength(streamID: Int32, frameLength: Int)
         /// Inside a registered stream's DATA frame: payload bytes, then padding to drop.
         case delivering(streamID: Int32, data: Int, padding: Int)
-        /// The rest of a taken frame whose stream was forgotten mid-frame: dropped (its
-        /// window was already returned).
+        /// Bytes of a taken frame whose window was already returned: its padding, or the
+        /// rest of a frame whose stream was forgotten mid-frame. Dropped.
         case discarding(remaining: Int)
     }
 
@@ -126,7 +124,7 @@ struct InboundDataSplicer {
         self.connectionWindow = connectionWindow
         self.maximumFrameSize = maximumFrameSize
         self.trackingLimit = trackingLimit
-        self.phase = role == .server ? .preface(remaining: Self.clientPrefaceLength) : .header
+        self.phase = role == .server ? .forwarding(remaining: Self.clientPrefaceLength) : .header
         self.header.reserveCapacity(Self.frameHeaderLength)
     }
 
@@ -175,12 +173,6 @@ struct InboundDataSplicer {
         }
         while input.readableBytes > 0 {
             switch self.phase {
-            case .preface(let remaining):
-                let count = min(remaining, input.readableBytes)
-                if forwardStart == nil { forwardStart = input.readerIndex }
-                input.moveReaderIndex(forwardBy: count)
-                self.phase = remaining == count ? .header : .preface(remaining: remaining - count)
-
             case .forwarding(let remaining):
                 let count = min(remaining, input.readableBytes)
                 if forwardStart == nil { forwardStart = input.readerIndex }
@@ -216,11 +208,9 @@ struct InboundDataSplicer {
                     if forwardStart == nil { forwardStart = headerStart }
                 case .take(let streamID, let length, let padded):
                     self.header.removeAll(keepingCapacity: true)
-                    if padded {
-                        self.phase = .padLength(streamID: streamID, frameLength: length)
-                    } else {
-                        self.phase = length == 0 ? .header : .delivering(streamID: streamID, data: length, padding: 0)
-                    }
+                    self.phase = padded
+                        ? .padLength(streamID: streamID, frameLength: length)
+                        : Self.afterPayload(streamID: streamID, data: length, padding: 0)
                     if let action = forwarded(&input, upTo: headerStart) { return action }
                 case .fail(let code):
                     return .connectionError(code: code, lastStreamID: self.lastPeerStreamID)
@@ -235,19 +225,14 @@ struct InboundDataSplicer {
                 // reach the TCP side: they are returned at once.
                 self.creditDropped(streamID, 1 + padding)
                 let data = frameLength - 1 - padding
-                self.phase = data == 0 && padding == 0 ? .header : .delivering(streamID: streamID, data: data, padding: padding)
+                self.phase = Self.afterPayload(streamID: streamID, data: data, padding: padding)
 
             case .delivering(let streamID, let data, let padding):
-                if data > 0 {
-                    let count = min(data, input.readableBytes)
-                    let slice = input.readSlice(length: count)!
-                    self.phase = data == count && padding == 0 ? .header : .delivering(streamID: streamID, data: data - count, padding: padding)
-                    self.noteDelivered(streamID, count)
-                    return .deliver(streamID: streamID, slice)
-                }
-                let count = min(padding, input.readableBytes)
-                input.moveReaderIndex(forwardBy: count)
-                self.phase = padding == count ? .header : .delivering(streamID: streamID, data: 0, padding: padding - count)
+                let count = min(data, input.readableBytes)
+                let slice = input.readSlice(length: count)!
+                self.phase = Self.afterPayload(streamID: streamID, data: data - count, padding: padding)
+                self.noteDelivered(streamID, count)
+                return .deliver(streamID: streamID, slice)
 
             case .discarding(let remaining):
                 let count = min(remaining, input.readableBytes)
@@ -272,6 +257,13 @@ struct InboundDataSplicer {
             self.flags = buffer.getInteger(at: index + 4, as: UInt8.self)!
             self.streamID = Int32(bitPattern: buffer.getInteger(at: index + 5, as: UInt32.self)! & 0x7fff_ffff)
         }
+    }
+
+    /// Where a taken frame goes once `data` payload bytes are left: more payload, the
+    /// padding (already credited), or the next frame.
+    private static func afterPayload(streamID: Int32, data: Int, padding: Int) -> Phase {
+        if data > 0 { return .delivering(streamID: streamID, data: data, padding: padding) }
+        return padding > 0 ? .discarding(remaining: padding) : .header
     }
 
     private enum FrameDecision {
@@ -341,7 +333,8 @@ struct InboundDataSplicer {
             self.connectionUnsent += frameLength
             self.phase = .discarding(remaining: frameLength)
         case .delivering(streamID, let data, let padding):
-            self.connectionUnsent += data + padding
+            // The padding was returned with the pad length byte.
+            self.connectionUnsent += data
             self.phase = .discarding(remaining: data + padding)
         default:
             break

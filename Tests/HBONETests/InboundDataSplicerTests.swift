@@ -261,6 +261,21 @@ struct InboundDataSplicerTests {
         Self.feed(&machine, [Array(frame[109...]) + Self.ping], into: &output)
         #expect(output.delivered[1]?.count == 100, "the rest of the frame is dropped")
         #expect(output.forwarded == Self.headers(1) + Self.ping)
+
+        // Padded: the pad length byte and the padding come back when the pad length is read,
+        // the unread payload when the stream is forgotten — each byte once.
+        var padded = InboundDataSplicer(role: .client, streamWindow: 1000, connectionWindow: 1000, maximumFrameSize: 1 << 16)
+        var paddedOutput = Output()
+        Self.feed(&padded, [Self.headers(3)], into: &paddedOutput)
+        let registeredPadded = padded.register(3)
+        #expect(registeredPadded)
+        let paddedFrame = Self.data(3, Array(repeating: 5, count: 300), padding: 200)  // 501 bytes charged
+        Self.feed(&padded, [Array(paddedFrame[..<110])], into: &paddedOutput)  // header, pad length, 100 bytes
+        let paddedReturned = padded.forget(3)
+        #expect(paddedReturned.map(\.streamID) == [0] && paddedReturned.map(\.increment) == [501])
+        Self.feed(&padded, [Array(paddedFrame[110...]) + Self.ping], into: &paddedOutput)
+        #expect(paddedOutput.delivered[3]?.count == 100)
+        #expect(paddedOutput.forwarded == Self.headers(3) + Self.ping)
     }
 
     @Test("a stream whose TCP side is full holds its own window, not the connection's")
