@@ -304,6 +304,7 @@ public final class HBONEClient: Sendable {
                     }
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(tls)
+                    try sync.addHandler(RecordCoalescer())
                     try sync.addHandler(HandshakeWatcher(promise: handshake))
                     if configuration.splicesInboundData {
                         try sync.addHandler(InboundDataSplicerHandler(role: .client, configuration: configuration))

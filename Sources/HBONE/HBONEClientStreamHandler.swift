@@ -111,7 +111,8 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
     }
 }
 
-/// Completes a promise when the TLS handshake finishes (or fails / the channel closes).
+/// Completes a promise when the TLS handshake finishes (or fails / the channel closes), then
+/// leaves the pipeline, so later reads do not pass through it.
 final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = Any
 
@@ -126,6 +127,7 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         if case TLSUserEvent.handshakeCompleted = event, !self.done {
             self.done = true
             self.promise.succeed()
+            context.pipeline.syncOperations.removeHandler(self, promise: nil)
         }
         context.fireUserInboundEventTriggered(event)
     }

@@ -152,6 +152,7 @@ public final class HBONEServer: Service, Sendable {
             }
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(tls)
+            try sync.addHandler(RecordCoalescer())
             try sync.addHandler(ResumptionGuard(peer: peer, logger: self.logger))
             let configuration = self.configuration.hbone
             if configuration.splicesInboundData {
