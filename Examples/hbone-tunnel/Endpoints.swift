@@ -88,7 +88,7 @@ struct Server: AsyncParsableCommand {
         var configuration = HBONEServer.Configuration()
         configuration.host = listen.host
         configuration.port = listen.port
-        configuration.hbone.splicesInboundData = !self.noSplice
+        configuration.hbone.splicesData = !self.noSplice
         let server = HBONEServer(
             configuration: configuration, identity: try SPIFFEID(parsing: self.identity), certificates: manager,
             logger: logger,
@@ -142,7 +142,7 @@ struct Client: AsyncParsableCommand {
             authority: try parseAddress(self.authority)
         )
         var configuration = HBONEConfiguration()
-        configuration.splicesInboundData = !self.noSplice
+        configuration.splicesData = !self.noSplice
         if self.poolOff {
             configuration.http2.clientMaximumStreamsPerConnection = 1
             configuration.poolIdleTimeout = .zero

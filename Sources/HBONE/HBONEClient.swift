@@ -306,8 +306,8 @@ public final class HBONEClient: Sendable {
                     try sync.addHandler(tls)
                     try sync.addHandler(RecordCoalescer())
                     try sync.addHandler(HandshakeWatcher(promise: handshake))
-                    if configuration.splicesInboundData {
-                        try sync.addHandler(InboundDataSplicerHandler(role: .client, configuration: configuration))
+                    if configuration.splicesData {
+                        try sync.addHandler(DataSplicerHandler(role: .client, configuration: configuration))
                     }
                     let multiplexer = try sync.configureHTTP2Pipeline(
                         mode: .client,

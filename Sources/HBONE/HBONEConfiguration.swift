@@ -72,12 +72,13 @@ public struct HBONEConfiguration: Sendable, Hashable {
     /// memory per idle tunnel (about 24 → 11 KiB per process, Docs/performance.md).
     public var maximumReadSize: Int = 256 << 10
 
-    /// Whether a tunnel's inbound DATA payloads go straight from the TLS layer to its TCP
-    /// side (``InboundDataSplicer``: no copy into nio-http2's frame parser, no child-channel
-    /// pipeline per message; the splicer does the flow control for those bytes) instead of
-    /// through `NIOHTTP2Handler` and the stream channel. Default on; off is the plain
-    /// nio-http2 path, kept for comparison (`Docs/performance.md`).
-    public var splicesInboundData = true
+    /// Whether a tunnel's DATA bypasses nio-http2's stream channels in both directions:
+    /// inbound payloads go straight from the TLS layer to its TCP side
+    /// (``InboundDataSplicer``: no copy into nio-http2's frame parser, no child-channel
+    /// pipeline per message), and its TCP side's bytes are framed as DATA below nio-http2
+    /// (``OutboundDataSplicer``); the splicers do the flow control for those bytes. Default
+    /// on; off is the plain nio-http2 path, kept for comparison (`Docs/performance.md`).
+    public var splicesData = true
 
     /// The well-known HBONE port.
     public static let port: UInt16 = 15008

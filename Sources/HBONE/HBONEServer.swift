@@ -155,8 +155,8 @@ public final class HBONEServer: Service, Sendable {
             try sync.addHandler(RecordCoalescer())
             try sync.addHandler(ResumptionGuard(peer: peer, logger: self.logger))
             let configuration = self.configuration.hbone
-            if configuration.splicesInboundData {
-                try sync.addHandler(InboundDataSplicerHandler(role: .server, configuration: configuration))
+            if configuration.splicesData {
+                try sync.addHandler(DataSplicerHandler(role: .server, configuration: configuration))
             }
             _ = try sync.configureHTTP2Pipeline(
                 mode: .server,

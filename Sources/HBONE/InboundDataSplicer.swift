@@ -9,7 +9,7 @@ internal import NIOCore
 /// pipeline; for a tunnel that is most of the user-space work per message
 /// (`Docs/profiles.md`). A DATA payload taken here is a slice of the TLS plaintext buffer.
 ///
-/// A value type that returns actions; ``InboundDataSplicerHandler`` does the I/O. Rules:
+/// A value type that returns actions; ``DataSplicerHandler`` does the I/O. Rules:
 ///
 /// - **Which frames.** Only DATA frames of a *registered* stream, without END_STREAM and not
 ///   above SETTINGS_MAX_FRAME_SIZE, are taken. A stream can be registered only if no DATA
@@ -44,6 +44,18 @@ struct InboundDataSplicer {
         case deliver(streamID: Int32, ByteBuffer)
         /// A connection error: send GOAWAY with this code and close (RFC 9113 §5.4.1).
         case connectionError(code: UInt32, lastStreamID: Int32)
+        /// A WINDOW_UPDATE frame, taken out of the input (``OutboundDataSplicer`` decides
+        /// what nio-http2 gets of it); `frame` is the whole frame.
+        case windowUpdate(streamID: Int32, increment: UInt32, frame: ByteBuffer)
+        /// A SETTINGS frame (not an ACK), parsed; `frame` is the whole frame, still for
+        /// nio-http2, which applies and acknowledges it.
+        case settings([Setting], frame: ByteBuffer)
+    }
+
+    /// One SETTINGS parameter (RFC 9113 §6.5.1).
+    struct Setting: Equatable {
+        var identifier: UInt16
+        var value: UInt32
     }
 
     /// WINDOW_UPDATE frames to send: `(stream ID, increment)`, stream 0 for the connection.
@@ -59,6 +71,8 @@ struct InboundDataSplicer {
         static let data: UInt8 = 0x0
         static let headers: UInt8 = 0x1
         static let rstStream: UInt8 = 0x3
+        static let settings: UInt8 = 0x4
+        static let windowUpdate: UInt8 = 0x8
     }
 
     private enum Flag {
@@ -78,6 +92,8 @@ struct InboundDataSplicer {
         /// Bytes of a taken frame whose window was already returned: its padding, or the
         /// rest of a frame whose stream was forgotten mid-frame. Dropped.
         case discarding(remaining: Int)
+        /// The payload of a WINDOW_UPDATE or SETTINGS frame, collected in `captured`.
+        case capturing(remaining: Int)
     }
 
     /// What is known of a stream that opened with HEADERS and has not ended.
@@ -108,6 +124,8 @@ struct InboundDataSplicer {
 
     private var phase: Phase
     private var header: [UInt8] = []
+    /// The frame being captured, header included.
+    private var captured: [UInt8] = []
     private var streams: [Int32: Stream] = [:]
     /// Streams with bytes taken in the current read burst.
     private var touched: [Int32] = []
@@ -116,7 +134,7 @@ struct InboundDataSplicer {
     /// Connection credit not yet sent.
     private var connectionUnsent = 0
     /// The highest stream ID the peer opened (for GOAWAY).
-    private var lastPeerStreamID: Int32 = 0
+    private(set) var lastPeerStreamID: Int32 = 0
 
     init(role: Role, streamWindow: Int, connectionWindow: Int, maximumFrameSize: Int, trackingLimit: Int = 1024) {
         self.role = role
@@ -171,6 +189,7 @@ struct InboundDataSplicer {
             input.moveReaderIndex(to: resume)
             return .forward(slice)
         }
+        if case .capturing(remaining: 0) = self.phase { return self.captureComplete() }
         while input.readableBytes > 0 {
             switch self.phase {
             case .forwarding(let remaining):
@@ -181,11 +200,11 @@ struct InboundDataSplicer {
 
             case .header:
                 let headerStart = input.readerIndex
-                let header: FrameHeader
+                let header: HTTP2FrameHeader
                 var fromCopy = false
                 if self.header.isEmpty, input.readableBytes >= Self.frameHeaderLength {
                     // The whole header is in this buffer: read it in place.
-                    header = FrameHeader(input, at: headerStart)
+                    header = HTTP2FrameHeader(input, at: headerStart)
                     input.moveReaderIndex(forwardBy: Self.frameHeaderLength)
                 } else {
                     let count = min(Self.frameHeaderLength - self.header.count, input.readableBytes)
@@ -193,7 +212,7 @@ struct InboundDataSplicer {
                     // The rest of the header is in a later read; the part we have is not
                     // forwarded yet, since the frame may be one we take.
                     guard self.header.count == Self.frameHeaderLength else { return forwarded(&input, upTo: headerStart) }
-                    header = FrameHeader(ByteBuffer(bytes: self.header), at: 0)
+                    header = HTTP2FrameHeader(ByteBuffer(bytes: self.header), at: 0)
                     fromCopy = true
                 }
                 switch self.frameStarts(header) {
@@ -212,6 +231,18 @@ struct InboundDataSplicer {
                         ? .padLength(streamID: streamID, frameLength: length)
                         : Self.afterPayload(streamID: streamID, data: length, padding: 0)
                     if let action = forwarded(&input, upTo: headerStart) { return action }
+                case .capture(let length):
+                    if fromCopy {
+                        self.captured = self.header
+                    } else {
+                        input.moveReaderIndex(to: headerStart)
+                        self.captured = input.readBytes(length: Self.frameHeaderLength)!
+                    }
+                    self.header.removeAll(keepingCapacity: true)
+                    self.phase = .capturing(remaining: length)
+                    // An empty SETTINGS frame is complete now; the next call returns it.
+                    if let action = forwarded(&input, upTo: headerStart) { return action }
+                    if length == 0, let action = self.captureComplete() { return action }
                 case .fail(let code):
                     return .connectionError(code: code, lastStreamID: self.lastPeerStreamID)
                 }
@@ -238,25 +269,38 @@ struct InboundDataSplicer {
                 let count = min(remaining, input.readableBytes)
                 input.moveReaderIndex(forwardBy: count)
                 self.phase = remaining == count ? .header : .discarding(remaining: remaining - count)
+
+            case .capturing(let remaining):
+                let count = min(remaining, input.readableBytes)
+                self.captured += input.readBytes(length: count)!
+                self.phase = .capturing(remaining: remaining - count)
+                if remaining == count, let action = self.captureComplete() { return action }
             }
         }
         return forwarded(&input, upTo: input.readerIndex)
     }
 
-    /// A frame header (RFC 9113 §4.1): 24-bit length, type, flags, R bit and 31-bit stream ID.
-    private struct FrameHeader {
-        var length: Int
-        var type: UInt8
-        var flags: UInt8
-        var streamID: Int32
-
-        init(_ buffer: ByteBuffer, at index: Int) {
-            let high = Int(buffer.getInteger(at: index, as: UInt16.self)!)
-            self.length = high << 8 | Int(buffer.getInteger(at: index + 2, as: UInt8.self)!)
-            self.type = buffer.getInteger(at: index + 3, as: UInt8.self)!
-            self.flags = buffer.getInteger(at: index + 4, as: UInt8.self)!
-            self.streamID = Int32(bitPattern: buffer.getInteger(at: index + 5, as: UInt32.self)! & 0x7fff_ffff)
+    /// A captured frame is complete: its action.
+    private mutating func captureComplete() -> Action? {
+        self.phase = .header
+        let bytes = self.captured
+        self.captured = []
+        let header = HTTP2FrameHeader(ByteBuffer(bytes: bytes[..<Self.frameHeaderLength]), at: 0)
+        let frame = ByteBuffer(bytes: bytes)
+        if header.type == FrameType.windowUpdate {
+            let increment = frame.getInteger(at: Self.frameHeaderLength, as: UInt32.self)!
+            return .windowUpdate(streamID: header.streamID, increment: increment, frame: frame)
         }
+        var settings: [Setting] = []
+        var index = Self.frameHeaderLength
+        while index + 6 <= bytes.count {
+            settings.append(Setting(
+                identifier: frame.getInteger(at: index, as: UInt16.self)!,
+                value: frame.getInteger(at: index + 2, as: UInt32.self)!
+            ))
+            index += 6
+        }
+        return .settings(settings, frame: frame)
     }
 
     /// Where a taken frame goes once `data` payload bytes are left: more payload, the
@@ -269,12 +313,15 @@ struct InboundDataSplicer {
     private enum FrameDecision {
         case forward(length: Int)
         case take(streamID: Int32, length: Int, padded: Bool)
+        /// WINDOW_UPDATE and SETTINGS frames well-formed enough to parse; malformed ones go
+        /// to nio-http2, which reports them.
+        case capture(length: Int)
         case fail(UInt32)
     }
 
     /// Decides where a frame goes from its header (RFC 9113 §4.1), and keeps the streams'
     /// bookkeeping: HEADERS opens a stream, END_STREAM and RST_STREAM end one.
-    private mutating func frameStarts(_ header: FrameHeader) -> FrameDecision {
+    private mutating func frameStarts(_ header: HTTP2FrameHeader) -> FrameDecision {
         let (length, flags, streamID) = (header.length, header.flags, header.streamID)
         switch header.type {
         case FrameType.data:
@@ -308,6 +355,10 @@ struct InboundDataSplicer {
         case FrameType.rstStream:
             self.end(streamID)
             return .forward(length: length)
+        case FrameType.windowUpdate where length == 4:
+            return .capture(length: length)
+        case FrameType.settings where flags & 0x1 == 0 && streamID == 0 && length % 6 == 0 && length <= self.maximumFrameSize:
+            return .capture(length: length)
         default:
             return .forward(length: length)
         }

@@ -230,28 +230,36 @@ final class TunnelGlue {
         /// and a FIN that arrive while the tunnel is being set up are kept, not dropped).
         private var pending: [HTTP2Frame.FramePayload] = []
 
-        /// The connection's splicer while it takes this stream's DATA (see
-        /// ``InboundDataSplicer``), and the stream's ID there.
-        private var splicer: InboundDataSplicerHandler?
+        /// The connection's splicer while it takes this stream's DATA in either direction
+        /// (see ``InboundDataSplicer`` and ``OutboundDataSplicer``), and the stream's ID there.
+        private var splicer: DataSplicerHandler?
         private var streamID: Int32 = 0
+        /// Our DATA goes through the splicer, not the stream channel.
+        private var splicesOutbound = false
+        /// END_STREAM waits until the splicer has written every queued byte.
+        private var endStreamWaits = false
 
         func handlerAdded(context: ChannelHandlerContext) {
             self.context = context
-            for payload in self.pending { context.write(Self.wrapOutboundOut(payload), promise: nil) }
+            // Added before any DATA of the stream was read, or right after the ones that
+            // came with the answer, and after our HEADERS were written: from here the
+            // connection's splicer may take its DATA both ways.
+            if self.glue != nil, let splicer = DataSplicerHandler.of(stream: context.channel),
+                let id = try? context.channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID)
+            {
+                let registered = splicer.register(Int32(Int(id)), sink: self)
+                if registered.inbound || registered.outbound {
+                    self.splicer = splicer
+                    self.streamID = Int32(Int(id))
+                    self.splicesOutbound = registered.outbound
+                }
+            }
+            let pending = self.pending
             self.pending = []
-            context.flush()
+            for payload in pending { self.emit(payload, flush: false) }
+            self.flush()
             if self.glue == nil {
                 context.close(promise: nil)
-                return
-            }
-            // Added before any DATA of the stream was read, or right after the ones that
-            // came with the answer: from here the connection's splicer may take its DATA.
-            if let splicer = InboundDataSplicerHandler.of(stream: context.channel),
-                let id = try? context.channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID),
-                splicer.register(Int32(Int(id)), sink: self)
-            {
-                self.splicer = splicer
-                self.streamID = Int32(Int(id))
             }
         }
         func handlerRemoved(context: ChannelHandlerContext) {
@@ -262,6 +270,7 @@ final class TunnelGlue {
         private func unsplice() {
             self.splicer?.forget(self.streamID)
             self.splicer = nil
+            self.splicesOutbound = false
         }
 
         /// A DATA payload the splicer took for this stream.
@@ -277,6 +286,15 @@ final class TunnelGlue {
         /// Whether the TCP side takes more bytes (the splicer returns window only then).
         var partnerIsWritable: Bool { self.glue?.tcp.isWritable ?? true }
 
+        /// The splicer wrote every byte it had queued for this stream.
+        func spliceDrained() {
+            if self.endStreamWaits, let context = self.context {
+                self.endStreamWaits = false
+                context.writeAndFlush(Self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
+            }
+            self.glue?.tcp.resumeReading()
+        }
+
         func read(context: ChannelHandlerContext) {
             if self.gate.shouldRead(partnerWritable: self.glue?.tcp.isWritable ?? true) { context.read() }
         }
@@ -286,7 +304,13 @@ final class TunnelGlue {
             context.fireChannelWritabilityChanged()
         }
 
-        fileprivate var isWritable: Bool { self.context?.channel.isWritable ?? true }
+        /// Takes more bytes from the TCP side: the channel is writable (which follows the
+        /// connection's), and nothing waits in the splicer for window.
+        fileprivate var isWritable: Bool {
+            guard let context = self.context else { return true }
+            if self.splicesOutbound, let splicer = self.splicer, splicer.queuedBytes(self.streamID) > 0 { return false }
+            return context.channel.isWritable
+        }
 
         fileprivate func resumeReading() {
             if self.gate.partnerBecameWritable() { self.context?.read() }
@@ -332,8 +356,28 @@ final class TunnelGlue {
         fileprivate func write(_ payload: HTTP2Frame.FramePayload, flush: Bool = false) {
             guard !self.endStreamSent else { return }
             if case .data(let data) = payload, data.endStream { self.endStreamSent = true }
-            guard let context = self.context else {
+            guard self.context != nil else {
                 self.pending.append(payload)
+                return
+            }
+            self.emit(payload, flush: flush)
+        }
+
+        private func emit(_ payload: HTTP2Frame.FramePayload, flush: Bool) {
+            guard let context = self.context else { return }
+            if self.splicesOutbound, let splicer = self.splicer, case .data(let data) = payload,
+                case .byteBuffer(let bytes) = data.data
+            {
+                if bytes.readableBytes > 0 { splicer.send(self.streamID, bytes) }
+                guard data.endStream else { return }
+                // END_STREAM goes through nio-http2 (it keeps the stream's state), after the
+                // bytes the splicer still holds.
+                guard splicer.queuedBytes(self.streamID) == 0 else {
+                    self.endStreamWaits = true
+                    return
+                }
+                splicer.flush()
+                context.writeAndFlush(Self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
                 return
             }
             context.write(Self.wrapOutboundOut(payload), promise: nil)
@@ -341,7 +385,11 @@ final class TunnelGlue {
         }
 
         fileprivate func flush() {
-            self.context?.flush()
+            if self.splicesOutbound, let splicer = self.splicer {
+                splicer.flush()
+            } else {
+                self.context?.flush()
+            }
         }
 
         fileprivate func close() {

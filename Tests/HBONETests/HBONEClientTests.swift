@@ -142,7 +142,7 @@ struct HBONEClientTests {
         }
         defer { sink.stop() }
         var configuration = HBONEConfiguration()
-        configuration.splicesInboundData = splice
+        configuration.splicesData = splice
         let mesh = try TestMesh(upstreamPort: sink.port, configuration: configuration)
         try await mesh.run { port in
             try await mesh.withForwarder(serverPort: port) { local in

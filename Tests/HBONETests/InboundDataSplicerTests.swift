@@ -37,6 +37,8 @@ struct InboundDataSplicerTests {
         var forwardActions = 0
         var delivered: [Int32: [UInt8]] = [:]
         var errors: [UInt32] = []
+        var windowUpdates: [(Int32, UInt32)] = []
+        var settings: [InboundDataSplicer.Setting] = []
     }
 
     static func feed(_ machine: inout InboundDataSplicer, _ chunks: [[UInt8]], into output: inout Output) {
@@ -52,6 +54,13 @@ struct InboundDataSplicerTests {
                 case .connectionError(let code, _):
                     output.errors.append(code)
                     return
+                case .windowUpdate(let stream, let increment, let frame):
+                    // The handler passes it on unless the outbound splicer keeps it.
+                    output.forwarded += Array(frame.readableBytesView)
+                    output.windowUpdates.append((stream, increment))
+                case .settings(let settings, let frame):
+                    output.forwarded += Array(frame.readableBytesView)
+                    output.settings += settings
                 }
             }
             #expect(buffer.readableBytes == 0)
@@ -62,7 +71,7 @@ struct InboundDataSplicerTests {
     func takesRegisteredData() {
         var machine = Self.machine()
         var output = Output()
-        let opening = Self.preface + Self.settings + Self.headers(1)
+        let opening = Self.preface + Self.ping + Self.headers(1)
         Self.feed(&machine, [opening], into: &output)
         #expect(output.forwarded == opening)
         #expect(output.forwardActions == 1)

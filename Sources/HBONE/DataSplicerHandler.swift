@@ -1,0 +1,246 @@
+internal import NIOCore
+internal import NIOHTTP2
+
+/// Sits between `NIOSSLHandler` and `NIOHTTP2Handler` on an HBONE connection and does the
+/// I/O for ``InboundDataSplicer`` and ``OutboundDataSplicer``: hands spliced streams' DATA
+/// payloads to their tunnels' TCP sides and frames their TCP sides' bytes as DATA, writes
+/// the WINDOW_UPDATE frames that return received bytes to the sender, passes everything
+/// else between TLS and nio-http2 — holding back nio-http2's writes while one of its DATA
+/// frames waits for window. Only does I/O; the rules are the splicers'.
+final class DataSplicerHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
+
+    private var inbound: InboundDataSplicer
+    private var outbound: OutboundDataSplicer
+    private var sinks: [Int32: TunnelGlue.StreamSide] = [:]
+    private var context: ChannelHandlerContext?
+    /// nio-http2's writes that wait (``OutboundDataSplicer/admitNio(_:)``), in order.
+    private var held = CircularBuffer<(data: IOData, promise: EventLoopPromise<Void>?)>()
+    /// nio-http2 flushed while some of its writes were held.
+    private var heldFlush = false
+    /// Frames were written since the last flush.
+    private var unflushed = false
+
+    init(role: InboundDataSplicer.Role, configuration: HBONEConfiguration) {
+        self.inbound = InboundDataSplicer(
+            role: role, streamWindow: configuration.http2.streamWindow,
+            connectionWindow: configuration.http2.connectionWindow,
+            maximumFrameSize: configuration.http2.maximumFrameSize
+        )
+        self.outbound = OutboundDataSplicer(role: role)
+    }
+
+    /// The handler of a stream channel's connection, if the connection has one.
+    static func of(stream: any Channel) -> DataSplicerHandler? {
+        try? stream.parent?.pipeline.syncOperations.handler(type: DataSplicerHandler.self)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        self.sinks = [:]
+        let held = self.held
+        self.held.removeAll()
+        for write in held { write.promise?.fail(ChannelError.ioOnClosedChannel) }
+    }
+
+    // MARK: Streams
+
+    /// Takes `streamID`'s DATA in each direction that can be (see
+    /// ``InboundDataSplicer/register(_:)`` and ``OutboundDataSplicer/register(_:)``); a
+    /// direction that cannot keeps going through nio-http2.
+    func register(_ streamID: Int32, sink: TunnelGlue.StreamSide) -> (inbound: Bool, outbound: Bool) {
+        guard self.context != nil else { return (false, false) }
+        let registered = (inbound: self.inbound.register(streamID), outbound: self.outbound.register(streamID))
+        if registered.inbound || registered.outbound { self.sinks[streamID] = sink }
+        return registered
+    }
+
+    /// The stream's channel closed: bytes still queued for it are dropped.
+    func forget(_ streamID: Int32) {
+        self.outbound.forget(streamID)
+        guard self.sinks.removeValue(forKey: streamID) != nil || self.inbound.isSpliced(streamID) else { return }
+        self.send(self.inbound.forget(streamID))
+    }
+
+    /// The stream's TCP side can take bytes again.
+    func becameWritable(_ streamID: Int32) {
+        self.send(self.inbound.becameWritable(streamID))
+    }
+
+    /// Bytes from a spliced stream's TCP side; written as DATA now or when window allows.
+    func send(_ streamID: Int32, _ bytes: ByteBuffer) {
+        self.perform(self.outbound.send(streamID, bytes))
+    }
+
+    /// Bytes of `streamID` waiting for window.
+    func queuedBytes(_ streamID: Int32) -> Int { self.outbound.queuedBytes(streamID) }
+
+    /// Flushes what was written.
+    func flush() {
+        guard self.unflushed, let context = self.context else { return }
+        self.unflushed = false
+        context.flush()
+    }
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var input = Self.unwrapInboundIn(data)
+        while let action = self.inbound.next(&input) {
+            switch action {
+            case .forward(let bytes):
+                context.fireChannelRead(Self.wrapInboundOut(bytes))
+            case .deliver(let streamID, let bytes):
+                self.sinks[streamID]?.spliceRead(bytes)
+            case .windowUpdate(let streamID, let increment, var frame):
+                let (verdict, output) = self.outbound.windowUpdate(streamID: streamID, increment: increment)
+                switch verdict {
+                case .forward:
+                    context.fireChannelRead(Self.wrapInboundOut(frame))
+                case .forwardIncrement(let smaller):
+                    frame.setInteger(smaller, at: frame.readerIndex + InboundDataSplicer.frameHeaderLength)
+                    context.fireChannelRead(Self.wrapInboundOut(frame))
+                case .drop:
+                    break
+                case .connectionError(let code):
+                    return self.connectionError(code: code, context: context)
+                }
+                self.perform(output)
+            case .settings(let settings, let frame):
+                var output = OutboundDataSplicer.Output()
+                if let code = self.outbound.settings(settings, into: &output) {
+                    return self.connectionError(code: code, context: context)
+                }
+                context.fireChannelRead(Self.wrapInboundOut(frame))
+                self.perform(output)
+            case .connectionError(let code, _):
+                return self.connectionError(code: code, context: context)
+            }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // Flushing can call back in (a TCP side turning writable), so it happens before,
+        // not inside, the machine's bookkeeping.
+        for streamID in self.inbound.touchedStreams { self.sinks[streamID]?.spliceReadComplete() }
+        let sinks = self.sinks
+        let updates = self.inbound.readComplete { streamID in sinks[streamID]?.partnerIsWritable ?? true }
+        self.send(updates)
+        self.flush()
+        context.fireChannelReadComplete()
+    }
+
+    /// GOAWAY with `code` (RFC 9113 §5.4.1), then close.
+    private func connectionError(code: UInt32, context: ChannelHandlerContext) {
+        var frame = context.channel.allocator.buffer(capacity: 17)
+        HTTP2FrameHeader.write(length: 8, type: 0x7, flags: 0, streamID: 0, into: &frame)
+        frame.writeInteger(UInt32(bitPattern: self.inbound.lastPeerStreamID))
+        frame.writeInteger(code)
+        context.writeAndFlush(Self.wrapOutboundOut(.byteBuffer(frame)), promise: nil)
+        let error: any Error = code == InboundDataSplicer.flowControlError
+            ? NIOHTTP2Errors.flowControlViolation() : NIOHTTP2Errors.unableToParseFrame()
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
+    }
+
+    /// Written below nio-http2, so between its frames: it writes each frame (header, then
+    /// payload) within one call, and nothing here runs inside such a call — updates are
+    /// sent from this handler's own inbound events and from TCP sides' writability changes.
+    private func send(_ updates: InboundDataSplicer.WindowUpdates) {
+        guard !updates.isEmpty, let context = self.context else { return }
+        var frames = context.channel.allocator.buffer(capacity: 13 * updates.count)
+        for (streamID, increment) in updates {
+            HTTP2FrameHeader.write(length: 4, type: 0x8, flags: 0, streamID: streamID, into: &frames)
+            frames.writeInteger(increment)
+        }
+        context.writeAndFlush(Self.wrapOutboundOut(.byteBuffer(frames)), promise: nil)
+    }
+
+    /// Writes spliced frames and tells the streams what changed. Frames are flushed by the
+    /// caller (a TCP side's read burst) or at the end of this handler's read burst.
+    private func perform(_ output: OutboundDataSplicer.Output) {
+        guard !output.isEmpty, let context = self.context else { return }
+        for frame in output.writes { context.write(Self.wrapOutboundOut(.byteBuffer(frame)), promise: nil) }
+        if !output.writes.isEmpty { self.unflushed = true }
+        if output.nioUnblocked { self.releaseHeld(context: context) }
+        for streamID in output.drained { self.sinks[streamID]?.spliceDrained() }
+    }
+
+    // MARK: Outbound (nio-http2's writes)
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let io = Self.unwrapOutboundIn(data)
+        guard self.held.isEmpty else {
+            self.held.append((io, promise))
+            // The bytes may complete a frame header that was held.
+            self.releaseHeld(context: context)
+            return
+        }
+        switch io {
+        case .fileRegion(let region):
+            self.outbound.admitNioPayload(count: region.readableBytes)
+            context.write(data, promise: promise)
+        case .byteBuffer(var buffer):
+            let admitted = self.outbound.admitNio(buffer)
+            if admitted == buffer.readableBytes {
+                context.write(data, promise: promise)
+                return
+            }
+            if admitted > 0 {
+                context.write(Self.wrapOutboundOut(.byteBuffer(buffer.readSlice(length: admitted)!)), promise: nil)
+            }
+            self.held.append((.byteBuffer(buffer), promise))
+        }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        if !self.held.isEmpty { self.heldFlush = true }
+        self.unflushed = false
+        context.flush()
+    }
+
+    /// Writes what of nio-http2's held output may go now.
+    private func releaseHeld(context: ChannelHandlerContext) {
+        var wrote = false
+        while let (data, promise) = self.held.first {
+            guard case .byteBuffer(var buffer) = data else {
+                if case .fileRegion(let region) = data { self.outbound.admitNioPayload(count: region.readableBytes) }
+                self.held.removeFirst()
+                context.write(Self.wrapOutboundOut(data), promise: promise)
+                wrote = true
+                continue
+            }
+            let admitted = self.outbound.admitNio(buffer)
+            if admitted == buffer.readableBytes {
+                self.held.removeFirst()
+                context.write(Self.wrapOutboundOut(data), promise: promise)
+                wrote = true
+                continue
+            }
+            if admitted > 0 {
+                context.write(Self.wrapOutboundOut(.byteBuffer(buffer.readSlice(length: admitted)!)), promise: nil)
+                wrote = true
+            }
+            self.held[self.held.startIndex] = (.byteBuffer(buffer), promise)
+            // Waiting for window, or for the rest of a frame header.
+            guard self.outbound.nioBlocked == nil, self.held.count > 1,
+                case .byteBuffer(let next) = self.held[self.held.index(after: self.held.startIndex)].data
+            else { break }
+            // A frame header split over two writes: join them and look again.
+            self.held.removeFirst()
+            let nextPromise = self.held.removeFirst().promise
+            buffer.writeImmutableBuffer(next)
+            let carrier = nextPromise ?? promise
+            if let promise, let nextPromise { nextPromise.futureResult.cascade(to: promise) }
+            self.held.prepend((.byteBuffer(buffer), carrier))
+        }
+        if wrote, self.heldFlush {
+            self.heldFlush = !self.held.isEmpty
+            context.flush()
+        }
+    }
+}

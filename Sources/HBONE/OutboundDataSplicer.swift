@@ -1,0 +1,364 @@
+internal import NIOCore
+
+/// The outbound half of an HBONE connection's byte stream, shared between swift-nio-http2
+/// and the tunnels: a spliced tunnel's bytes are framed as DATA here and written below
+/// `NIOHTTP2Handler`, everything else is nio-http2's own output, passed through.
+///
+/// Why: the stream channel, the multiplexer and nio-http2's outbound frame processing were
+/// about a quarter of the instructions a 1 KiB request cost an endpoint (`Docs/profiles.md`).
+///
+/// A value type that returns what to write; `DataSplicerHandler` does the I/O. Rules:
+///
+/// - **Flow control** (RFC 9113 §6.9: "A sender MUST NOT send a flow-controlled frame with a
+///   length that exceeds the space available in either of the flow-control windows
+///   advertised by the receiver"). This type keeps the peer's windows as they really are:
+///   the connection window, charged for every DATA frame on the wire, ours and nio-http2's,
+///   and the stream windows of spliced streams. nio-http2 keeps its own view and is told
+///   only what it can use: WINDOW_UPDATE frames for spliced streams are taken out of its
+///   input, and connection WINDOW_UPDATEs reach it only as far as the real window is above
+///   its view, so its view never exceeds 2^31−1 (§6.9.1). A DATA frame of nio-http2's that
+///   the real window does not admit yet waits here, and everything it wrote after it.
+/// - **Settings** (§6.5.2): SETTINGS_INITIAL_WINDOW_SIZE changes move every spliced
+///   stream's window by the difference (§6.9.2: "An endpoint MUST treat a change to
+///   SETTINGS_INITIAL_WINDOW_SIZE that causes any flow-control window to exceed the maximum
+///   size as a connection error of type FLOW_CONTROL_ERROR"); frames never exceed the peer's
+///   SETTINGS_MAX_FRAME_SIZE (§4.2).
+/// - **Which streams.** A stream is spliced only after nio-http2 wrote its HEADERS and
+///   before it wrote any DATA of it, so the frames of a stream stay in order. Its
+///   END_STREAM still goes through nio-http2, which keeps the stream's state, once every
+///   byte queued here is written.
+/// - **Queues.** A spliced stream's bytes that its or the connection's window does not
+///   admit wait here, and the stream's TCP side is not read meanwhile (back-pressure); they
+///   are sent, streams in turn, as WINDOW_UPDATEs arrive.
+struct OutboundDataSplicer {
+    /// Bytes to write, in order, and what changed for the streams.
+    struct Output {
+        /// Frame bytes to write below nio-http2, in order.
+        var writes: [ByteBuffer] = []
+        /// Spliced streams whose queue emptied (their TCP side may be read again, a waiting
+        /// END_STREAM may go).
+        var drained: [Int32] = []
+        /// A DATA frame of nio-http2's that waited for the connection window fits now.
+        var nioUnblocked = false
+
+        var isEmpty: Bool { self.writes.isEmpty && self.drained.isEmpty && !self.nioUnblocked }
+    }
+
+    /// What to do with a WINDOW_UPDATE frame from the peer.
+    enum WindowUpdateVerdict: Equatable {
+        /// Pass it on to nio-http2 as it is.
+        case forward
+        /// Pass it on with a smaller increment (the rest was used by spliced frames).
+        case forwardIncrement(UInt32)
+        /// Keep it from nio-http2 (the window is one it does not use).
+        case drop
+        /// A connection error (RFC 9113 §6.9.1: a window above 2^31−1).
+        case connectionError(code: UInt32)
+    }
+
+    /// RFC 9113 §6.9.1: "The maximum size of a flow-control window is 2^31-1 octets."
+    static let maximumWindow = Int(Int32.max)
+    /// RFC 9113 §6.5.2 defaults, in force until the peer's SETTINGS say otherwise.
+    static let defaultInitialWindow = 65_535
+    static let defaultMaximumFrameSize = 16_384
+    /// Payloads up to this size are copied behind their frame header (one buffer, one TLS
+    /// record); larger ones are written as they are, after a separate header.
+    static let copyLimit = 4096
+
+    private struct Stream {
+        /// The peer's window for this stream, as far as we know it.
+        var window: Int
+        /// Its DATA goes through here.
+        var spliced = false
+        /// nio-http2 wrote DATA of it: it can no longer be spliced.
+        var nioData = false
+        /// Bytes waiting for window.
+        var queue = CircularBuffer<ByteBuffer>()
+        var queued = 0
+    }
+
+    private enum NioPhase {
+        /// The 24-byte client connection preface, or a frame's payload.
+        case skipping(Int)
+        /// A frame header is next.
+        case header
+    }
+
+    private(set) var peerInitialWindow = Self.defaultInitialWindow
+    private(set) var peerMaximumFrameSize = Self.defaultMaximumFrameSize
+    /// The peer's connection window: what may still be sent.
+    private(set) var connectionWindow = Self.defaultInitialWindow
+    /// nio-http2's view of the same window (it never sees spliced frames).
+    private(set) var nioConnectionWindow = Self.defaultInitialWindow
+    /// The length of nio-http2's DATA frame that waits for the connection window.
+    private(set) var nioBlocked: Int?
+    /// Entries kept for streams that are not spliced before unspliced ones are dropped.
+    let trackingLimit: Int
+
+    private var streams: [Int32: Stream] = [:]
+    /// Spliced streams with queued bytes, in the order they are served.
+    private var waiting: [Int32] = []
+    private var nioPhase: NioPhase
+    private let allocator = ByteBufferAllocator()
+
+    init(role: InboundDataSplicer.Role, trackingLimit: Int = 1024) {
+        self.trackingLimit = trackingLimit
+        // nio-http2 starts a client connection with the preface, which is not a frame.
+        self.nioPhase = role == .client ? .skipping(InboundDataSplicer.clientPrefaceLength) : .header
+    }
+
+    /// Whether `streamID`'s DATA goes through here.
+    func isSpliced(_ streamID: Int32) -> Bool { self.streams[streamID]?.spliced ?? false }
+
+    /// Bytes of `streamID` waiting for window.
+    func queuedBytes(_ streamID: Int32) -> Int { self.streams[streamID]?.queued ?? 0 }
+
+    /// The peer's window for `streamID`, if the stream is tracked.
+    func streamWindow(_ streamID: Int32) -> Int? { self.streams[streamID]?.window }
+
+    /// Streams tracked (spliced or not), for tests.
+    var trackedStreams: Int { self.streams.count }
+
+    // MARK: Streams
+
+    /// Takes `streamID`'s DATA from now on. Refused for a stream whose HEADERS nio-http2 has
+    /// not written, that has ended, or that already had DATA from nio-http2.
+    mutating func register(_ streamID: Int32) -> Bool {
+        guard var stream = self.streams[streamID], !stream.spliced, !stream.nioData else { return false }
+        stream.spliced = true
+        self.streams[streamID] = stream
+        return true
+    }
+
+    /// The stream's channel closed: its queued bytes are dropped.
+    mutating func forget(_ streamID: Int32) {
+        self.streams.removeValue(forKey: streamID)
+        self.waiting.removeAll { $0 == streamID }
+    }
+
+    /// Bytes of a spliced stream's TCP side: framed now as far as the windows admit, the
+    /// rest queued.
+    mutating func send(_ streamID: Int32, _ bytes: ByteBuffer) -> Output {
+        guard var stream = self.streams[streamID], stream.spliced, bytes.readableBytes > 0 else { return Output() }
+        let wasIdle = stream.queued == 0
+        stream.queue.append(bytes)
+        stream.queued += bytes.readableBytes
+        self.streams[streamID] = stream
+        var output = Output()
+        if wasIdle {
+            self.waiting.append(streamID)
+            self.drain(streamID, into: &output)
+        }
+        return output
+    }
+
+    // MARK: From the peer
+
+    /// A WINDOW_UPDATE from the peer (RFC 9113 §6.9); may let queued bytes go.
+    mutating func windowUpdate(streamID: Int32, increment: UInt32) -> (WindowUpdateVerdict, Output) {
+        let increment = Int(increment & 0x7fff_ffff)
+        // §6.9: "A receiver MUST treat the receipt of a WINDOW_UPDATE frame with a
+        // flow-control window increment of 0 as a stream error" — nio-http2's to report.
+        guard increment > 0 else { return (.forward, Output()) }
+        var output = Output()
+        if streamID == 0 {
+            guard self.connectionWindow + increment <= Self.maximumWindow else {
+                return (.connectionError(code: InboundDataSplicer.flowControlError), output)
+            }
+            self.connectionWindow += increment
+            // nio-http2 learns of window it can use: up to the real window, never above it.
+            let forwarded = max(0, min(increment, self.connectionWindow - self.nioConnectionWindow))
+            self.nioConnectionWindow += forwarded
+            if let blocked = self.nioBlocked, blocked <= self.connectionWindow {
+                self.nioBlocked = nil
+                output.nioUnblocked = true
+            }
+            self.drainAll(into: &output)
+            let verdict: WindowUpdateVerdict = forwarded == increment ? .forward
+                : forwarded == 0 ? .drop : .forwardIncrement(UInt32(forwarded))
+            return (verdict, output)
+        }
+        guard var stream = self.streams[streamID] else { return (.forward, output) }
+        guard stream.window + increment <= Self.maximumWindow else {
+            return (.connectionError(code: InboundDataSplicer.flowControlError), output)
+        }
+        stream.window += increment
+        self.streams[streamID] = stream
+        guard stream.spliced else { return (.forward, output) }
+        if stream.queued > 0 { self.drain(streamID, into: &output) }
+        return (.drop, output)
+    }
+
+    /// The peer's SETTINGS (RFC 9113 §6.5.2); values out of range are left to nio-http2,
+    /// which treats them as connection errors. Returns a connection error code, if any.
+    mutating func settings(_ entries: [InboundDataSplicer.Setting], into output: inout Output) -> UInt32? {
+        for entry in entries {
+            let value = entry.value
+            switch entry.identifier {
+            case 0x4 where Int(value) <= Self.maximumWindow:  // SETTINGS_INITIAL_WINDOW_SIZE
+                let delta = Int(value) - self.peerInitialWindow
+                self.peerInitialWindow = Int(value)
+                for (id, var stream) in self.streams {
+                    stream.window += delta
+                    if stream.window > Self.maximumWindow { return InboundDataSplicer.flowControlError }
+                    self.streams[id] = stream
+                }
+            case 0x5 where (1 << 14)...(1 << 24 - 1) ~= Int(value):  // SETTINGS_MAX_FRAME_SIZE
+                self.peerMaximumFrameSize = Int(value)
+            default:
+                break
+            }
+        }
+        self.drainAll(into: &output)
+        return nil
+    }
+
+    // MARK: From nio-http2
+
+    /// nio-http2 wrote `bytes`: how many of their leading bytes may go to the wire now. The
+    /// rest waits — from the header of a DATA frame the connection window does not admit
+    /// yet (until ``Output/nioUnblocked``), or from an incomplete frame header (until the
+    /// bytes after it are written) — and is offered again.
+    mutating func admitNio(_ bytes: ByteBuffer) -> Int {
+        guard self.nioBlocked == nil else { return 0 }
+        var offset = 0
+        let count = bytes.readableBytes
+        while offset < count {
+            switch self.nioPhase {
+            case .skipping(let remaining):
+                let skipped = min(remaining, count - offset)
+                offset += skipped
+                self.nioPhase = remaining == skipped ? .header : .skipping(remaining - skipped)
+            case .header:
+                guard count - offset >= InboundDataSplicer.frameHeaderLength else { return offset }
+                let header = HTTP2FrameHeader(bytes, at: bytes.readerIndex + offset)
+                guard self.nioFrameStarts(header) else { return offset }
+                offset += InboundDataSplicer.frameHeaderLength
+                self.nioPhase = header.length == 0 ? .header : .skipping(header.length)
+            }
+        }
+        return offset
+    }
+
+    /// A payload nio-http2 wrote as something other than a byte buffer (a file region).
+    mutating func admitNioPayload(count: Int) {
+        if case .skipping(let remaining) = self.nioPhase {
+            self.nioPhase = remaining <= count ? .header : .skipping(remaining - count)
+        }
+    }
+
+    /// Bookkeeping for one of nio-http2's frames; false if it must wait for window.
+    private mutating func nioFrameStarts(_ header: HTTP2FrameHeader) -> Bool {
+        let endStream = header.flags & 0x1 != 0
+        switch header.type {
+        case 0x0:  // DATA
+            if header.length > 0 {
+                guard header.length <= self.connectionWindow else {
+                    self.nioBlocked = header.length
+                    return false
+                }
+                self.connectionWindow -= header.length
+                self.nioConnectionWindow -= header.length
+                if var stream = self.streams[header.streamID] {
+                    stream.window -= header.length
+                    stream.nioData = true
+                    self.streams[header.streamID] = stream
+                }
+            }
+            if endStream { self.end(header.streamID) }
+        case 0x1:  // HEADERS: the stream's first ones open it for us, END_STREAM ends our side.
+            if endStream {
+                self.end(header.streamID)
+            } else if self.streams[header.streamID] == nil, header.streamID != 0 {
+                self.track(header.streamID)
+            }
+        case 0x3:  // RST_STREAM
+            self.end(header.streamID)
+        default:
+            break
+        }
+        return true
+    }
+
+    private mutating func track(_ streamID: Int32) {
+        if self.streams.count >= self.trackingLimit {
+            self.streams = self.streams.filter { $0.value.spliced }
+        }
+        self.streams[streamID] = Stream(window: self.peerInitialWindow)
+    }
+
+    /// Our side of the stream ended (END_STREAM or RST_STREAM written by nio-http2). A
+    /// spliced stream sends END_STREAM only once its queue is empty.
+    private mutating func end(_ streamID: Int32) {
+        self.forget(streamID)
+    }
+
+    // MARK: Framing
+
+    private mutating func drainAll(into output: inout Output) {
+        guard self.nioBlocked == nil else { return }
+        for streamID in self.waiting {
+            guard self.connectionWindow > 0 else { return }
+            self.drain(streamID, into: &output)
+        }
+    }
+
+    /// Frames as much of `streamID`'s queue as the windows admit.
+    private mutating func drain(_ streamID: Int32, into output: inout Output) {
+        guard self.nioBlocked == nil, var stream = self.streams[streamID] else { return }
+        while var first = stream.queue.first {
+            let length = min(first.readableBytes, stream.window, self.connectionWindow, self.peerMaximumFrameSize)
+            guard length > 0 else { break }
+            var frame = self.allocator.buffer(
+                capacity: InboundDataSplicer.frameHeaderLength + (length <= Self.copyLimit ? length : 0)
+            )
+            HTTP2FrameHeader.write(length: length, type: 0x0, flags: 0, streamID: streamID, into: &frame)
+            let payload = first.readSlice(length: length)!
+            if length <= Self.copyLimit {
+                frame.writeImmutableBuffer(payload)
+                output.writes.append(frame)
+            } else {
+                output.writes.append(frame)
+                output.writes.append(payload)
+            }
+            if first.readableBytes == 0 {
+                stream.queue.removeFirst()
+            } else {
+                stream.queue[stream.queue.startIndex] = first
+            }
+            stream.queued -= length
+            stream.window -= length
+            self.connectionWindow -= length
+        }
+        self.streams[streamID] = stream
+        if stream.queued == 0 {
+            self.waiting.removeAll { $0 == streamID }
+            output.drained.append(streamID)
+        }
+    }
+}
+
+/// An HTTP/2 frame header (RFC 9113 §4.1): 24-bit length, type, flags, R bit and 31-bit
+/// stream ID.
+struct HTTP2FrameHeader {
+    var length: Int
+    var type: UInt8
+    var flags: UInt8
+    var streamID: Int32
+
+    init(_ buffer: ByteBuffer, at index: Int) {
+        let high = Int(buffer.getInteger(at: index, as: UInt16.self)!)
+        self.length = high << 8 | Int(buffer.getInteger(at: index + 2, as: UInt8.self)!)
+        self.type = buffer.getInteger(at: index + 3, as: UInt8.self)!
+        self.flags = buffer.getInteger(at: index + 4, as: UInt8.self)!
+        self.streamID = Int32(bitPattern: buffer.getInteger(at: index + 5, as: UInt32.self)! & 0x7fff_ffff)
+    }
+
+    static func write(length: Int, type: UInt8, flags: UInt8, streamID: Int32, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt16(length >> 8))
+        buffer.writeInteger(UInt8(length & 0xff))
+        buffer.writeInteger(type)
+        buffer.writeInteger(flags)
+        buffer.writeInteger(UInt32(bitPattern: streamID))
+    }
+}
