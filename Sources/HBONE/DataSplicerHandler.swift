@@ -23,6 +23,8 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     private var heldFlush = false
     /// Frames were written since the last flush.
     private var unflushed = false
+    /// The outbound splicer's output, reused so its arrays are not allocated per message.
+    private var output = OutboundDataSplicer.Output()
 
     init(role: InboundDataSplicer.Role, configuration: HBONEConfiguration) {
         self.inbound = InboundDataSplicer(
@@ -73,7 +75,9 @@ final class DataSplicerHandler: ChannelDuplexHandler {
 
     /// Bytes from a spliced stream's TCP side; written as DATA now or when window allows.
     func send(_ streamID: Int32, _ bytes: ByteBuffer) {
-        self.perform(self.outbound.send(streamID, bytes))
+        self.output.reset()
+        self.outbound.send(streamID, bytes, into: &self.output)
+        self.perform(self.output)
     }
 
     /// Bytes of `streamID` waiting for window.
@@ -97,7 +101,8 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             case .deliver(let streamID, let bytes):
                 self.sinks[streamID]?.spliceRead(bytes)
             case .windowUpdate(let streamID, let increment, var frame):
-                let (verdict, output) = self.outbound.windowUpdate(streamID: streamID, increment: increment)
+                self.output.reset()
+                let verdict = self.outbound.windowUpdate(streamID: streamID, increment: increment, into: &self.output)
                 switch verdict {
                 case .forward:
                     context.fireChannelRead(Self.wrapInboundOut(frame))
@@ -109,14 +114,14 @@ final class DataSplicerHandler: ChannelDuplexHandler {
                 case .connectionError(let code):
                     return self.connectionError(code: code, context: context)
                 }
-                self.perform(output)
+                self.perform(self.output)
             case .settings(let settings, let frame):
-                var output = OutboundDataSplicer.Output()
-                if let code = self.outbound.settings(settings, into: &output) {
+                self.output.reset()
+                if let code = self.outbound.settings(settings, into: &self.output) {
                     return self.connectionError(code: code, context: context)
                 }
                 context.fireChannelRead(Self.wrapInboundOut(frame))
-                self.perform(output)
+                self.perform(self.output)
             case .connectionError(let code, _):
                 return self.connectionError(code: code, context: context)
             }

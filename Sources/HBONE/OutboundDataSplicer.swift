@@ -42,6 +42,13 @@ struct OutboundDataSplicer {
         var nioUnblocked = false
 
         var isEmpty: Bool { self.writes.isEmpty && self.drained.isEmpty && !self.nioUnblocked }
+
+        /// Empties it, keeping the arrays' storage for the next use.
+        mutating func reset() {
+            self.writes.removeAll(keepingCapacity: true)
+            self.drained.removeAll(keepingCapacity: true)
+            self.nioUnblocked = false
+        }
     }
 
     /// What to do with a WINDOW_UPDATE frame from the peer.
@@ -138,32 +145,35 @@ struct OutboundDataSplicer {
 
     /// Bytes of a spliced stream's TCP side: framed now as far as the windows admit, the
     /// rest queued.
-    mutating func send(_ streamID: Int32, _ bytes: ByteBuffer) -> Output {
-        guard var stream = self.streams[streamID], stream.spliced, bytes.readableBytes > 0 else { return Output() }
-        let wasIdle = stream.queued == 0
-        stream.queue.append(bytes)
-        stream.queued += bytes.readableBytes
-        self.streams[streamID] = stream
-        var output = Output()
-        if wasIdle {
-            self.waiting.append(streamID)
-            self.drain(streamID, into: &output)
+    mutating func send(_ streamID: Int32, _ bytes: ByteBuffer, into output: inout Output) {
+        guard bytes.readableBytes > 0, let index = self.streams.index(forKey: streamID),
+            self.streams.values[index].spliced
+        else { return }
+        guard self.streams.values[index].queued == 0 else {
+            // Behind bytes that already wait.
+            self.streams.values[index].queue.append(bytes)
+            self.streams.values[index].queued += bytes.readableBytes
+            return
         }
-        return output
+        var bytes = bytes
+        self.frame(&bytes, at: index, into: &output)
+        guard bytes.readableBytes > 0 else { return }
+        self.streams.values[index].queue.append(bytes)
+        self.streams.values[index].queued = bytes.readableBytes
+        self.waiting.append(streamID)
     }
 
     // MARK: From the peer
 
     /// A WINDOW_UPDATE from the peer (RFC 9113 §6.9); may let queued bytes go.
-    mutating func windowUpdate(streamID: Int32, increment: UInt32) -> (WindowUpdateVerdict, Output) {
+    mutating func windowUpdate(streamID: Int32, increment: UInt32, into output: inout Output) -> WindowUpdateVerdict {
         let increment = Int(increment & 0x7fff_ffff)
         // §6.9: "A receiver MUST treat the receipt of a WINDOW_UPDATE frame with a
         // flow-control window increment of 0 as a stream error" — nio-http2's to report.
-        guard increment > 0 else { return (.forward, Output()) }
-        var output = Output()
+        guard increment > 0 else { return .forward }
         if streamID == 0 {
             guard self.connectionWindow + increment <= Self.maximumWindow else {
-                return (.connectionError(code: InboundDataSplicer.flowControlError), output)
+                return .connectionError(code: InboundDataSplicer.flowControlError)
             }
             self.connectionWindow += increment
             // nio-http2 learns of window it can use: up to the real window, never above it.
@@ -174,19 +184,16 @@ struct OutboundDataSplicer {
                 output.nioUnblocked = true
             }
             self.drainAll(into: &output)
-            let verdict: WindowUpdateVerdict = forwarded == increment ? .forward
-                : forwarded == 0 ? .drop : .forwardIncrement(UInt32(forwarded))
-            return (verdict, output)
+            return forwarded == increment ? .forward : forwarded == 0 ? .drop : .forwardIncrement(UInt32(forwarded))
         }
-        guard var stream = self.streams[streamID] else { return (.forward, output) }
-        guard stream.window + increment <= Self.maximumWindow else {
-            return (.connectionError(code: InboundDataSplicer.flowControlError), output)
+        guard let index = self.streams.index(forKey: streamID) else { return .forward }
+        guard self.streams.values[index].window + increment <= Self.maximumWindow else {
+            return .connectionError(code: InboundDataSplicer.flowControlError)
         }
-        stream.window += increment
-        self.streams[streamID] = stream
-        guard stream.spliced else { return (.forward, output) }
-        if stream.queued > 0 { self.drain(streamID, into: &output) }
-        return (.drop, output)
+        self.streams.values[index].window += increment
+        guard self.streams.values[index].spliced else { return .forward }
+        if self.streams.values[index].queued > 0 { self.drain(streamID, into: &output) }
+        return .drop
     }
 
     /// The peer's SETTINGS (RFC 9113 §6.5.2); values out of range are left to nio-http2,
@@ -305,35 +312,47 @@ struct OutboundDataSplicer {
 
     /// Frames as much of `streamID`'s queue as the windows admit.
     private mutating func drain(_ streamID: Int32, into output: inout Output) {
-        guard self.nioBlocked == nil, var stream = self.streams[streamID] else { return }
-        while var first = stream.queue.first {
-            let length = min(first.readableBytes, stream.window, self.connectionWindow, self.peerMaximumFrameSize)
-            guard length > 0 else { break }
-            var frame = self.allocator.buffer(
-                capacity: InboundDataSplicer.frameHeaderLength + (length <= Self.copyLimit ? length : 0)
+        guard self.nioBlocked == nil, let index = self.streams.index(forKey: streamID) else { return }
+        while var first = self.streams.values[index].queue.first {
+            let before = first.readableBytes
+            self.frame(&first, at: index, into: &output)
+            self.streams.values[index].queued -= before - first.readableBytes
+            guard first.readableBytes == 0 else {
+                let start = self.streams.values[index].queue.startIndex
+                self.streams.values[index].queue[start] = first
+                return
+            }
+            self.streams.values[index].queue.removeFirst()
+        }
+        self.waiting.removeAll { $0 == streamID }
+        output.drained.append(streamID)
+    }
+
+    /// Frames as much of `bytes` as the windows admit (RFC 9113 §6.9.1) in frames of at
+    /// most the peer's SETTINGS_MAX_FRAME_SIZE, and consumes what it framed.
+    private mutating func frame(
+        _ bytes: inout ByteBuffer, at index: Dictionary<Int32, Stream>.Index, into output: inout Output
+    ) {
+        guard self.nioBlocked == nil else { return }
+        let streamID = self.streams.keys[index]
+        while bytes.readableBytes > 0 {
+            let length = min(
+                bytes.readableBytes, self.streams.values[index].window, self.connectionWindow, self.peerMaximumFrameSize
             )
+            guard length > 0 else { return }
+            let payload = bytes.readSlice(length: length)!
+            let copied = length <= Self.copyLimit
+            var frame = self.allocator.buffer(capacity: InboundDataSplicer.frameHeaderLength + (copied ? length : 0))
             HTTP2FrameHeader.write(length: length, type: 0x0, flags: 0, streamID: streamID, into: &frame)
-            let payload = first.readSlice(length: length)!
-            if length <= Self.copyLimit {
+            if copied {
                 frame.writeImmutableBuffer(payload)
                 output.writes.append(frame)
             } else {
                 output.writes.append(frame)
                 output.writes.append(payload)
             }
-            if first.readableBytes == 0 {
-                stream.queue.removeFirst()
-            } else {
-                stream.queue[stream.queue.startIndex] = first
-            }
-            stream.queued -= length
-            stream.window -= length
+            self.streams.values[index].window -= length
             self.connectionWindow -= length
-        }
-        self.streams[streamID] = stream
-        if stream.queued == 0 {
-            self.waiting.removeAll { $0 == streamID }
-            output.drained.append(streamID)
         }
     }
 }
