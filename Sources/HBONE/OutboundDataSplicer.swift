@@ -99,6 +99,9 @@ struct OutboundDataSplicer {
     private(set) var nioConnectionWindow = Self.defaultInitialWindow
     /// The length of nio-http2's DATA frame that waits for the connection window.
     private(set) var nioBlocked: Int?
+    /// The length of nio-http2's DATA frame that waited and was charged when window came;
+    /// the next frame it offers.
+    private var nioPrecharged: Int?
     /// Entries kept for streams that are not spliced before unspliced ones are dropped.
     let trackingLimit: Int
 
@@ -176,14 +179,18 @@ struct OutboundDataSplicer {
                 return .connectionError(code: InboundDataSplicer.flowControlError)
             }
             self.connectionWindow += increment
-            // nio-http2 learns of window it can use: up to the real window, never above it.
-            let forwarded = max(0, min(increment, self.connectionWindow - self.nioConnectionWindow))
-            self.nioConnectionWindow += forwarded
             if let blocked = self.nioBlocked, blocked <= self.connectionWindow {
+                // Charged now, so the spliced streams served next cannot take its window.
                 self.nioBlocked = nil
+                self.nioPrecharged = blocked
+                self.connectionWindow -= blocked
+                self.nioConnectionWindow -= blocked
                 output.nioUnblocked = true
             }
             self.drainAll(into: &output)
+            // nio-http2 learns of window it can use: up to the real window, never above it.
+            let forwarded = max(0, min(increment, self.connectionWindow - self.nioConnectionWindow))
+            self.nioConnectionWindow += forwarded
             return forwarded == increment ? .forward : forwarded == 0 ? .drop : .forwardIncrement(UInt32(forwarded))
         }
         guard let index = self.streams.index(forKey: streamID) else { return .forward }
@@ -259,13 +266,19 @@ struct OutboundDataSplicer {
         let endStream = header.flags & 0x1 != 0
         switch header.type {
         case 0x0:  // DATA
-            if header.length > 0 {
+            if let precharged = self.nioPrecharged {
+                // The frame that waited, charged when the window came.
+                self.nioPrecharged = nil
+                assert(precharged == header.length)
+            } else if header.length > 0 {
                 guard header.length <= self.connectionWindow else {
                     self.nioBlocked = header.length
                     return false
                 }
                 self.connectionWindow -= header.length
                 self.nioConnectionWindow -= header.length
+            }
+            if header.length > 0 {
                 if var stream = self.streams[header.streamID] {
                     stream.window -= header.length
                     stream.nioData = true

@@ -1,4 +1,5 @@
 import InternetAddress
+import Crypto
 import Foundation
 @testable import HBONE
 import MeshIdentity
@@ -38,7 +39,9 @@ struct HBONEPeerInteropTests {
     }
 
     /// Starts `peer` as an HBONE server presenting `httpbin`'s certificate.
-    func startServer(_ peer: Peer, _ fixture: HBONEInteropTests.Fixture, upstream: Int, status: Int? = nil) async throws -> ExternalPeer {
+    func startServer(
+        _ peer: Peer, _ fixture: HBONEInteropTests.Fixture, upstream: Int, status: Int? = nil, extra: [String] = []
+    ) async throws -> ExternalPeer {
         try fixture.writeClient(name: "httpbin", identity: fixture.serverIdentity, authority: fixture.ca)
         switch peer {
         case .python:
@@ -48,7 +51,7 @@ struct HBONEPeerInteropTests {
                 "--trust-domain", "cluster.local", "--port", "0", "--upstream", "127.0.0.1:\(upstream)",
             ]
             if let status { arguments += ["--status", "\(status)"] }
-            return try await ExternalPeer(arguments)
+            return try await ExternalPeer(arguments + extra)
         case .nghttp2:
             return try await ExternalPeer([
                 Self.cPeer!, "server", "--listen", "127.0.0.1:0", "--cert", fixture.path("httpbin.pem"),
@@ -79,7 +82,7 @@ struct HBONEPeerInteropTests {
     /// Runs `body` with `peer` serving HBONE in front of the fixture's echo upstream and one
     /// of our clients, all on the fixture's CA.
     func withPeerServer(
-        _ peer: Peer, status: Int? = nil,
+        _ peer: Peer, status: Int? = nil, extra: [String] = [],
         _ body: (HBONEInteropTests.Fixture, ExternalPeer, HBONEClient) async throws -> Void
     ) async throws {
         let fixture = try await HBONEInteropTests.Fixture()
@@ -88,7 +91,7 @@ struct HBONEPeerInteropTests {
             defer { group.cancelAll() }
             // Starting and stopping a peer blocks (it waits for its `listening` line): off the
             // Swift concurrency pool, which the code under test needs.
-            let server = try await self.startServer(peer, fixture, upstream: fixture.upstream.port, status: status)
+            let server = try await self.startServer(peer, fixture, upstream: fixture.upstream.port, status: status, extra: extra)
             let client = HBONEClient(certificates: fixture.manager)
             do {
                 try await body(fixture, server, client)
@@ -118,6 +121,31 @@ struct HBONEPeerInteropTests {
             }
             #expect(answers == 20, "\(server.logs)")
             #expect(client.connectionsStarted <= 2, "pooled: one connection per event loop at most")
+        }
+    }
+
+    /// The spliced data path (``OutboundDataSplicer``, ``InboundDataSplicer``) against a
+    /// server that keeps HTTP/2's defaults: 65,535-byte stream and connection windows, no
+    /// WINDOW_UPDATE that opens the connection at the start, 16 KiB frames. h2 ends the
+    /// connection with FLOW_CONTROL_ERROR or FRAME_SIZE_ERROR if we send one byte too many.
+    @Test("our spliced client sends 8 MiB through a Python h2 server with HTTP/2's default windows and 16 KiB frames, both ways intact")
+    func splicedClientWithinPeerWindows() async throws {
+        try #require(self.available(.python), "python3 with the h2 package is required")
+        let extra = ["--stream-window", "65535", "--connection-window", "65535", "--max-frame", "16384"]
+        try await self.withPeerServer(.python, extra: extra) { fixture, server, client in
+            let forwarder = HBONEForwarder(port: 0, client: client, target: self.target(fixture, port: server.port))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await forwarder.run() }
+                defer { group.cancelAll() }
+                let port = try await forwarder.listeningPort
+                var generator = SeededGenerator(seed: 7)
+                let payload = (0..<(8 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 60) }
+                #expect(exchange.errorNumber == 0)
+                #expect(exchange.received.count == payload.count + 5, "\(server.logs)")
+                #expect(SHA256.hash(data: exchange.received) == SHA256.hash(data: Array("echo:".utf8) + payload))
+                #expect(!server.logs.contains("error"), "\(server.logs)")
+            }
         }
     }
 

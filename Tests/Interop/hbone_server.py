@@ -173,14 +173,15 @@ class Connection:
         # the start (h2 only applies later changes when the peer acknowledges them).
         codes = h2.settings.SettingCodes
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            codes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            codes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+            codes.INITIAL_WINDOW_SIZE: self.args.stream_window,
+            codes.MAX_FRAME_SIZE: self.args.max_frame,
             codes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             codes.MAX_HEADER_LIST_SIZE: self.h2.DEFAULT_MAX_HEADER_LIST_SIZE,
         })
-        self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
+        self.h2.max_inbound_frame_size = self.args.max_frame
         self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONNECTION_WINDOW - DEFAULT_WINDOW)
+        if self.args.connection_window > DEFAULT_WINDOW:
+            self.h2.increment_flow_control_window(self.args.connection_window - DEFAULT_WINDOW)
         self.collect()
 
         self.tls.setblocking(False)
@@ -555,6 +556,11 @@ def main():
     parser.add_argument("--upstream", help="HOST:PORT to connect every stream to, instead of :authority")
     parser.add_argument("--status", type=int, help="answer every request with this status and END_STREAM")
     parser.add_argument("--max-connections", type=int, help="exit 0 after serving this many connections")
+    parser.add_argument("--stream-window", type=int, default=STREAM_WINDOW,
+                        help="SETTINGS_INITIAL_WINDOW_SIZE (default ztunnel's 4 MiB; 65535 is HTTP/2's default)")
+    parser.add_argument("--connection-window", type=int, default=CONNECTION_WINDOW,
+                        help="connection receive window; at 65535 no WINDOW_UPDATE opens it at the start")
+    parser.add_argument("--max-frame", type=int, default=MAX_FRAME_SIZE, help="SETTINGS_MAX_FRAME_SIZE")
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
