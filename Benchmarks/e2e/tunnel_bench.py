@@ -11,8 +11,8 @@ Every configuration has the same shape, so the numbers compare like with like:
   c-peer        the C nghttp2+OpenSSL HBONE peer in both roles (Tests/Interop/hbone-peer)
   swift         hbone-tunnel client -> hbone-tunnel server (this package)
   swift-nopool  the same with the client's pool off (tunnel rates only: a handshake each)
-  swift-nosplice  the same with inbound DATA through nio-http2's stream channels instead of
-                the splicer (HBONEConfiguration.splicesInboundData off), for comparison
+  swift-nosplice  the same with DATA through nio-http2's stream channels instead of
+                the splicers (HBONEConfiguration.splicesData off), for comparison
   swift->c, c->swift   the two implementations against each other
 
 Measured: bulk throughput (iperf3, one stream), CPU seconds per GiB spent by the relays,

@@ -5,8 +5,8 @@ internal import NIOHTTP2
 /// I/O for ``InboundDataSplicer`` and ``OutboundDataSplicer``: hands spliced streams' DATA
 /// payloads to their tunnels' TCP sides and frames their TCP sides' bytes as DATA, writes
 /// the WINDOW_UPDATE frames that return received bytes to the sender, passes everything
-/// else between TLS and nio-http2 — holding back nio-http2's writes while one of its DATA
-/// frames waits for window. Only does I/O; the rules are the splicers'.
+/// else between TLS and nio-http2 — holding back those of nio-http2's frames that wait for
+/// window. Only does I/O; the rules are the splicers'.
 final class DataSplicerHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -17,10 +17,12 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     private var outbound: OutboundDataSplicer
     private var sinks: [Int32: TunnelGlue.StreamSide] = [:]
     private var context: ChannelHandlerContext?
-    /// nio-http2's writes that wait (``OutboundDataSplicer/admitNio(_:)``), in order.
+    /// The bytes of nio-http2's frames that wait (``OutboundDataSplicer/admitNio(_:into:)``),
+    /// in order; a promise goes with the last piece of its write.
     private var held = CircularBuffer<(data: IOData, promise: EventLoopPromise<Void>?)>()
-    /// nio-http2 flushed while some of its writes were held.
-    private var heldFlush = false
+    /// An incomplete frame header at the end of nio-http2's last write, and its promise.
+    private var incomplete: (bytes: ByteBuffer, promise: EventLoopPromise<Void>?)?
+    private var runs: [OutboundDataSplicer.NioRun] = []
     /// Frames were written since the last flush.
     private var unflushed = false
     /// The outbound splicer's output, reused so its arrays are not allocated per message.
@@ -47,6 +49,8 @@ final class DataSplicerHandler: ChannelDuplexHandler {
         let held = self.held
         self.held.removeAll()
         for write in held { write.promise?.fail(ChannelError.ioOnClosedChannel) }
+        self.incomplete?.promise?.fail(ChannelError.ioOnClosedChannel)
+        self.incomplete = nil
     }
 
     // MARK: Streams
@@ -101,27 +105,28 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             case .deliver(let streamID, let bytes):
                 self.sinks[streamID]?.spliceRead(bytes)
             case .windowUpdate(let streamID, let increment, var frame):
-                self.output.reset()
-                let verdict = self.outbound.windowUpdate(streamID: streamID, increment: increment, into: &self.output)
+                // A local output: what is written here must be out before nio-http2 (which
+                // may write in turn) sees the update.
+                var output = OutboundDataSplicer.Output()
+                let verdict = self.outbound.windowUpdate(streamID: streamID, increment: increment, into: &output)
+                if case .connectionError(let code) = verdict { return self.connectionError(code: code, context: context) }
+                self.perform(output)
                 switch verdict {
                 case .forward:
                     context.fireChannelRead(Self.wrapInboundOut(frame))
                 case .forwardIncrement(let smaller):
                     frame.setInteger(smaller, at: frame.readerIndex + InboundDataSplicer.frameHeaderLength)
                     context.fireChannelRead(Self.wrapInboundOut(frame))
-                case .drop:
+                case .drop, .connectionError:
                     break
-                case .connectionError(let code):
-                    return self.connectionError(code: code, context: context)
                 }
-                self.perform(self.output)
             case .settings(let settings, let frame):
-                self.output.reset()
-                if let code = self.outbound.settings(settings, into: &self.output) {
+                var output = OutboundDataSplicer.Output()
+                if let code = self.outbound.settings(settings, into: &output) {
                     return self.connectionError(code: code, context: context)
                 }
+                self.perform(output)
                 context.fireChannelRead(Self.wrapInboundOut(frame))
-                self.perform(self.output)
             case .connectionError(let code, _):
                 return self.connectionError(code: code, context: context)
             }
@@ -169,83 +174,79 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     /// caller (a TCP side's read burst) or at the end of this handler's read burst.
     private func perform(_ output: OutboundDataSplicer.Output) {
         guard !output.isEmpty, let context = self.context else { return }
+        if output.nioRelease > 0 { self.writeHeld(output.nioRelease, context: context) }
         for frame in output.writes { context.write(Self.wrapOutboundOut(.byteBuffer(frame)), promise: nil) }
         if !output.writes.isEmpty { self.unflushed = true }
-        if output.nioUnblocked { self.releaseHeld(context: context) }
         for streamID in output.drained { self.sinks[streamID]?.spliceDrained() }
     }
 
     // MARK: Outbound (nio-http2's writes)
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let io = Self.unwrapOutboundIn(data)
-        guard self.held.isEmpty else {
-            self.held.append((io, promise))
-            // The bytes may complete a frame header that was held.
-            self.releaseHeld(context: context)
-            return
-        }
-        switch io {
-        case .fileRegion(let region):
-            self.outbound.admitNioPayload(count: region.readableBytes)
-            context.write(data, promise: promise)
-        case .byteBuffer(var buffer):
-            let admitted = self.outbound.admitNio(buffer)
-            if admitted == buffer.readableBytes {
+        switch Self.unwrapOutboundIn(data) {
+        case .fileRegion:
+            // A DATA payload (nio-http2 passes payloads on as they came).
+            let region = Self.unwrapOutboundIn(data)
+            if self.outbound.admitNioPayload(count: region.readableBytes) {
+                self.held.append((region, promise))
+            } else {
                 context.write(data, promise: promise)
-                return
             }
-            if admitted > 0 {
-                context.write(Self.wrapOutboundOut(.byteBuffer(buffer.readSlice(length: admitted)!)), promise: nil)
+        case .byteBuffer(var buffer):
+            var promise = promise
+            if let (prefix, earlier) = self.incomplete {
+                // The rest of a frame header that was cut at the end of the last write.
+                self.incomplete = nil
+                var joined = prefix
+                joined.writeImmutableBuffer(buffer)
+                buffer = joined
+                if let earlier, let promise { promise.futureResult.cascade(to: earlier) }
+                promise = promise ?? earlier
             }
-            self.held.append((.byteBuffer(buffer), promise))
+            self.runs.removeAll(keepingCapacity: true)
+            let tail = self.outbound.admitNio(buffer, into: &self.runs)
+            if tail == 0, self.runs.count == 1, !self.runs[0].held {
+                context.write(Self.wrapOutboundOut(.byteBuffer(buffer)), promise: promise)
+            } else {
+                for (index, run) in self.runs.enumerated() {
+                    let piece = IOData.byteBuffer(buffer.readSlice(length: run.count)!)
+                    let last = index == self.runs.count - 1 && tail == 0
+                    if run.held {
+                        self.held.append((piece, last ? promise : nil))
+                    } else {
+                        context.write(Self.wrapOutboundOut(piece), promise: last ? promise : nil)
+                    }
+                }
+                if tail > 0 { self.incomplete = (buffer, promise) }
+            }
         }
+        let release = self.outbound.takeRelease()
+        if release > 0 { self.writeHeld(release, context: context) }
     }
 
     func flush(context: ChannelHandlerContext) {
-        if !self.held.isEmpty { self.heldFlush = true }
         self.unflushed = false
         context.flush()
     }
 
-    /// Writes what of nio-http2's held output may go now.
-    private func releaseHeld(context: ChannelHandlerContext) {
-        var wrote = false
-        while let (data, promise) = self.held.first {
-            guard case .byteBuffer(var buffer) = data else {
-                if case .fileRegion(let region) = data { self.outbound.admitNioPayload(count: region.readableBytes) }
+    /// Writes the oldest `count` bytes of held output, and marks them for the next flush.
+    private func writeHeld(_ count: Int, context: ChannelHandlerContext) {
+        var remaining = count
+        while remaining > 0, let (data, promise) = self.held.first {
+            let size = data.readableBytes
+            if size <= remaining {
                 self.held.removeFirst()
                 context.write(Self.wrapOutboundOut(data), promise: promise)
-                wrote = true
+                remaining -= size
                 continue
             }
-            let admitted = self.outbound.admitNio(buffer)
-            if admitted == buffer.readableBytes {
-                self.held.removeFirst()
-                context.write(Self.wrapOutboundOut(data), promise: promise)
-                wrote = true
-                continue
-            }
-            if admitted > 0 {
-                context.write(Self.wrapOutboundOut(.byteBuffer(buffer.readSlice(length: admitted)!)), promise: nil)
-                wrote = true
-            }
+            // Part of a buffer: the frames in it are split at a frame boundary.
+            guard case .byteBuffer(var buffer) = data else { break }
+            let piece = buffer.readSlice(length: remaining)!
             self.held[self.held.startIndex] = (.byteBuffer(buffer), promise)
-            // Waiting for window, or for the rest of a frame header.
-            guard self.outbound.nioBlocked == nil, self.held.count > 1,
-                case .byteBuffer(let next) = self.held[self.held.index(after: self.held.startIndex)].data
-            else { break }
-            // A frame header split over two writes: join them and look again.
-            self.held.removeFirst()
-            let nextPromise = self.held.removeFirst().promise
-            buffer.writeImmutableBuffer(next)
-            let carrier = nextPromise ?? promise
-            if let promise, let nextPromise { nextPromise.futureResult.cascade(to: promise) }
-            self.held.prepend((.byteBuffer(buffer), carrier))
+            context.write(Self.wrapOutboundOut(.byteBuffer(piece)), promise: nil)
+            remaining = 0
         }
-        if wrote, self.heldFlush {
-            self.heldFlush = !self.held.isEmpty
-            context.flush()
-        }
+        self.unflushed = true
     }
 }

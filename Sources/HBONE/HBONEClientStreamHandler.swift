@@ -127,7 +127,9 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         if case TLSUserEvent.handshakeCompleted = event, !self.done {
             self.done = true
             self.promise.succeed()
+            context.fireUserInboundEventTriggered(event)
             context.pipeline.syncOperations.removeHandler(self, promise: nil)
+            return
         }
         context.fireUserInboundEventTriggered(event)
     }

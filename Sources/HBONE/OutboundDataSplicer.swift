@@ -16,8 +16,11 @@ internal import NIOCore
 ///   and the stream windows of spliced streams. nio-http2 keeps its own view and is told
 ///   only what it can use: WINDOW_UPDATE frames for spliced streams are taken out of its
 ///   input, and connection WINDOW_UPDATEs reach it only as far as the real window is above
-///   its view, so its view never exceeds 2^31−1 (§6.9.1). A DATA frame of nio-http2's that
-///   the real window does not admit yet waits here, and everything it wrote after it.
+///   its view, so its view never exceeds 2^31−1 (§6.9.1); it gets its share of each
+///   update before the spliced streams are served. A DATA frame of nio-http2's that the
+///   real window does not admit yet waits here, with the later frames of its stream and
+///   later DATA frames; its other frames (SETTINGS, PING, HEADERS, WINDOW_UPDATE, GOAWAY,
+///   other streams' RST_STREAM) go on. Waiting frames go first when window comes.
 /// - **Settings** (§6.5.2): SETTINGS_INITIAL_WINDOW_SIZE changes move every spliced
 ///   stream's window by the difference (§6.9.2: "An endpoint MUST treat a change to
 ///   SETTINGS_INITIAL_WINDOW_SIZE that causes any flow-control window to exceed the maximum
@@ -29,7 +32,7 @@ internal import NIOCore
 ///   byte queued here is written.
 /// - **Queues.** A spliced stream's bytes that its or the connection's window does not
 ///   admit wait here, and the stream's TCP side is not read meanwhile (back-pressure); they
-///   are sent, streams in turn, as WINDOW_UPDATEs arrive.
+///   are sent as WINDOW_UPDATEs arrive, streams in the order they started waiting.
 struct OutboundDataSplicer {
     /// Bytes to write, in order, and what changed for the streams.
     struct Output {
@@ -38,17 +41,24 @@ struct OutboundDataSplicer {
         /// Spliced streams whose queue emptied (their TCP side may be read again, a waiting
         /// END_STREAM may go).
         var drained: [Int32] = []
-        /// A DATA frame of nio-http2's that waited for the connection window fits now.
-        var nioUnblocked = false
+        /// How many bytes of nio-http2's held output (the oldest first) may go now; they go
+        /// before `writes`.
+        var nioRelease = 0
 
-        var isEmpty: Bool { self.writes.isEmpty && self.drained.isEmpty && !self.nioUnblocked }
+        var isEmpty: Bool { self.writes.isEmpty && self.drained.isEmpty && self.nioRelease == 0 }
 
         /// Empties it, keeping the arrays' storage for the next use.
         mutating func reset() {
             self.writes.removeAll(keepingCapacity: true)
             self.drained.removeAll(keepingCapacity: true)
-            self.nioUnblocked = false
+            self.nioRelease = 0
         }
+    }
+
+    /// A run of consecutive bytes of one of nio-http2's writes: to the wire now, or held.
+    struct NioRun: Equatable {
+        var count: Int
+        var held: Bool
     }
 
     /// What to do with a WINDOW_UPDATE frame from the peer.
@@ -79,16 +89,29 @@ struct OutboundDataSplicer {
         var spliced = false
         /// nio-http2 wrote DATA of it: it can no longer be spliced.
         var nioData = false
+        /// Our END_STREAM or RST_STREAM went out: kept (spliced streams only) so the peer's
+        /// WINDOW_UPDATEs for it are still kept from nio-http2 until the channel closes.
+        var ended = false
         /// Bytes waiting for window.
         var queue = CircularBuffer<ByteBuffer>()
         var queued = 0
     }
 
     private enum NioPhase {
-        /// The 24-byte client connection preface, or a frame's payload.
-        case skipping(Int)
         /// A frame header is next.
         case header
+        /// The 24-byte client connection preface, or the payload of a frame that went on.
+        case passing(Int)
+        /// The payload of a held frame.
+        case holding(Int)
+    }
+
+    /// One of nio-http2's frames that waits.
+    private struct HeldFrame {
+        var header: HTTP2FrameHeader
+        /// Payload bytes nio-http2 has not written yet.
+        var missing: Int
+        var flowControlled: Int { self.header.type == 0x0 ? self.header.length : 0 }
     }
 
     private(set) var peerInitialWindow = Self.defaultInitialWindow
@@ -97,11 +120,14 @@ struct OutboundDataSplicer {
     private(set) var connectionWindow = Self.defaultInitialWindow
     /// nio-http2's view of the same window (it never sees spliced frames).
     private(set) var nioConnectionWindow = Self.defaultInitialWindow
-    /// The length of nio-http2's DATA frame that waits for the connection window.
-    private(set) var nioBlocked: Int?
-    /// The length of nio-http2's DATA frame that waited and was charged when window came;
-    /// the next frame it offers.
-    private var nioPrecharged: Int?
+    /// nio-http2's frames that wait, oldest first, and how many per stream.
+    private var held = CircularBuffer<HeldFrame>()
+    private var heldPerStream: [Int32: Int] = [:]
+    /// Held DATA frames with payload: while there are any, spliced bytes wait too.
+    private(set) var heldDataFrames = 0
+    /// Increments the peer gave streams before we tracked them (a stream it opened gets a
+    /// WINDOW_UPDATE before our HEADERS): applied when it is tracked. Bounded.
+    private var earlyCredit: [Int32: Int] = [:]
     /// Entries kept for streams that are not spliced before unspliced ones are dropped.
     let trackingLimit: Int
 
@@ -114,11 +140,14 @@ struct OutboundDataSplicer {
     init(role: InboundDataSplicer.Role, trackingLimit: Int = 1024) {
         self.trackingLimit = trackingLimit
         // nio-http2 starts a client connection with the preface, which is not a frame.
-        self.nioPhase = role == .client ? .skipping(InboundDataSplicer.clientPrefaceLength) : .header
+        self.nioPhase = role == .client ? .passing(InboundDataSplicer.clientPrefaceLength) : .header
     }
 
     /// Whether `streamID`'s DATA goes through here.
-    func isSpliced(_ streamID: Int32) -> Bool { self.streams[streamID]?.spliced ?? false }
+    func isSpliced(_ streamID: Int32) -> Bool {
+        guard let stream = self.streams[streamID] else { return false }
+        return stream.spliced && !stream.ended
+    }
 
     /// Bytes of `streamID` waiting for window.
     func queuedBytes(_ streamID: Int32) -> Int { self.streams[streamID]?.queued ?? 0 }
@@ -134,7 +163,9 @@ struct OutboundDataSplicer {
     /// Takes `streamID`'s DATA from now on. Refused for a stream whose HEADERS nio-http2 has
     /// not written, that has ended, or that already had DATA from nio-http2.
     mutating func register(_ streamID: Int32) -> Bool {
-        guard var stream = self.streams[streamID], !stream.spliced, !stream.nioData else { return false }
+        guard var stream = self.streams[streamID], !stream.spliced, !stream.nioData, !stream.ended,
+            self.heldPerStream[streamID] == nil
+        else { return false }
         stream.spliced = true
         self.streams[streamID] = stream
         return true
@@ -150,7 +181,7 @@ struct OutboundDataSplicer {
     /// rest queued.
     mutating func send(_ streamID: Int32, _ bytes: ByteBuffer, into output: inout Output) {
         guard bytes.readableBytes > 0, let index = self.streams.index(forKey: streamID),
-            self.streams.values[index].spliced
+            self.streams.values[index].spliced, !self.streams.values[index].ended
         else { return }
         guard self.streams.values[index].queued == 0 else {
             // Behind bytes that already wait.
@@ -179,26 +210,29 @@ struct OutboundDataSplicer {
                 return .connectionError(code: InboundDataSplicer.flowControlError)
             }
             self.connectionWindow += increment
-            if let blocked = self.nioBlocked, blocked <= self.connectionWindow {
-                // Charged now, so the spliced streams served next cannot take its window.
-                self.nioBlocked = nil
-                self.nioPrecharged = blocked
-                self.connectionWindow -= blocked
-                self.nioConnectionWindow -= blocked
-                output.nioUnblocked = true
-            }
-            self.drainAll(into: &output)
-            // nio-http2 learns of window it can use: up to the real window, never above it.
+            self.releaseHeld(into: &output)
+            // nio-http2 learns of window it can use — up to the real window, never above
+            // it — before the spliced streams take theirs, so it is not starved.
             let forwarded = max(0, min(increment, self.connectionWindow - self.nioConnectionWindow))
             self.nioConnectionWindow += forwarded
+            self.drainAll(into: &output)
             return forwarded == increment ? .forward : forwarded == 0 ? .drop : .forwardIncrement(UInt32(forwarded))
         }
-        guard let index = self.streams.index(forKey: streamID) else { return .forward }
+        guard let index = self.streams.index(forKey: streamID) else {
+            self.noteEarlyCredit(streamID, increment)
+            return .forward
+        }
+        guard self.streams.values[index].spliced else {
+            // nio-http2 keeps this stream's window and reports an overflow itself.
+            self.streams.values[index].window = min(self.streams.values[index].window + increment, Self.maximumWindow)
+            return .forward
+        }
+        // §6.9.1 asks for RST_STREAM FLOW_CONTROL_ERROR; §5.4.1: "an endpoint MAY choose to
+        // treat a stream error as a connection error" — done here, for a peer this broken.
         guard self.streams.values[index].window + increment <= Self.maximumWindow else {
             return .connectionError(code: InboundDataSplicer.flowControlError)
         }
         self.streams.values[index].window += increment
-        guard self.streams.values[index].spliced else { return .forward }
         if self.streams.values[index].queued > 0 { self.drain(streamID, into: &output) }
         return .drop
     }
@@ -212,10 +246,9 @@ struct OutboundDataSplicer {
             case 0x4 where Int(value) <= Self.maximumWindow:  // SETTINGS_INITIAL_WINDOW_SIZE
                 let delta = Int(value) - self.peerInitialWindow
                 self.peerInitialWindow = Int(value)
-                for (id, var stream) in self.streams {
-                    stream.window += delta
-                    if stream.window > Self.maximumWindow { return InboundDataSplicer.flowControlError }
-                    self.streams[id] = stream
+                for index in self.streams.indices {
+                    self.streams.values[index].window += delta
+                    if self.streams.values[index].window > Self.maximumWindow { return InboundDataSplicer.flowControlError }
                 }
             case 0x5 where (1 << 14)...(1 << 24 - 1) ~= Int(value):  // SETTINGS_MAX_FRAME_SIZE
                 self.peerMaximumFrameSize = Int(value)
@@ -229,64 +262,127 @@ struct OutboundDataSplicer {
 
     // MARK: From nio-http2
 
-    /// nio-http2 wrote `bytes`: how many of their leading bytes may go to the wire now. The
-    /// rest waits — from the header of a DATA frame the connection window does not admit
-    /// yet (until ``Output/nioUnblocked``), or from an incomplete frame header (until the
-    /// bytes after it are written) — and is offered again.
-    mutating func admitNio(_ bytes: ByteBuffer) -> Int {
-        guard self.nioBlocked == nil else { return 0 }
+    /// nio-http2 wrote `bytes`: appends to `runs` which of them go to the wire now and which
+    /// are held (a DATA frame the connection window does not admit yet, or a frame behind
+    /// one of its stream's that waits). Returns how many bytes at the end are an incomplete
+    /// frame header, to be offered again in front of the next write. Afterwards
+    /// ``takeRelease()`` says whether held bytes may go.
+    mutating func admitNio(_ bytes: ByteBuffer, into runs: inout [NioRun]) -> Int {
         var offset = 0
         let count = bytes.readableBytes
-        while offset < count {
-            switch self.nioPhase {
-            case .skipping(let remaining):
-                let skipped = min(remaining, count - offset)
-                offset += skipped
-                self.nioPhase = remaining == skipped ? .header : .skipping(remaining - skipped)
-            case .header:
-                guard count - offset >= InboundDataSplicer.frameHeaderLength else { return offset }
-                let header = HTTP2FrameHeader(bytes, at: bytes.readerIndex + offset)
-                guard self.nioFrameStarts(header) else { return offset }
-                offset += InboundDataSplicer.frameHeaderLength
-                self.nioPhase = header.length == 0 ? .header : .skipping(header.length)
+        func run(_ length: Int, held: Bool) {
+            if let last = runs.last, last.held == held {
+                runs[runs.count - 1].count += length
+            } else {
+                runs.append(NioRun(count: length, held: held))
             }
         }
-        return offset
+        while offset < count {
+            switch self.nioPhase {
+            case .passing(let remaining):
+                let length = min(remaining, count - offset)
+                run(length, held: false)
+                offset += length
+                self.nioPhase = remaining == length ? .header : .passing(remaining - length)
+            case .holding(let remaining):
+                let length = min(remaining, count - offset)
+                run(length, held: true)
+                offset += length
+                self.held[self.held.index(before: self.held.endIndex)].missing -= length
+                self.nioPhase = remaining == length ? .header : .holding(remaining - length)
+            case .header:
+                guard count - offset >= InboundDataSplicer.frameHeaderLength else { return count - offset }
+                let header = HTTP2FrameHeader(bytes, at: bytes.readerIndex + offset)
+                offset += InboundDataSplicer.frameHeaderLength
+                if self.mustHold(header) {
+                    self.held.append(HeldFrame(header: header, missing: header.length))
+                    self.heldPerStream[header.streamID, default: 0] += 1
+                    if header.type == 0x0, header.length > 0 {
+                        self.heldDataFrames += 1
+                        // nio-http2 charged its own view when it wrote the frame.
+                        self.nioConnectionWindow -= header.length
+                    }
+                    run(InboundDataSplicer.frameHeaderLength, held: true)
+                    self.nioPhase = header.length == 0 ? .header : .holding(header.length)
+                } else {
+                    if header.type == 0x0 { self.nioConnectionWindow -= header.length }
+                    self.commitNio(header)
+                    run(InboundDataSplicer.frameHeaderLength, held: false)
+                    self.nioPhase = header.length == 0 ? .header : .passing(header.length)
+                }
+            }
+        }
+        return 0
     }
 
-    /// A payload nio-http2 wrote as something other than a byte buffer (a file region).
-    mutating func admitNioPayload(count: Int) {
-        if case .skipping(let remaining) = self.nioPhase {
-            self.nioPhase = remaining <= count ? .header : .skipping(remaining - count)
+    /// A payload nio-http2 wrote as something other than a byte buffer (a file region):
+    /// whether it is held.
+    mutating func admitNioPayload(count: Int) -> Bool {
+        switch self.nioPhase {
+        case .passing(let remaining):
+            self.nioPhase = remaining <= count ? .header : .passing(remaining - count)
+            return false
+        case .holding(let remaining):
+            self.held[self.held.index(before: self.held.endIndex)].missing -= min(remaining, count)
+            self.nioPhase = remaining <= count ? .header : .holding(remaining - count)
+            return true
+        case .header:
+            return false
         }
     }
 
-    /// Bookkeeping for one of nio-http2's frames; false if it must wait for window.
-    private mutating func nioFrameStarts(_ header: HTTP2FrameHeader) -> Bool {
+    /// Bytes of held output that may go now (the oldest frames, complete, within the
+    /// window): to be written before anything else.
+    mutating func takeRelease() -> Int {
+        var output = Output()
+        self.releaseHeld(into: &output)
+        return output.nioRelease
+    }
+
+    /// Whether one of nio-http2's frames must wait (RFC 9113 §6.9.1 for DATA; the order of
+    /// a stream's frames, §5.1, for the rest).
+    private func mustHold(_ header: HTTP2FrameHeader) -> Bool {
+        if header.streamID != 0, self.heldPerStream[header.streamID] != nil { return true }
+        guard header.type == 0x0, header.length > 0 else { return false }
+        return self.heldDataFrames > 0 || header.length > self.connectionWindow
+    }
+
+    /// Releases held frames from the oldest while they are complete and fit the window.
+    private mutating func releaseHeld(into output: inout Output) {
+        while let frame = self.held.first, frame.missing == 0 {
+            let length = frame.flowControlled
+            if length > 0 {
+                guard length <= self.connectionWindow else { return }
+                self.heldDataFrames -= 1
+            }
+            self.held.removeFirst()
+            let streamID = frame.header.streamID
+            if let count = self.heldPerStream[streamID], count > 1 {
+                self.heldPerStream[streamID] = count - 1
+            } else {
+                self.heldPerStream.removeValue(forKey: streamID)
+            }
+            self.commitNio(frame.header)
+            output.nioRelease += InboundDataSplicer.frameHeaderLength + frame.header.length
+        }
+    }
+
+    /// One of nio-http2's frames goes to the wire: charge DATA to the windows, and keep the
+    /// streams' bookkeeping (HEADERS opens a stream for us, END_STREAM and RST_STREAM end
+    /// our side).
+    private mutating func commitNio(_ header: HTTP2FrameHeader) {
         let endStream = header.flags & 0x1 != 0
         switch header.type {
         case 0x0:  // DATA
-            if let precharged = self.nioPrecharged {
-                // The frame that waited, charged when the window came.
-                self.nioPrecharged = nil
-                assert(precharged == header.length)
-            } else if header.length > 0 {
-                guard header.length <= self.connectionWindow else {
-                    self.nioBlocked = header.length
-                    return false
-                }
-                self.connectionWindow -= header.length
-                self.nioConnectionWindow -= header.length
-            }
             if header.length > 0 {
-                if var stream = self.streams[header.streamID] {
-                    stream.window -= header.length
-                    stream.nioData = true
-                    self.streams[header.streamID] = stream
+                self.connectionWindow -= header.length
+                if let index = self.streams.index(forKey: header.streamID) {
+                    self.streams.values[index].window -= header.length
+                    self.streams.values[index].nioData = true
                 }
             }
             if endStream { self.end(header.streamID) }
-        case 0x1:  // HEADERS: the stream's first ones open it for us, END_STREAM ends our side.
+        case 0x1:  // HEADERS
             if endStream {
                 self.end(header.streamID)
             } else if self.streams[header.streamID] == nil, header.streamID != 0 {
@@ -297,26 +393,39 @@ struct OutboundDataSplicer {
         default:
             break
         }
-        return true
     }
 
     private mutating func track(_ streamID: Int32) {
         if self.streams.count >= self.trackingLimit {
             self.streams = self.streams.filter { $0.value.spliced }
         }
-        self.streams[streamID] = Stream(window: self.peerInitialWindow)
+        let credit = self.earlyCredit.removeValue(forKey: streamID) ?? 0
+        self.streams[streamID] = Stream(window: min(self.peerInitialWindow + credit, Self.maximumWindow))
+    }
+
+    private mutating func noteEarlyCredit(_ streamID: Int32, _ increment: Int) {
+        if self.earlyCredit[streamID] == nil, self.earlyCredit.count >= 64 { self.earlyCredit.removeAll() }
+        self.earlyCredit[streamID, default: 0] += increment
     }
 
     /// Our side of the stream ended (END_STREAM or RST_STREAM written by nio-http2). A
-    /// spliced stream sends END_STREAM only once its queue is empty.
+    /// spliced stream sends END_STREAM only once its queue is empty, and stays as a
+    /// tombstone until its channel closes (``forget(_:)``).
     private mutating func end(_ streamID: Int32) {
-        self.forget(streamID)
+        guard let index = self.streams.index(forKey: streamID), self.streams.values[index].spliced else {
+            self.streams.removeValue(forKey: streamID)
+            return
+        }
+        self.streams.values[index].ended = true
+        self.streams.values[index].queue.removeAll()
+        self.streams.values[index].queued = 0
+        self.waiting.removeAll { $0 == streamID }
     }
 
     // MARK: Framing
 
     private mutating func drainAll(into output: inout Output) {
-        guard self.nioBlocked == nil else { return }
+        guard self.heldDataFrames == 0 else { return }
         for streamID in self.waiting {
             guard self.connectionWindow > 0 else { return }
             self.drain(streamID, into: &output)
@@ -325,7 +434,7 @@ struct OutboundDataSplicer {
 
     /// Frames as much of `streamID`'s queue as the windows admit.
     private mutating func drain(_ streamID: Int32, into output: inout Output) {
-        guard self.nioBlocked == nil, let index = self.streams.index(forKey: streamID) else { return }
+        guard self.heldDataFrames == 0, let index = self.streams.index(forKey: streamID) else { return }
         while var first = self.streams.values[index].queue.first {
             let before = first.readableBytes
             self.frame(&first, at: index, into: &output)
@@ -346,7 +455,7 @@ struct OutboundDataSplicer {
     private mutating func frame(
         _ bytes: inout ByteBuffer, at index: Dictionary<Int32, Stream>.Index, into output: inout Output
     ) {
-        guard self.nioBlocked == nil else { return }
+        guard self.heldDataFrames == 0 else { return }
         let streamID = self.streams.keys[index]
         while bytes.readableBytes > 0 {
             let length = min(

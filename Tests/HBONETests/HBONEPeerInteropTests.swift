@@ -149,6 +149,53 @@ struct HBONEPeerInteropTests {
         }
     }
 
+    /// nio-http2's own DATA (an ``HBONETunnel`` stream) on the connections that spliced
+    /// tunnels use, against HTTP/2's default windows: the real connection window is shared,
+    /// so nio-http2's frames sometimes wait in the splicer. Both kinds must finish.
+    @Test("spliced tunnels and HBONETunnel streams share pooled connections within a Python h2 server's default windows")
+    func splicedAndNioStreamsShareWindows() async throws {
+        try #require(self.available(.python), "python3 with the h2 package is required")
+        let extra = ["--stream-window", "65535", "--connection-window", "65535", "--max-frame", "16384"]
+        try await self.withPeerServer(.python, extra: extra) { fixture, server, client in
+            let target = self.target(fixture, port: server.port)
+            let forwarder = HBONEForwarder(port: 0, client: client, target: target)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await forwarder.run() }
+                defer { group.cancelAll() }
+                let port = try await forwarder.listeningPort
+                var generator = SeededGenerator(seed: 11)
+                let payload = (0..<(2 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                let expected = SHA256.hash(data: Array("echo:".utf8) + payload)
+                // One HBONETunnel per event loop, so one shares each pooled connection.
+                let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
+                let results = try await withThrowingTaskGroup(of: Bool.self) { tunnels in
+                    for index in 0..<4 {
+                        tunnels.addTask {
+                            let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 60) }
+                            return SHA256.hash(data: exchange.received) == expected
+                        }
+                        let loop = loops[index % loops.count]
+                        tunnels.addTask {
+                            let tunnel = try await client.connect(target, on: loop)
+                            let received = try await tunnel.executeThenClose { inbound, outbound in
+                                try await outbound.write(payload)
+                                outbound.finish()
+                                var received: [UInt8] = []
+                                for try await chunk in inbound { received += chunk }
+                                return received
+                            }
+                            return SHA256.hash(data: received) == expected
+                        }
+                    }
+                    return try await tunnels.reduce(into: [Bool]()) { $0.append($1) }
+                }
+                #expect(results.count == 8)
+                #expect(results.allSatisfy { $0 }, "\(server.logs)")
+                #expect(!server.logs.contains("error"), "\(server.logs)")
+            }
+        }
+    }
+
     @Test("our client refuses a peer server with an unexpected identity", arguments: Peer.allCases)
     func clientChecksPeerIdentity(_ peer: Peer) async throws {
         try #require(self.available(peer), "\(peer.testDescription) peer unavailable")

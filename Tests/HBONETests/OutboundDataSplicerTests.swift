@@ -12,10 +12,17 @@ struct OutboundDataSplicerTests {
     static func machine(streams: [Int32] = [1]) -> OutboundDataSplicer {
         var machine = OutboundDataSplicer(role: .server)
         for stream in streams {
-            let admitted = machine.admitNio(ByteBuffer(bytes: Frames.headers(stream)))
-            #expect(admitted == Frames.headers(stream).count)
+            let admitted = Self.admit(&machine, Frames.headers(stream))
+            #expect(admitted.passed == Frames.headers(stream).count)
         }
         return machine
+    }
+
+    /// Offers nio-http2's `bytes`: the bytes that went on (count), those held, the incomplete tail.
+    static func admit(_ machine: inout OutboundDataSplicer, _ bytes: [UInt8]) -> (passed: Int, held: Int, tail: Int) {
+        var runs: [OutboundDataSplicer.NioRun] = []
+        let tail = machine.admitNio(ByteBuffer(bytes: bytes), into: &runs)
+        return (runs.filter { !$0.held }.map(\.count).reduce(0, +), runs.filter(\.held).map(\.count).reduce(0, +), tail)
     }
 
     /// The DATA frames in `writes`: stream, payload.
@@ -51,7 +58,7 @@ struct OutboundDataSplicerTests {
         let result1 = machine.register(5)
         #expect(!result1, "no HEADERS written for stream 5")
         let data = Frames.data(3, [1, 2, 3])
-        let result2 = machine.admitNio(ByteBuffer(bytes: data))
+        let result2 = Self.admit(&machine, data).passed
         #expect(result2 == data.count)
         let result3 = machine.register(3)
         #expect(!result3, "nio-http2 already sent DATA of stream 3")
@@ -60,7 +67,7 @@ struct OutboundDataSplicerTests {
         let result5 = machine.register(1)
         #expect(!result5)
         let end = Frames.data(1, [], endStream: true)
-        let result6 = machine.admitNio(ByteBuffer(bytes: end))
+        let result6 = Self.admit(&machine, end).passed
         #expect(result6 == end.count)
         #expect(!machine.isSpliced(1), "END_STREAM written: the stream is done on our side")
     }
@@ -94,38 +101,80 @@ struct OutboundDataSplicerTests {
         #expect(machine.nioConnectionWindow == 65_535)
     }
 
-    @Test("nio-http2's view of the connection window never exceeds the real one, and its DATA waits when the real one is short")
+    @Test("nio-http2's DATA waits while the real window is short; its control frames and other streams' frames do not; it goes first when window comes")
     func nioShare() {
-        var machine = Self.machine(streams: [1, 3])
-        let result8 = machine.register(1)
-        #expect(result8)
+        var machine = Self.machine(streams: [1, 3, 5])
+        #expect(machine.register(1) == true)
         _ = Self.send(&machine, 1, 60_000)
         #expect(machine.connectionWindow == 5_535)
         // nio-http2 (stream 3, not spliced) writes 10,000 bytes: it believes it may.
-        let header = Array(Frames.data(3, Array(repeating: 9, count: 10_000)).prefix(9))
-        let settings = Frames.settings
-        let result9 = machine.admitNio(ByteBuffer(bytes: settings + header))
-        #expect(result9 == settings.count, "held from the DATA frame's header")
-        #expect(machine.nioBlocked == 10_000)
+        let data = Frames.data(3, Array(repeating: 9, count: 10_000))
+        let header = Self.admit(&machine, Array(data.prefix(9)))
+        #expect(header.passed == 0 && header.held == 9)
+        let payload = Self.admit(&machine, Array(data.dropFirst(9)))
+        #expect(payload.passed == 0 && payload.held == 10_000)
+        #expect(machine.heldDataFrames == 1)
+        // A PING, SETTINGS ACK and stream 5's HEADERS go on; stream 3's END_STREAM waits behind its DATA.
+        let ping = Self.admit(&machine, Frames.ping)
+        #expect(ping.passed == Frames.ping.count)
+        let headers = Self.admit(&machine, Frames.headers(5))
+        #expect(headers.passed == Frames.headers(5).count)
+        let end = Frames.data(3, [], endStream: true)
+        let ended = Self.admit(&machine, end)
+        #expect(ended.held == end.count)
         // While it waits, spliced bytes wait too: it goes first.
         let queued = Self.send(&machine, 1, 1_000)
         #expect(queued.writes.isEmpty)
         let (verdict, output) = Self.update(&machine, 0, 10_000)
-        #expect(output.nioUnblocked)
-        #expect(Self.dataFrames(output).map(\.payload.count) == [1_000], "the spliced bytes after nio-http2's frame was charged")
-        #expect(verdict == .drop, "nio-http2 believes it has 55,535 and the real window is 4,535")
+        #expect(output.nioRelease == data.count + end.count, "the DATA frame and the END_STREAM behind it")
+        #expect(Self.dataFrames(output).map(\.payload.count) == [1_000], "then the spliced bytes")
         #expect(machine.connectionWindow == 4_535)
+        #expect(verdict == .drop, "nio-http2 believes it has 55,535 and the real window is 5,535")
         #expect(machine.nioConnectionWindow == 55_535)
-        let result10 = machine.admitNio(ByteBuffer(bytes: header))
-        #expect(result10 == 9)
-        let result11 = machine.admitNio(ByteBuffer(repeating: 9, count: 10_000))
-        #expect(result11 == 10_000)
-        #expect(machine.connectionWindow == 4_535, "charged once")
 
         // A large update: nio-http2 is raised to the real window, no further.
         let (bigVerdict, _) = Self.update(&machine, 0, 1 << 20)
         #expect(bigVerdict == .forwardIncrement(UInt32(4_535 + (1 << 20) - 55_535)))
         #expect(machine.nioConnectionWindow == machine.connectionWindow)
+    }
+
+    @Test("nio-http2 gets its share of a connection WINDOW_UPDATE before spliced streams with queued bytes take the rest")
+    func nioNotStarved() {
+        var machine = Self.machine(streams: [1, 3])
+        #expect(machine.register(1) == true)
+        // nio-http2 used its whole view on stream 3.
+        let data = Frames.data(3, Array(repeating: 9, count: 65_535))
+        #expect(Self.admit(&machine, data).passed == data.count)
+        #expect(machine.nioConnectionWindow == 0)
+        _ = Self.send(&machine, 1, 1 << 20)
+        #expect(machine.queuedBytes(1) == 1 << 20)
+        let (verdict, output) = Self.update(&machine, 0, 30_000)
+        #expect(verdict == .forward, "nio-http2 is told of the window first")
+        #expect(machine.nioConnectionWindow == 30_000)
+        #expect(Self.dataFrames(output).map(\.payload.count).reduce(0, +) == 30_000, "the spliced stream uses it too")
+    }
+
+    @Test("a stream WINDOW_UPDATE that comes before our HEADERS counts once the stream is tracked")
+    func earlyStreamCredit() {
+        var machine = OutboundDataSplicer(role: .server)
+        #expect(Self.update(&machine, 1, 1_000).0 == .forward)
+        #expect(Self.admit(&machine, Frames.headers(1)).passed == Frames.headers(1).count)
+        #expect(machine.streamWindow(1) == 65_535 + 1_000)
+    }
+
+    @Test("after our END_STREAM a spliced stream's WINDOW_UPDATEs are still kept from nio-http2, until its channel closes")
+    func tombstone() {
+        var machine = Self.machine()
+        #expect(machine.register(1) == true)
+        _ = Self.send(&machine, 1, 1_000)
+        let end = Frames.data(1, [], endStream: true)
+        #expect(Self.admit(&machine, end).passed == end.count)
+        #expect(Self.update(&machine, 1, 1_000).0 == .drop)
+        let ignored = Self.send(&machine, 1, 10)
+        #expect(ignored.writes.isEmpty, "nothing after END_STREAM")
+        machine.forget(1)
+        #expect(Self.update(&machine, 1, 1_000).0 == .forward)
+        #expect(machine.trackedStreams == 0)
     }
 
     @Test("without spliced streams every WINDOW_UPDATE reaches nio-http2 unchanged")
@@ -140,7 +189,7 @@ struct OutboundDataSplicerTests {
         let result15 = Self.update(&machine, 0, 0).0
         #expect(result15 == .forward, "a zero increment is nio-http2's to reject")
         let data = Frames.data(1, Array(repeating: 1, count: 70_000))
-        let result16 = machine.admitNio(ByteBuffer(bytes: data))
+        let result16 = Self.admit(&machine, data).passed
         #expect(result16 == data.count)
         let result17 = Self.update(&machine, 0, 70_000).0
         #expect(result17 == .forward)
@@ -191,10 +240,10 @@ struct OutboundDataSplicerTests {
     func prefaceAndSplitHeaders() {
         var machine = OutboundDataSplicer(role: .client)
         let opening = Frames.preface + Frames.settings + Frames.headers(1)
-        let result26 = machine.admitNio(ByteBuffer(bytes: Array(opening.prefix(30))))
-        #expect(result26 == 24, "the SETTINGS header is incomplete")
-        let result27 = machine.admitNio(ByteBuffer(bytes: Array(opening.dropFirst(24))))
-        #expect(result27 == opening.count - 24)
+        let first = Self.admit(&machine, Array(opening.prefix(30)))
+        #expect(first.passed == 24 && first.tail == 6, "the SETTINGS header is incomplete")
+        let rest = Self.admit(&machine, Array(opening.dropFirst(24)))
+        #expect(rest.passed == opening.count - 24 && rest.tail == 0)
         let result28 = machine.register(1)
         #expect(result28)
     }
