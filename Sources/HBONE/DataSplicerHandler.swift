@@ -19,7 +19,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     /// The bytes of nio-http2's frames that wait (``OutboundDataSplicer/admitNio(_:into:)``),
     /// in order; a promise goes with the last piece of its write.
-    private var held = CircularBuffer<(data: IOData, promise: EventLoopPromise<Void>?)>()
+    private var held: [(data: IOData, promise: EventLoopPromise<Void>?)] = []
     /// An incomplete frame header at the end of nio-http2's last write, and its promise.
     private var incomplete: (bytes: ByteBuffer, promise: EventLoopPromise<Void>?)?
     private var runs: [OutboundDataSplicer.NioRun] = []
@@ -205,16 +205,19 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             }
             self.runs.removeAll(keepingCapacity: true)
             let tail = self.outbound.admitNio(buffer, into: &self.runs)
-            if tail == 0, self.runs.count == 1, !self.runs[0].held {
+            if tail == 0, self.runs.count <= 1, !(self.runs.first?.held ?? false) {
                 context.write(Self.wrapOutboundOut(.byteBuffer(buffer)), promise: promise)
             } else {
+                // The promise goes with the piece written last: an incomplete tail, else the
+                // last held piece, else the last piece.
+                let carrier = tail > 0 ? nil : (self.runs.lastIndex(where: \.held) ?? self.runs.count - 1)
                 for (index, run) in self.runs.enumerated() {
                     let piece = IOData.byteBuffer(buffer.readSlice(length: run.count)!)
-                    let last = index == self.runs.count - 1 && tail == 0
+                    let piecePromise = index == carrier ? promise : nil
                     if run.held {
-                        self.held.append((piece, last ? promise : nil))
+                        self.held.append((piece, piecePromise))
                     } else {
-                        context.write(Self.wrapOutboundOut(piece), promise: last ? promise : nil)
+                        context.write(Self.wrapOutboundOut(piece), promise: piecePromise)
                     }
                 }
                 if tail > 0 { self.incomplete = (buffer, promise) }
@@ -243,7 +246,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             // Part of a buffer: the frames in it are split at a frame boundary.
             guard case .byteBuffer(var buffer) = data else { break }
             let piece = buffer.readSlice(length: remaining)!
-            self.held[self.held.startIndex] = (.byteBuffer(buffer), promise)
+            self.held[0] = (.byteBuffer(buffer), promise)
             context.write(Self.wrapOutboundOut(.byteBuffer(piece)), promise: nil)
             remaining = 0
         }

@@ -232,6 +232,13 @@ struct InboundDataSplicer {
                         : Self.afterPayload(streamID: streamID, data: length, padding: 0)
                     if let action = forwarded(&input, upTo: headerStart) { return action }
                 case .capture(let length):
+                    if !fromCopy, input.readableBytes >= length {
+                        // The whole frame is in this input: taken as a slice, no copy. Bytes
+                        // before it go first; the frame is read again on the next call.
+                        input.moveReaderIndex(to: headerStart)
+                        if let action = forwarded(&input, upTo: headerStart) { return action }
+                        return Self.captured(input.readSlice(length: Self.frameHeaderLength + length)!)
+                    }
                     if fromCopy {
                         self.captured = self.header
                     } else {
@@ -283,17 +290,22 @@ struct InboundDataSplicer {
     /// A captured frame is complete: its action.
     private mutating func captureComplete() -> Action? {
         self.phase = .header
-        let bytes = self.captured
+        let frame = ByteBuffer(bytes: self.captured)
         self.captured = []
-        let header = HTTP2FrameHeader(ByteBuffer(bytes: bytes[..<Self.frameHeaderLength]), at: 0)
-        let frame = ByteBuffer(bytes: bytes)
+        return Self.captured(frame)
+    }
+
+    /// The action for a whole WINDOW_UPDATE or SETTINGS frame.
+    private static func captured(_ frame: ByteBuffer) -> Action {
+        let start = frame.readerIndex
+        let header = HTTP2FrameHeader(frame, at: start)
         if header.type == FrameType.windowUpdate {
-            let increment = frame.getInteger(at: Self.frameHeaderLength, as: UInt32.self)!
+            let increment = frame.getInteger(at: start + Self.frameHeaderLength, as: UInt32.self)!
             return .windowUpdate(streamID: header.streamID, increment: increment, frame: frame)
         }
         var settings: [Setting] = []
-        var index = Self.frameHeaderLength
-        while index + 6 <= bytes.count {
+        var index = start + Self.frameHeaderLength
+        while index + 6 <= start + frame.readableBytes {
             settings.append(Setting(
                 identifier: frame.getInteger(at: index, as: UInt16.self)!,
                 value: frame.getInteger(at: index + 2, as: UInt32.self)!

@@ -93,7 +93,7 @@ struct OutboundDataSplicer {
         /// WINDOW_UPDATEs for it are still kept from nio-http2 until the channel closes.
         var ended = false
         /// Bytes waiting for window.
-        var queue = CircularBuffer<ByteBuffer>()
+        var queue: [ByteBuffer] = []
         var queued = 0
     }
 
@@ -121,7 +121,7 @@ struct OutboundDataSplicer {
     /// nio-http2's view of the same window (it never sees spliced frames).
     private(set) var nioConnectionWindow = Self.defaultInitialWindow
     /// nio-http2's frames that wait, oldest first, and how many per stream.
-    private var held = CircularBuffer<HeldFrame>()
+    private var held: [HeldFrame] = []
     private var heldPerStream: [Int32: Int] = [:]
     /// Held DATA frames with payload: while there are any, spliced bytes wait too.
     private(set) var heldDataFrames = 0
@@ -288,7 +288,7 @@ struct OutboundDataSplicer {
                 let length = min(remaining, count - offset)
                 run(length, held: true)
                 offset += length
-                self.held[self.held.index(before: self.held.endIndex)].missing -= length
+                self.held[self.held.count - 1].missing -= length
                 self.nioPhase = remaining == length ? .header : .holding(remaining - length)
             case .header:
                 guard count - offset >= InboundDataSplicer.frameHeaderLength else { return count - offset }
@@ -323,7 +323,7 @@ struct OutboundDataSplicer {
             self.nioPhase = remaining <= count ? .header : .passing(remaining - count)
             return false
         case .holding(let remaining):
-            self.held[self.held.index(before: self.held.endIndex)].missing -= min(remaining, count)
+            self.held[self.held.count - 1].missing -= min(remaining, count)
             self.nioPhase = remaining <= count ? .header : .holding(remaining - count)
             return true
         case .header:
@@ -440,8 +440,7 @@ struct OutboundDataSplicer {
             self.frame(&first, at: index, into: &output)
             self.streams.values[index].queued -= before - first.readableBytes
             guard first.readableBytes == 0 else {
-                let start = self.streams.values[index].queue.startIndex
-                self.streams.values[index].queue[start] = first
+                self.streams.values[index].queue[0] = first
                 return
             }
             self.streams.values[index].queue.removeFirst()
