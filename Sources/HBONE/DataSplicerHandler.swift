@@ -101,7 +101,8 @@ final class DataSplicerHandler: ChannelDuplexHandler {
         while let action = self.inbound.next(&input) {
             switch action {
             case .forward(let bytes):
-                context.fireChannelRead(Self.wrapInboundOut(bytes))
+                // NIOAny built here, for the concrete type: `wrapInboundOut` is not specialized.
+                context.fireChannelRead(NIOAny(bytes))
             case .deliver(let streamID, let bytes):
                 self.sinks[streamID]?.spliceRead(bytes)
             case .windowUpdate(let streamID, let increment, var frame):
@@ -175,7 +176,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     private func perform(_ output: OutboundDataSplicer.Output) {
         guard !output.isEmpty, let context = self.context else { return }
         if output.nioRelease > 0 { self.writeHeld(output.nioRelease, context: context) }
-        for frame in output.writes { context.write(Self.wrapOutboundOut(.byteBuffer(frame)), promise: nil) }
+        for frame in output.writes { context.write(NIOAny(IOData.byteBuffer(frame)), promise: nil) }
         if !output.writes.isEmpty { self.unflushed = true }
         for streamID in output.drained { self.sinks[streamID]?.spliceDrained() }
     }
@@ -206,7 +207,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             self.runs.removeAll(keepingCapacity: true)
             let tail = self.outbound.admitNio(buffer, into: &self.runs)
             if tail == 0, self.runs.count <= 1, !(self.runs.first?.held ?? false) {
-                context.write(Self.wrapOutboundOut(.byteBuffer(buffer)), promise: promise)
+                context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)
             } else {
                 // The promise goes with the piece written last: an incomplete tail, else the
                 // last held piece, else the last piece.

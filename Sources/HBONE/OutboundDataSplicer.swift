@@ -49,6 +49,7 @@ struct OutboundDataSplicer {
 
         /// Empties it, keeping the arrays' storage for the next use.
         mutating func reset() {
+            guard !self.isEmpty else { return }
             self.writes.removeAll(keepingCapacity: true)
             self.drained.removeAll(keepingCapacity: true)
             self.nioRelease = 0
@@ -495,10 +496,10 @@ struct HTTP2FrameHeader {
     }
 
     static func write(length: Int, type: UInt8, flags: UInt8, streamID: Int32, into buffer: inout ByteBuffer) {
-        buffer.writeInteger(UInt16(length >> 8))
-        buffer.writeInteger(UInt8(length & 0xff))
-        buffer.writeInteger(type)
-        buffer.writeInteger(flags)
-        buffer.writeInteger(UInt32(bitPattern: streamID))
+        // Two integer writes instead of five: each costs a bounds and uniqueness check.
+        let stream = UInt64(UInt32(bitPattern: streamID) & 0x7fff_ffff)
+        let first = UInt64(length & 0xff_ffff) << 40 | UInt64(type) << 32 | UInt64(flags) << 24 | stream >> 8
+        buffer.writeInteger(first)
+        buffer.writeInteger(UInt8(truncatingIfNeeded: stream))
     }
 }

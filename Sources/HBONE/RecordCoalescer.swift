@@ -94,6 +94,6 @@ final class RecordCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
         let promise = self.promise
         self.pending = nil
         self.promise = nil
-        context.write(Self.wrapOutboundOut(.byteBuffer(pending)), promise: promise)
+        context.write(NIOAny(IOData.byteBuffer(pending)), promise: promise)
     }
 }

@@ -189,7 +189,8 @@ final class TunnelGlue {
 
         fileprivate func write(_ buffer: ByteBuffer) {
             guard let context = self.context, !self.outputShut else { return }
-            context.write(Self.wrapOutboundOut(buffer), promise: nil)
+            // NIOAny built here, for the concrete type: `wrapOutboundOut` is not specialized.
+            context.write(NIOAny(buffer), promise: nil)
         }
 
         /// Flushed once per read burst of the stream side, not per DATA frame.
