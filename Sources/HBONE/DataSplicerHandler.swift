@@ -25,6 +25,8 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     private var runs: [OutboundDataSplicer.NioRun] = []
     /// Frames were written since the last flush.
     private var unflushed = false
+    /// Bytes went on to nio-http2 in the current read burst.
+    private var forwardedInBurst = false
     /// The outbound splicer's output, reused so its arrays are not allocated per message.
     private var output = OutboundDataSplicer.Output()
 
@@ -102,6 +104,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             switch action {
             case .forward(let bytes):
                 // NIOAny built here, for the concrete type: `wrapInboundOut` is not specialized.
+                self.forwardedInBurst = true
                 context.fireChannelRead(NIOAny(bytes))
             case .deliver(let streamID, let bytes):
                 self.sinks[streamID]?.spliceRead(bytes)
@@ -114,9 +117,11 @@ final class DataSplicerHandler: ChannelDuplexHandler {
                 self.perform(output)
                 switch verdict {
                 case .forward:
+                    self.forwardedInBurst = true
                     context.fireChannelRead(Self.wrapInboundOut(frame))
                 case .forwardIncrement(let smaller):
                     frame.setInteger(smaller, at: frame.readerIndex + InboundDataSplicer.frameHeaderLength)
+                    self.forwardedInBurst = true
                     context.fireChannelRead(Self.wrapInboundOut(frame))
                 case .drop, .connectionError:
                     break
@@ -127,6 +132,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
                     return self.connectionError(code: code, context: context)
                 }
                 self.perform(output)
+                self.forwardedInBurst = true
                 context.fireChannelRead(Self.wrapInboundOut(frame))
             case .connectionError(let code, _):
                 return self.connectionError(code: code, context: context)
@@ -142,6 +148,10 @@ final class DataSplicerHandler: ChannelDuplexHandler {
         let updates = self.inbound.readComplete { streamID in sinks[streamID]?.partnerIsWritable ?? true }
         self.send(updates)
         self.flush()
+        // A burst that was all spliced DATA gave nio-http2 nothing to finish (no frames for
+        // it or its stream channels), so it is not told of the burst's end.
+        guard self.forwardedInBurst else { return }
+        self.forwardedInBurst = false
         context.fireChannelReadComplete()
     }
 
