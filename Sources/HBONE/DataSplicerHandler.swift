@@ -80,14 +80,14 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     }
 
     /// Bytes from a spliced stream's TCP side; written as DATA now or when window allows.
-    func send(_ streamID: Int32, _ bytes: ByteBuffer) {
+    /// Returns whether bytes of the stream wait for window (the sink hears
+    /// ``TunnelGlue/StreamSide/spliceDrained()`` when they are written).
+    func send(_ streamID: Int32, _ bytes: ByteBuffer) -> Bool {
         self.output.reset()
-        self.outbound.send(streamID, bytes, into: &self.output)
+        let waiting = self.outbound.send(streamID, bytes, into: &self.output)
         self.perform(self.output)
+        return waiting
     }
-
-    /// Bytes of `streamID` waiting for window.
-    func queuedBytes(_ streamID: Int32) -> Int { self.outbound.queuedBytes(streamID) }
 
     /// Flushes what was written.
     func flush() {

@@ -179,23 +179,26 @@ struct OutboundDataSplicer {
     }
 
     /// Bytes of a spliced stream's TCP side: framed now as far as the windows admit, the
-    /// rest queued.
-    mutating func send(_ streamID: Int32, _ bytes: ByteBuffer, into output: inout Output) {
-        guard bytes.readableBytes > 0, let index = self.streams.index(forKey: streamID),
+    /// rest queued. Returns whether bytes of the stream wait (until it is in
+    /// ``Output/drained``).
+    @discardableResult
+    mutating func send(_ streamID: Int32, _ bytes: ByteBuffer, into output: inout Output) -> Bool {
+        guard let index = self.streams.index(forKey: streamID),
             self.streams.values[index].spliced, !self.streams.values[index].ended
-        else { return }
+        else { return false }
         guard self.streams.values[index].queued == 0 else {
             // Behind bytes that already wait.
             self.streams.values[index].queue.append(bytes)
             self.streams.values[index].queued += bytes.readableBytes
-            return
+            return true
         }
         var bytes = bytes
         self.frame(&bytes, at: index, into: &output)
-        guard bytes.readableBytes > 0 else { return }
+        guard bytes.readableBytes > 0 else { return false }
         self.streams.values[index].queue.append(bytes)
         self.streams.values[index].queued = bytes.readableBytes
         self.waiting.append(streamID)
+        return true
     }
 
     // MARK: From the peer

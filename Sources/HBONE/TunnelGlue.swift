@@ -239,6 +239,8 @@ final class TunnelGlue {
         private var splicesOutbound = false
         /// END_STREAM waits until the splicer has written every queued byte.
         private var endStreamWaits = false
+        /// Bytes of ours wait in the splicer for window (the TCP side is not read meanwhile).
+        private var waitingInSplicer = false
 
         func handlerAdded(context: ChannelHandlerContext) {
             self.context = context
@@ -289,6 +291,7 @@ final class TunnelGlue {
 
         /// The splicer wrote every byte it had queued for this stream.
         func spliceDrained() {
+            self.waitingInSplicer = false
             if self.endStreamWaits, let context = self.context {
                 self.endStreamWaits = false
                 context.writeAndFlush(Self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
@@ -309,7 +312,7 @@ final class TunnelGlue {
         /// connection's), and nothing waits in the splicer for window.
         fileprivate var isWritable: Bool {
             guard let context = self.context else { return true }
-            if self.splicesOutbound, let splicer = self.splicer, splicer.queuedBytes(self.streamID) > 0 { return false }
+            if self.waitingInSplicer { return false }
             return context.channel.isWritable
         }
 
@@ -369,11 +372,11 @@ final class TunnelGlue {
             if self.splicesOutbound, let splicer = self.splicer, case .data(let data) = payload,
                 case .byteBuffer(let bytes) = data.data
             {
-                if bytes.readableBytes > 0 { splicer.send(self.streamID, bytes) }
+                if bytes.readableBytes > 0, splicer.send(self.streamID, bytes) { self.waitingInSplicer = true }
                 guard data.endStream else { return }
                 // END_STREAM goes through nio-http2 (it keeps the stream's state), after the
                 // bytes the splicer still holds.
-                guard splicer.queuedBytes(self.streamID) == 0 else {
+                guard !self.waitingInSplicer else {
                     self.endStreamWaits = true
                     return
                 }

@@ -52,7 +52,9 @@ struct AgentTests {
 
                 """
             }
-            try Data(yaml.utf8).write(to: URL(fileURLWithPath: self.metadataPath))
+            // Atomically: the agent polls the file, and a half-written one lists no pod, which
+            // reads as the pod deleted (its rules then stay, as for a pod whose netns is gone).
+            try Data(yaml.utf8).write(to: URL(fileURLWithPath: self.metadataPath), options: .atomic)
         }
 
         func agent(proxy: (any WorkloadProxyLink)?) throws -> NodeAgent {
