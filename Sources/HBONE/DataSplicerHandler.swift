@@ -6,7 +6,9 @@ internal import NIOHTTP2
 /// payloads to their tunnels' TCP sides and frames their TCP sides' bytes as DATA, writes
 /// the WINDOW_UPDATE frames that return received bytes to the sender, passes everything
 /// else between TLS and nio-http2 — holding back those of nio-http2's frames that wait for
-/// window. Only does I/O; the rules are the splicers'.
+/// window. It also merges small writes into TLS records (``RecordCoalescing``; the
+/// separate ``RecordCoalescer`` is left out when this handler is there). Only does I/O; the
+/// rules are the splicers'.
 final class DataSplicerHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -27,6 +29,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     private var unflushed = false
     /// Bytes went on to nio-http2 in the current read burst.
     private var forwardedInBurst = false
+    private var coalescing = RecordCoalescing()
     /// The outbound splicer's output, reused so its arrays are not allocated per message.
     private var output = OutboundDataSplicer.Output()
 
@@ -47,6 +50,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.coalescing.take()?.promise?.fail(ChannelError.ioOnClosedChannel)
         self.sinks = [:]
         let held = self.held
         self.held.removeAll()
@@ -93,6 +97,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     func flush() {
         guard self.unflushed, let context = self.context else { return }
         self.unflushed = false
+        self.writeMerged(context: context)
         context.flush()
     }
 
@@ -161,7 +166,8 @@ final class DataSplicerHandler: ChannelDuplexHandler {
         HTTP2FrameHeader.write(length: 8, type: 0x7, flags: 0, streamID: 0, into: &frame)
         frame.writeInteger(UInt32(bitPattern: self.inbound.lastPeerStreamID))
         frame.writeInteger(code)
-        context.writeAndFlush(Self.wrapOutboundOut(.byteBuffer(frame)), promise: nil)
+        self.emit(.byteBuffer(frame), context: context)
+        self.flush(context: context)
         let error: any Error = code == InboundDataSplicer.flowControlError
             ? NIOHTTP2Errors.flowControlViolation() : NIOHTTP2Errors.unableToParseFrame()
         context.fireErrorCaught(error)
@@ -178,7 +184,8 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             HTTP2FrameHeader.write(length: 4, type: 0x8, flags: 0, streamID: streamID, into: &frames)
             frames.writeInteger(increment)
         }
-        context.writeAndFlush(Self.wrapOutboundOut(.byteBuffer(frames)), promise: nil)
+        self.emit(.byteBuffer(frames), context: context)
+        self.flush(context: context)
     }
 
     /// Writes spliced frames and tells the streams what changed. Frames are flushed by the
@@ -186,7 +193,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     private func perform(_ output: OutboundDataSplicer.Output) {
         guard !output.isEmpty, let context = self.context else { return }
         if output.nioRelease > 0 { self.writeHeld(output.nioRelease, context: context) }
-        for frame in output.writes { context.write(NIOAny(IOData.byteBuffer(frame)), promise: nil) }
+        for frame in output.writes { self.emit(.byteBuffer(frame), context: context) }
         if !output.writes.isEmpty { self.unflushed = true }
         for streamID in output.drained { self.sinks[streamID]?.spliceDrained() }
     }
@@ -201,7 +208,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             if self.outbound.admitNioPayload(count: region.readableBytes) {
                 self.held.append((region, promise))
             } else {
-                context.write(data, promise: promise)
+                self.emit(region, promise: promise, context: context)
             }
         case .byteBuffer(var buffer):
             var promise = promise
@@ -217,7 +224,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             self.runs.removeAll(keepingCapacity: true)
             let tail = self.outbound.admitNio(buffer, into: &self.runs)
             if tail == 0, self.runs.count <= 1, !(self.runs.first?.held ?? false) {
-                context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)
+                self.emit(.byteBuffer(buffer), promise: promise, context: context)
             } else {
                 // The promise goes with the piece written last: an incomplete tail, else the
                 // last held piece, else the last piece.
@@ -228,7 +235,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
                     if run.held {
                         self.held.append((piece, piecePromise))
                     } else {
-                        context.write(Self.wrapOutboundOut(piece), promise: piecePromise)
+                        self.emit(piece, promise: piecePromise, context: context)
                     }
                 }
                 if tail > 0 { self.incomplete = (buffer, promise) }
@@ -240,7 +247,25 @@ final class DataSplicerHandler: ChannelDuplexHandler {
 
     func flush(context: ChannelHandlerContext) {
         self.unflushed = false
+        self.writeMerged(context: context)
         context.flush()
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // Written before the close, flushed only if the caller flushed (as without merging).
+        self.writeMerged(context: context)
+        context.close(mode: mode, promise: promise)
+    }
+
+    /// Every write toward TLS goes through here, so small ones share records.
+    private func emit(_ data: IOData, promise: EventLoopPromise<Void>? = nil, context: ChannelHandlerContext) {
+        let (earlier, this) = self.coalescing.add(data, promise: promise, allocator: context.channel.allocator)
+        if let earlier { context.write(NIOAny(earlier.data), promise: earlier.promise) }
+        if let this { context.write(NIOAny(this.data), promise: this.promise) }
+    }
+
+    private func writeMerged(context: ChannelHandlerContext) {
+        if let write = self.coalescing.take() { context.write(NIOAny(write.data), promise: write.promise) }
     }
 
     /// Writes the oldest `count` bytes of held output, and marks them for the next flush.
@@ -250,7 +275,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             let size = data.readableBytes
             if size <= remaining {
                 self.held.removeFirst()
-                context.write(Self.wrapOutboundOut(data), promise: promise)
+                self.emit(data, promise: promise, context: context)
                 remaining -= size
                 continue
             }
@@ -258,7 +283,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             guard case .byteBuffer(var buffer) = data else { break }
             let piece = buffer.readSlice(length: remaining)!
             self.held[0] = (.byteBuffer(buffer), promise)
-            context.write(Self.wrapOutboundOut(.byteBuffer(piece)), promise: nil)
+            self.emit(.byteBuffer(piece), context: context)
             remaining = 0
         }
         self.unflushed = true

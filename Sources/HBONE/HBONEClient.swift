@@ -304,11 +304,12 @@ public final class HBONEClient: Sendable {
                     }
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(tls)
-                    try sync.addHandler(RecordCoalescer())
                     try sync.addHandler(HandshakeWatcher(promise: handshake))
-                    if configuration.splicesData {
-                        try sync.addHandler(DataSplicerHandler(role: .client, configuration: configuration))
-                    }
+                    // The splicer merges small writes into TLS records itself.
+                    try sync.addHandler(
+                        configuration.splicesData
+                            ? DataSplicerHandler(role: .client, configuration: configuration) : RecordCoalescer()
+                    )
                     let multiplexer = try sync.configureHTTP2Pipeline(
                         mode: .client,
                         connectionConfiguration: HBONEPipeline.connectionConfiguration(configuration, server: false),

@@ -152,12 +152,13 @@ public final class HBONEServer: Service, Sendable {
             }
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(tls)
-            try sync.addHandler(RecordCoalescer())
             try sync.addHandler(ResumptionGuard(peer: peer, logger: self.logger))
             let configuration = self.configuration.hbone
-            if configuration.splicesData {
-                try sync.addHandler(DataSplicerHandler(role: .server, configuration: configuration))
-            }
+            // The splicer merges small writes into TLS records itself.
+            try sync.addHandler(
+                configuration.splicesData
+                    ? DataSplicerHandler(role: .server, configuration: configuration) : RecordCoalescer()
+            )
             _ = try sync.configureHTTP2Pipeline(
                 mode: .server,
                 connectionConfiguration: HBONEPipeline.connectionConfiguration(configuration, server: true),

@@ -14,11 +14,10 @@ internal import NIOCore
 /// into TLSPlaintext records carrying data in chunks of 2^14 bytes or less"). A larger
 /// write passes unchanged after what was merged before it, so bulk DATA payloads are not
 /// copied. Order is kept, and a merged write's promise completes with the merged buffer's.
-/// Sits directly after `NIOSSLHandler`.
-final class RecordCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
-    typealias OutboundIn = IOData
-    typealias OutboundOut = IOData
-
+///
+/// A value type; ``RecordCoalescer`` and `DataSplicerHandler` (which takes its place when
+/// DATA is spliced, saving a pipeline hop per event) do the writes.
+struct RecordCoalescing {
     /// The most plaintext one TLS record carries (RFC 8446 §5.1).
     static let recordPlaintextLimit = 1 << 14
 
@@ -29,20 +28,22 @@ final class RecordCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
     /// The first promise of the merged writes; later ones complete with it.
     private var promise: EventLoopPromise<Void>?
 
-    init() {}
+    /// A write to pass on now, with its promise.
+    typealias Write = (data: IOData, promise: EventLoopPromise<Void>?)
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        guard case .byteBuffer(let buffer) = Self.unwrapOutboundIn(data),
-            buffer.readableBytes < Self.recordPlaintextLimit
-        else {
-            self.emit(context: context)
-            context.write(data, promise: promise)
-            return
+    /// Takes `data`; returns, in order, what must be written now (merged writes it does not
+    /// fit with, and `data` itself when it is not merged).
+    mutating func add(
+        _ data: IOData, promise: EventLoopPromise<Void>?, allocator: ByteBufferAllocator
+    ) -> (earlier: Write?, this: Write?) {
+        guard case .byteBuffer(let buffer) = data, buffer.readableBytes < Self.recordPlaintextLimit else {
+            return (self.take(), (data, promise))
         }
+        var earlier: Write? = nil
         if let pending = self.pending, pending.readableBytes + buffer.readableBytes > Self.recordPlaintextLimit {
-            self.emit(context: context)
+            earlier = self.take()
         }
-        self.merge(buffer, allocator: context.channel.allocator)
+        self.merge(buffer, allocator: allocator)
         if let promise {
             if let carrier = self.promise {
                 carrier.futureResult.cascade(to: promise)
@@ -50,25 +51,19 @@ final class RecordCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
                 self.promise = promise
             }
         }
+        return (earlier, nil)
     }
 
-    func flush(context: ChannelHandlerContext) {
-        self.emit(context: context)
-        context.flush()
+    /// What was merged, to write before a flush or a close.
+    mutating func take() -> Write? {
+        guard let pending = self.pending else { return nil }
+        let promise = self.promise
+        self.pending = nil
+        self.promise = nil
+        return (.byteBuffer(pending), promise)
     }
 
-    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        // What was written before the close reaches NIOSSLHandler as it would have without
-        // this handler: written, and flushed only if the caller flushed.
-        self.emit(context: context)
-        context.close(mode: mode, promise: promise)
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.emit(context: context)
-    }
-
-    private func merge(_ buffer: ByteBuffer, allocator: ByteBufferAllocator) {
+    private mutating func merge(_ buffer: ByteBuffer, allocator: ByteBufferAllocator) {
         // Taken out of `pending`, so the append below holds the only reference and does not copy.
         guard var merged = self.pending.take() else {
             self.pending = buffer
@@ -88,12 +83,43 @@ final class RecordCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
         copy.writeImmutableBuffer(buffer)
         return copy
     }
+}
+
+/// ``RecordCoalescing`` as a handler, directly after `NIOSSLHandler`, for connections
+/// whose DATA is not spliced.
+final class RecordCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
+
+    private var coalescing = RecordCoalescing()
+
+    init() {}
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let (earlier, this) = self.coalescing.add(
+            Self.unwrapOutboundIn(data), promise: promise, allocator: context.channel.allocator
+        )
+        if let earlier { context.write(NIOAny(earlier.data), promise: earlier.promise) }
+        if let this { context.write(NIOAny(this.data), promise: this.promise) }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        self.emit(context: context)
+        context.flush()
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // What was written before the close reaches NIOSSLHandler as it would have without
+        // this handler: written, and flushed only if the caller flushed.
+        self.emit(context: context)
+        context.close(mode: mode, promise: promise)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.emit(context: context)
+    }
 
     private func emit(context: ChannelHandlerContext) {
-        guard let pending = self.pending else { return }
-        let promise = self.promise
-        self.pending = nil
-        self.promise = nil
-        context.write(NIOAny(IOData.byteBuffer(pending)), promise: promise)
+        if let write = self.coalescing.take() { context.write(NIOAny(write.data), promise: write.promise) }
     }
 }

@@ -53,7 +53,7 @@ struct RecordCoalescerTests {
     @Test("merged buffers stay within one record's plaintext, and a large write is not copied into one")
     func recordLimit() throws {
         let channel = try Self.channel()
-        let limit = RecordCoalescer.recordPlaintextLimit
+        let limit = RecordCoalescing.recordPlaintextLimit
         let a = Self.bytes(9, 1), b = Self.bytes(limit - 9, 2), c = Self.bytes(9, 3)
         let bulk = Self.bytes(limit * 16, 4), tail = Self.bytes(20, 5)
         for buffer in [a, b, c, bulk, tail] { channel.write(buffer, promise: nil) }

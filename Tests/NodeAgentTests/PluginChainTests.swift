@@ -108,7 +108,7 @@ struct PluginChainTests {
 
                 """
             }
-            try Data(yaml.utf8).write(to: URL(fileURLWithPath: self.metadataPath))
+            try Data(yaml.utf8).write(to: URL(fileURLWithPath: self.metadataPath), options: .atomic)
         }
     }
 
