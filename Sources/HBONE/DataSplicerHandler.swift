@@ -108,9 +108,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
         while let action = self.inbound.next(&input) {
             switch action {
             case .forward(let bytes):
-                // NIOAny built here, for the concrete type: `wrapInboundOut` is not specialized.
-                self.forwardedInBurst = true
-                context.fireChannelRead(NIOAny(bytes))
+                self.forward(bytes, context: context)
             case .deliver(let streamID, let bytes):
                 self.sinks[streamID]?.spliceRead(bytes)
             case .windowUpdate(let streamID, let increment, var frame):
@@ -122,12 +120,10 @@ final class DataSplicerHandler: ChannelDuplexHandler {
                 self.perform(output)
                 switch verdict {
                 case .forward:
-                    self.forwardedInBurst = true
-                    context.fireChannelRead(Self.wrapInboundOut(frame))
+                    self.forward(frame, context: context)
                 case .forwardIncrement(let smaller):
                     frame.setInteger(smaller, at: frame.readerIndex + InboundDataSplicer.frameHeaderLength)
-                    self.forwardedInBurst = true
-                    context.fireChannelRead(Self.wrapInboundOut(frame))
+                    self.forward(frame, context: context)
                 case .drop, .connectionError:
                     break
                 }
@@ -137,12 +133,20 @@ final class DataSplicerHandler: ChannelDuplexHandler {
                     return self.connectionError(code: code, context: context)
                 }
                 self.perform(output)
-                self.forwardedInBurst = true
-                context.fireChannelRead(Self.wrapInboundOut(frame))
+                self.forward(frame, context: context)
             case .connectionError(let code, _):
                 return self.connectionError(code: code, context: context)
             }
         }
+    }
+
+    /// Every byte for nio-http2 goes through here: a read burst that forwarded nothing does
+    /// not end a burst in nio-http2 (see `channelReadComplete`), which is only right while
+    /// this is the one place that calls `fireChannelRead`.
+    private func forward(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        self.forwardedInBurst = true
+        // NIOAny built here, for the concrete type: `wrapInboundOut` is not specialized.
+        context.fireChannelRead(NIOAny(bytes))
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -271,10 +275,12 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     /// Writes the oldest `count` bytes of held output, and marks them for the next flush.
     private func writeHeld(_ count: Int, context: ChannelHandlerContext) {
         var remaining = count
-        while remaining > 0, let (data, promise) = self.held.first {
+        var written = 0
+        while remaining > 0, written < self.held.count {
+            let (data, promise) = self.held[written]
             let size = data.readableBytes
             if size <= remaining {
-                self.held.removeFirst()
+                written += 1
                 self.emit(data, promise: promise, context: context)
                 remaining -= size
                 continue
@@ -282,10 +288,12 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             // Part of a buffer: the frames in it are split at a frame boundary.
             guard case .byteBuffer(var buffer) = data else { break }
             let piece = buffer.readSlice(length: remaining)!
-            self.held[0] = (.byteBuffer(buffer), promise)
+            self.held[written] = (.byteBuffer(buffer), promise)
             self.emit(.byteBuffer(piece), context: context)
             remaining = 0
         }
+        // Removed in one go: many frames can wait while the connection window is closed.
+        self.held.removeFirst(written)
         self.unflushed = true
     }
 }

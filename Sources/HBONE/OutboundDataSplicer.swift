@@ -353,13 +353,17 @@ struct OutboundDataSplicer {
 
     /// Releases held frames from the oldest while they are complete and fit the window.
     private mutating func releaseHeld(into output: inout Output) {
-        while let frame = self.held.first, frame.missing == 0 {
+        var released = 0
+        // Removed in one go at the end: many frames can wait while the window is closed.
+        defer { self.held.removeFirst(released) }
+        while released < self.held.count, self.held[released].missing == 0 {
+            let frame = self.held[released]
             let length = frame.flowControlled
             if length > 0 {
                 guard length <= self.connectionWindow else { return }
                 self.heldDataFrames -= 1
             }
-            self.held.removeFirst()
+            released += 1
             let streamID = frame.header.streamID
             if let count = self.heldPerStream[streamID], count > 1 {
                 self.heldPerStream[streamID] = count - 1

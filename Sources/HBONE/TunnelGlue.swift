@@ -274,6 +274,8 @@ final class TunnelGlue {
             self.splicer?.forget(self.streamID)
             self.splicer = nil
             self.splicesOutbound = false
+            self.waitingInSplicer = false
+            self.endStreamWaits = false
         }
 
         /// A DATA payload the splicer took for this stream.
