@@ -130,21 +130,31 @@ struct HBONEPeerInteropTests {
     /// connection with FLOW_CONTROL_ERROR or FRAME_SIZE_ERROR if we send one byte too many.
     @Test("our spliced client sends 8 MiB through a Python h2 server with HTTP/2's default windows and 16 KiB frames, both ways intact")
     func splicedClientWithinPeerWindows() async throws {
+        try await self.withDefaultWindowsPeer { _, server, _, _, port in
+            var generator = SeededGenerator(seed: 7)
+            let payload = (0..<(8 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 60) }
+            #expect(exchange.errorNumber == 0)
+            #expect(exchange.received.count == payload.count + 5, "\(server.logs)")
+            #expect(SHA256.hash(data: exchange.received) == SHA256.hash(data: Array("echo:".utf8) + payload))
+            #expect(!server.logs.contains("error"), "\(server.logs)")
+        }
+    }
+
+    /// The Python server with HTTP/2's default windows and frame size, and a forwarder
+    /// (spliced tunnels) through our client to it; `body` gets the forwarder's port.
+    func withDefaultWindowsPeer(
+        _ body: (HBONEInteropTests.Fixture, ExternalPeer, HBONEClient, HBONETunnelTarget, Int) async throws -> Void
+    ) async throws {
         try #require(self.available(.python), "python3 with the h2 package is required")
         let extra = ["--stream-window", "65535", "--connection-window", "65535", "--max-frame", "16384"]
         try await self.withPeerServer(.python, extra: extra) { fixture, server, client in
-            let forwarder = HBONEForwarder(port: 0, client: client, target: self.target(fixture, port: server.port))
+            let target = self.target(fixture, port: server.port)
+            let forwarder = HBONEForwarder(port: 0, client: client, target: target)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await forwarder.run() }
                 defer { group.cancelAll() }
-                let port = try await forwarder.listeningPort
-                var generator = SeededGenerator(seed: 7)
-                let payload = (0..<(8 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
-                let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 60) }
-                #expect(exchange.errorNumber == 0)
-                #expect(exchange.received.count == payload.count + 5, "\(server.logs)")
-                #expect(SHA256.hash(data: exchange.received) == SHA256.hash(data: Array("echo:".utf8) + payload))
-                #expect(!server.logs.contains("error"), "\(server.logs)")
+                try await body(fixture, server, client, target, try await forwarder.listeningPort)
             }
         }
     }
@@ -154,15 +164,8 @@ struct HBONEPeerInteropTests {
     /// so nio-http2's frames sometimes wait in the splicer. Both kinds must finish.
     @Test("spliced tunnels and HBONETunnel streams share pooled connections within a Python h2 server's default windows")
     func splicedAndNioStreamsShareWindows() async throws {
-        try #require(self.available(.python), "python3 with the h2 package is required")
-        let extra = ["--stream-window", "65535", "--connection-window", "65535", "--max-frame", "16384"]
-        try await self.withPeerServer(.python, extra: extra) { fixture, server, client in
-            let target = self.target(fixture, port: server.port)
-            let forwarder = HBONEForwarder(port: 0, client: client, target: target)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await forwarder.run() }
-                defer { group.cancelAll() }
-                let port = try await forwarder.listeningPort
+        try await self.withDefaultWindowsPeer { _, server, client, target, port in
+            do {
                 var generator = SeededGenerator(seed: 11)
                 let payload = (0..<(2 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
                 let expected = SHA256.hash(data: Array("echo:".utf8) + payload)
