@@ -17,7 +17,8 @@ Every configuration has the same shape, so the numbers compare like with like:
 
 Measured: bulk throughput (iperf3, one stream), CPU seconds per GiB spent by the relays,
 1 KiB request/response latency (paced, p50/p99) and the latency each configuration adds
-over plain TCP, tunnels per second (open, 100 B each way, close), sequential and from 4
+over plain TCP — these in interleaved rounds (`--rounds`), every configuration once per
+round — tunnels per second (open, 100 B each way, close), sequential and from 4
 concurrent clients (meshload.c; on our side each is a new stream on the pooled connection,
 and in `swift-nopool` a new mTLS connection with a full handshake), and resident memory per
 idle tunnel. The sink is iperf3's server; the far end of every other run is meshload.c's
@@ -221,8 +222,8 @@ def throughput(relays, seconds):
     return received["bits_per_second"] / 1e9, (cpu / gib if gib else float("nan"))
 
 
-def latency(entry, count):
-    """Paced 1 KiB request/response on one connection: (p50 µs, p99 µs)."""
+def latency_samples(entry, count):
+    """Paced 1 KiB request/response on one connection: `count` round trips in µs."""
     payload = b"x" * 1024
     with socket.create_connection(("127.0.0.1", entry)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -239,8 +240,12 @@ def latency(entry, count):
             if i >= 100:  # warm-up
                 samples.append((time.perf_counter_ns() - start) / 1000)
             time.sleep(0.001)  # paced at ~1000 req/s as perf.md §3 (Istio's fortio test): the relays go idle between requests, as real RPCs do
-    samples.sort()
-    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+    return samples
+
+
+def percentile(samples, fraction):
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def tunnel_rate(entry, seconds):
@@ -285,12 +290,21 @@ def idle_memory(relays, count):
     return (after - before) / count
 
 
+def round_orders(configs, rounds):
+    """Every configuration once per round, forwards in even rounds and backwards in odd
+    ones, so a host that drifts during the run does not favour whichever runs first."""
+    return [configs if r % 2 == 0 else configs[::-1] for r in range(rounds)]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--hbone-tunnel", required=True)
     parser.add_argument("--hbone-peer")
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--latency-requests", type=int, default=3000)
+    parser.add_argument("--seconds", type=int, default=6, help="iperf3 seconds per throughput round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the throughput and latency runs (perf.md's method): "
+                             "the median round's throughput and the pooled latency samples are reported")
+    parser.add_argument("--latency-requests", type=int, default=3000, help="per configuration, over all rounds")
     # Below 200: the C peer's client queues streams beyond the server's 200 concurrent.
     parser.add_argument("--idle-tunnels", type=int, default=150)
     parser.add_argument("--only", help="comma-separated configurations")
@@ -302,6 +316,8 @@ def main():
         configs += ["c-peer", "swift->c", "c->swift"]
     if args.only:
         configs = [c for c in args.only.split(",")]
+    # swift-nopool differs from swift only in the handshake per tunnel.
+    streamed = [c for c in configs if c != "swift-nopool"]
 
     workdir = tempfile.mkdtemp(prefix="hbone-bench-")
     bench = Bench(args, workdir)
@@ -316,62 +332,94 @@ def main():
     echo = subprocess.Popen([meshload, "serve", str(echo_port)], stdout=subprocess.DEVNULL)
     wait_port(sink_port)
     wait_port(echo_port)
-    results = {}
+    results = {name: {} for name in configs}
     try:
+        # Tunnels per second and memory: one configuration at a time.
         for name in configs:
-            row = {}
-            if name == "swift-nopool":
-                # Only the handshake rate: everything else is the pooled swift row.
-                relays = Relays(bench, name, echo_port)
-                try:
-                    row["tunnels_per_s"] = tunnel_rate(relays.entry, 3)
-                    row["concurrent_tunnels_per_s"], row["concurrent_failures"] = concurrent_tunnel_rate(meshload, relays.entry, 5)
-                finally:
-                    relays.stop()
-                results[name] = row
-                print(f"{name:11s} full mTLS handshake per tunnel: {row['tunnels_per_s']:7.0f} tunnels/s sequential, "
-                      f"{row['concurrent_tunnels_per_s']:7.0f} tunnels/s from 4 concurrent clients "
-                      f"({row['concurrent_failures']} failed)", flush=True)
-                continue
-            relays = Relays(bench, name, sink_port)
-            try:
-                row["gbps"], row["cpu_s_per_gib"] = throughput(relays, args.seconds)
-            finally:
-                relays.stop()
+            row = results[name]
             relays = Relays(bench, name, echo_port)
             try:
-                row["p50_us"], row["p99_us"] = latency(relays.entry, args.latency_requests)
                 row["tunnels_per_s"] = tunnel_rate(relays.entry, 3)
-                row["concurrent_tunnels_per_s"], row["concurrent_failures"] = concurrent_tunnel_rate(meshload, relays.entry, 3)
-                row["kib_per_idle_tunnel"] = idle_memory(relays, args.idle_tunnels) if name != "plain" else 0.0
+                row["concurrent_tunnels_per_s"], row["concurrent_failures"] = \
+                    concurrent_tunnel_rate(meshload, relays.entry, 5 if name == "swift-nopool" else 3)
+                if name not in ("plain", "swift-nopool"):
+                    row["kib_per_idle_tunnel"] = idle_memory(relays, args.idle_tunnels)
             finally:
                 relays.stop()
-            results[name] = row
-            print(f"{name:11s} {row['gbps']:6.2f} Gbit/s  {row['cpu_s_per_gib']:5.2f} CPU-s/GiB  "
-                  f"p50 {row['p50_us']:6.1f} µs  p99 {row['p99_us']:6.1f} µs  "
-                  f"{row['tunnels_per_s']:7.0f} tunnels/s ({row['concurrent_tunnels_per_s']:.0f} from 4 clients)  "
-                  f"{row['kib_per_idle_tunnel']:6.1f} KiB/idle tunnel",
-                  flush=True)
+            print(f"{name:14s} {row['tunnels_per_s']:7.0f} tunnels/s sequential, "
+                  f"{row['concurrent_tunnels_per_s']:7.0f} from 4 concurrent clients ({row['concurrent_failures']} failed)"
+                  + (f", {row['kib_per_idle_tunnel']:6.1f} KiB per idle tunnel" if "kib_per_idle_tunnel" in row else "")
+                  + (" (a full mTLS handshake each)" if name == "swift-nopool" else ""), flush=True)
+
+        # Bulk throughput: interleaved rounds, fresh relays for every run.
+        for number, order in enumerate(round_orders(streamed, args.rounds)):
+            for name in order:
+                relays = Relays(bench, name, sink_port)
+                try:
+                    gbps, cpu = throughput(relays, args.seconds)
+                finally:
+                    relays.stop()
+                results[name].setdefault("gbps_rounds", []).append(gbps)
+                results[name].setdefault("cpu_s_per_gib_rounds", []).append(cpu)
+            print(f"throughput round {number + 1}: " + ", ".join(
+                f"{n} {results[n]['gbps_rounds'][-1]:.2f}" for n in streamed) + " Gbit/s", flush=True)
+        for name in streamed:
+            row = results[name]
+            row["gbps"] = statistics.median(row["gbps_rounds"])
+            row["cpu_s_per_gib"] = statistics.median(row["cpu_s_per_gib_rounds"])
+
+        # Latency: every configuration's relays up at once (idle while the others run),
+        # the same number of paced requests through each in every round.
+        everything = {}
+        try:
+            for name in streamed:
+                everything[name] = Relays(bench, name, echo_port)
+            per_round = max(1, args.latency_requests // args.rounds)
+            for number, order in enumerate(round_orders(streamed, args.rounds)):
+                for name in order:
+                    samples = latency_samples(everything[name].entry, per_round)
+                    results[name].setdefault("latency_samples", []).extend(samples)
+                    results[name].setdefault("p50_rounds_us", []).append(percentile(samples, 0.5))
+                print(f"latency round {number + 1}: p50 " + ", ".join(
+                    f"{n} {results[n]['p50_rounds_us'][-1]:.1f}" for n in streamed) + " µs", flush=True)
+        finally:
+            for relays in everything.values():
+                relays.stop()
+        for name in streamed:
+            row = results[name]
+            samples = row.pop("latency_samples")
+            row["p50_us"], row["p99_us"] = percentile(samples, 0.5), percentile(samples, 0.99)
     finally:
         echo.terminate()
         sink.terminate()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print("\nRatios (same run):")
+    print()
+    for name in streamed:
+        row = results[name]
+        print(f"{name:14s} {row['gbps']:6.2f} Gbit/s  {row['cpu_s_per_gib']:5.2f} CPU-s/GiB  "
+              f"p50 {row['p50_us']:6.1f} µs  p99 {row['p99_us']:6.1f} µs  "
+              f"{row['tunnels_per_s']:7.0f} tunnels/s ({row['concurrent_tunnels_per_s']:.0f} from 4 clients)  "
+              + (f"{row['kib_per_idle_tunnel']:6.1f} KiB/idle tunnel" if "kib_per_idle_tunnel" in row else ""))
+
+    print("\nRatios (same run; throughput: median rounds, and each round's ratio in brackets):")
     swift = results.get("swift")
-    if swift:
+    if swift and "gbps" in swift:
         for base in ("plain", "socat-tls", "c-peer", "socat-pair", "swift-nosplice"):
-            if base in results:
-                print(f"  swift throughput / {base:10s} = {swift['gbps'] / results[base]['gbps']:.2f}x")
-        if "plain" in results:
+            if base in results and "gbps" in results[base]:
+                each = ", ".join(f"{a / b:.2f}" for a, b in zip(swift["gbps_rounds"], results[base]["gbps_rounds"]))
+                print(f"  swift throughput / {base:14s} = {swift['gbps'] / results[base]['gbps']:.2f}x  [{each}]")
+        if "plain" in results and "p50_us" in results["plain"]:
             plain = results["plain"]["p50_us"]
             added = {n: r["p50_us"] - plain for n, r in results.items() if n != "plain" and "p50_us" in r}
             for n, a in added.items():
-                print(f"  added p50 latency {n:10s} = {a:+7.1f} µs")
+                print(f"  added p50 latency {n:14s} = {a:+7.1f} µs")
             if "socat-pair" in added and added["socat-pair"] > 0:
+                rounds = lambda n: [a - p for a, p in zip(results[n]["p50_rounds_us"], results["plain"]["p50_rounds_us"])]
                 for n in ("swift", "swift-nosplice", "c-peer"):
                     if n in added:
-                        print(f"  {n} added p50 / socat-pair added p50 = {added[n] / added['socat-pair']:.2f}x")
+                        each = ", ".join(f"{a / b:.2f}" if b > 0 else "-" for a, b in zip(rounds(n), rounds("socat-pair")))
+                        print(f"  {n} added p50 / socat-pair added p50 = {added[n] / added['socat-pair']:.2f}x  [{each}]")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -296,7 +296,7 @@ final class TunnelGlue {
             self.waitingInSplicer = false
             if self.endStreamWaits, let context = self.context {
                 self.endStreamWaits = false
-                context.writeAndFlush(Self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
+                Self.sendEndStream(context)
             }
             self.glue?.tcp.resumeReading()
         }
@@ -383,11 +383,17 @@ final class TunnelGlue {
                     return
                 }
                 splicer.flush()
-                context.writeAndFlush(Self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
+                Self.sendEndStream(context)
                 return
             }
             context.write(Self.wrapOutboundOut(payload), promise: nil)
             if flush { context.flush() }
+        }
+
+        /// An empty DATA frame with END_STREAM, through nio-http2 (it keeps the stream's
+        /// state), once the splicer holds no more bytes of the stream.
+        private static func sendEndStream(_ context: ChannelHandlerContext) {
+            context.writeAndFlush(Self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
         }
 
         fileprivate func flush() {
