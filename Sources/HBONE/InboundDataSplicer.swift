@@ -337,23 +337,22 @@ struct InboundDataSplicer {
         let (length, flags, streamID) = (header.length, header.flags, header.streamID)
         switch header.type {
         case FrameType.data:
-            guard var stream = self.streams[streamID] else { return .forward(length: length) }
-            guard stream.spliced, flags & Flag.endStream == 0, length <= self.maximumFrameSize else {
+            // Entries are changed in place, through their index: one lookup per frame.
+            guard let index = self.streams.index(forKey: streamID) else { return .forward(length: length) }
+            guard self.streams.values[index].spliced, flags & Flag.endStream == 0, length <= self.maximumFrameSize else {
                 if flags & Flag.endStream != 0 {
                     self.end(streamID)
                 } else {
-                    stream.dataForwarded = true
-                    self.streams[streamID] = stream
+                    self.streams.values[index].dataForwarded = true
                 }
                 return .forward(length: length)
             }
             // RFC 9113 §4.2: a frame too small for its mandatory fields (the pad length).
             if flags & Flag.padded != 0, length == 0 { return .fail(Self.frameSizeError) }
-            guard length <= stream.window, self.connectionOutstanding + length <= self.connectionWindow else {
+            guard length <= self.streams.values[index].window, self.connectionOutstanding + length <= self.connectionWindow else {
                 return .fail(Self.flowControlError)
             }
-            stream.window -= length
-            self.streams[streamID] = stream
+            self.streams.values[index].window -= length
             self.connectionOutstanding += length
             return .take(streamID: streamID, length: length, padded: flags & Flag.padded != 0)
         case FrameType.headers:
@@ -407,17 +406,16 @@ struct InboundDataSplicer {
     /// Charged bytes that never go to the TCP side (padding): credited at once.
     private mutating func creditDropped(_ streamID: Int32, _ count: Int) {
         self.connectionUnsent += count
-        guard var stream = self.streams[streamID] else { return }
+        guard let index = self.streams.index(forKey: streamID) else { return }
+        let stream = self.streams.values[index]
         if stream.delivered == 0, stream.unsent == 0, !self.touched.contains(streamID) { self.touched.append(streamID) }
-        stream.unsent += count
-        self.streams[streamID] = stream
+        self.streams.values[index].unsent += count
     }
 
     private mutating func noteDelivered(_ streamID: Int32, _ count: Int) {
-        guard var stream = self.streams[streamID] else { return }
-        if stream.delivered == 0, !self.touched.contains(streamID) { self.touched.append(streamID) }
-        stream.delivered += count
-        self.streams[streamID] = stream
+        guard let index = self.streams.index(forKey: streamID) else { return }
+        if self.streams.values[index].delivered == 0, !self.touched.contains(streamID) { self.touched.append(streamID) }
+        self.streams.values[index].delivered += count
     }
 
     // MARK: Credit
@@ -429,16 +427,16 @@ struct InboundDataSplicer {
     mutating func readComplete(isWritable: (Int32) -> Bool) -> WindowUpdates {
         var updates: WindowUpdates = []
         for streamID in self.touched {
-            guard var stream = self.streams[streamID] else { continue }
-            self.connectionUnsent += stream.delivered
+            guard let index = self.streams.index(forKey: streamID) else { continue }
+            let delivered = self.streams.values[index].delivered
+            self.connectionUnsent += delivered
             if isWritable(streamID) {
-                stream.unsent += stream.delivered
+                self.streams.values[index].unsent += delivered
             } else {
-                stream.held += stream.delivered
+                self.streams.values[index].held += delivered
             }
-            stream.delivered = 0
-            self.streams[streamID] = stream
-            self.streamCredit(streamID, into: &updates)
+            self.streams.values[index].delivered = 0
+            self.streamCredit(at: index, into: &updates)
         }
         self.touched.removeAll(keepingCapacity: true)
         updates += self.connectionCredit()
@@ -447,21 +445,20 @@ struct InboundDataSplicer {
 
     /// `streamID`'s TCP side is writable again: credit what it held.
     mutating func becameWritable(_ streamID: Int32) -> WindowUpdates {
-        guard var stream = self.streams[streamID], stream.held > 0 else { return [] }
-        stream.unsent += stream.held
-        stream.held = 0
-        self.streams[streamID] = stream
+        guard let index = self.streams.index(forKey: streamID), self.streams.values[index].held > 0 else { return [] }
+        self.streams.values[index].unsent += self.streams.values[index].held
+        self.streams.values[index].held = 0
         var updates: WindowUpdates = []
-        self.streamCredit(streamID, into: &updates)
+        self.streamCredit(at: index, into: &updates)
         return updates + self.connectionCredit()
     }
 
-    private mutating func streamCredit(_ streamID: Int32, into updates: inout WindowUpdates) {
-        guard var stream = self.streams[streamID], stream.unsent > 0, stream.unsent >= self.streamWindow / 2 else { return }
-        updates.append((streamID, UInt32(stream.unsent)))
-        stream.window += stream.unsent
-        stream.unsent = 0
-        self.streams[streamID] = stream
+    private mutating func streamCredit(at index: [Int32: Stream].Index, into updates: inout WindowUpdates) {
+        let unsent = self.streams.values[index].unsent
+        guard unsent > 0, unsent >= self.streamWindow / 2 else { return }
+        updates.append((self.streams.keys[index], UInt32(unsent)))
+        self.streams.values[index].window += unsent
+        self.streams.values[index].unsent = 0
     }
 
     private mutating func connectionCredit() -> WindowUpdates {
