@@ -68,18 +68,24 @@ def wait_listening(port, timeout=20.0):
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_ticks(pids):
+    """(user, system) clock ticks of the processes and their descendants."""
+    user = system = 0
     for pid in pids:
         for task in _tree(pid):
             try:
                 fields = open(f"/proc/{task}/stat").read().rsplit(")", 1)[1].split()
-                # utime + stime, plus cutime + cstime: socat's per-connection children
-                # are reaped by the parent, which then accounts their CPU time.
-                total += sum(int(f) for f in fields[11:15])
             except OSError:
-                pass
-    return total / CLOCK_TICKS
+                continue
+            # utime + cutime, stime + cstime: socat's per-connection children are reaped
+            # by the parent, which then accounts their CPU time.
+            user += int(fields[11]) + int(fields[13])
+            system += int(fields[12]) + int(fields[14])
+    return user, system
+
+
+def cpu_seconds(pids):
+    return sum(cpu_ticks(pids)) / CLOCK_TICKS
 
 
 def rss_kib(pids):
