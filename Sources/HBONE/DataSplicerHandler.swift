@@ -124,6 +124,8 @@ final class DataSplicerHandler: ChannelDuplexHandler {
                 case .forwardIncrement(let smaller):
                     frame.setInteger(smaller, at: frame.readerIndex + InboundDataSplicer.frameHeaderLength)
                     self.forward(frame, context: context)
+                case .streamError(let code):
+                    self.sinks[streamID]?.resetStream(code: code)
                 case .drop, .connectionError:
                     break
                 }

@@ -70,8 +70,12 @@ struct OutboundDataSplicer {
         case forwardIncrement(UInt32)
         /// Keep it from nio-http2 (the window is one it does not use).
         case drop
-        /// A connection error (RFC 9113 §6.9.1: a window above 2^31−1).
+        /// A connection error (RFC 9113 §6.9.1: the connection's window above 2^31−1).
         case connectionError(code: UInt32)
+        /// A stream error (§6.9.1: a spliced stream's window above 2^31−1): the stream is to
+        /// be reset with RST_STREAM `code`, through nio-http2, which keeps its state. Its
+        /// queued bytes are dropped and it is marked ended; nothing more is sent on it.
+        case streamError(code: UInt32)
     }
 
     /// RFC 9113 §6.9.1: "The maximum size of a flow-control window is 2^31-1 octets."
@@ -231,10 +235,15 @@ struct OutboundDataSplicer {
             self.streams.values[index].window = min(self.streams.values[index].window + increment, Self.maximumWindow)
             return .forward
         }
-        // §6.9.1 asks for RST_STREAM FLOW_CONTROL_ERROR; §5.4.1: "an endpoint MAY choose to
-        // treat a stream error as a connection error" — done here, for a peer this broken.
+        // Our END_STREAM or RST_STREAM went out: nothing more to send on it.
+        guard !self.streams.values[index].ended else { return .drop }
+        // §6.9.1: "If a sender receives a WINDOW_UPDATE that causes a flow-control window to
+        // exceed this maximum, it MUST terminate either the stream or the connection, as
+        // appropriate. For streams, the sender sends a RST_STREAM with an error code of
+        // FLOW_CONTROL_ERROR" — the other tunnels on the connection go on.
         guard self.streams.values[index].window + increment <= Self.maximumWindow else {
-            return .connectionError(code: InboundDataSplicer.flowControlError)
+            self.end(streamID)
+            return .streamError(code: InboundDataSplicer.flowControlError)
         }
         self.streams.values[index].window += increment
         if self.streams.values[index].queued > 0 { self.drain(streamID, into: &output) }

@@ -301,6 +301,16 @@ final class TunnelGlue {
             self.glue?.tcp.resumeReading()
         }
 
+        /// The splicer found a stream error (RFC 9113 §6.9.1, the peer pushed the stream's
+        /// window above 2^31−1): the stream leaves the splicer and is reset through nio-http2
+        /// (RST_STREAM with `code`); its channel then closes and the tunnel with it.
+        func resetStream(code: UInt32) {
+            guard let context = self.context else { return }
+            self.unsplice()
+            self.endStreamSent = true
+            context.writeAndFlush(Self.wrapOutboundOut(.rstStream(HTTP2ErrorCode(networkCode: Int(code)))), promise: nil)
+        }
+
         func read(context: ChannelHandlerContext) {
             if self.gate.shouldRead(partnerWritable: self.glue?.tcp.isWritable ?? true) { context.read() }
         }

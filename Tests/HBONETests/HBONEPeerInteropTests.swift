@@ -1,9 +1,11 @@
 import InternetAddress
+import Logging
 import Crypto
 import Foundation
 @testable import HBONE
 import MeshIdentity
 import MeshTestSupport
+import NIOCore
 import NIOPosix
 import Testing
 
@@ -196,6 +198,54 @@ struct HBONEPeerInteropTests {
                 #expect(results.allSatisfy { $0 }, "\(server.logs)")
                 #expect(!server.logs.contains("error"), "\(server.logs)")
             }
+        }
+    }
+
+    /// RFC 9113 §6.9.1: a WINDOW_UPDATE that pushes a stream's window above 2^31−1 ends that
+    /// stream with RST_STREAM FLOW_CONTROL_ERROR. The Python server sends one, as raw bytes,
+    /// once the first tunnel's stream has carried 1 KiB; the splicer holds that stream's
+    /// window, so the reset is ours, not nio-http2's. The connection must go on carrying
+    /// the other tunnels (all on one event loop, so on one pooled connection).
+    @Test("a spliced stream whose window the peer pushes above 2^31−1 is reset with FLOW_CONTROL_ERROR; its connection goes on")
+    func splicedStreamWindowOverflow() async throws {
+        try #require(self.available(.python), "python3 with the h2 package is required")
+        try await self.withPeerServer(.python, extra: ["--overflow-window-after", "1024"]) { fixture, server, client in
+            let target = self.target(fixture, port: server.port)
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let listener = try await ServerBootstrap(group: loop)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try TunnelSocketOptions.applyToTCPSide(channel, client.configuration)
+                        try channel.pipeline.syncOperations.addHandler(
+                            SpliceOnActive(client: client, target: target, logger: .init(label: "test"))
+                        )
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).get()
+            defer { listener.close(promise: nil) }
+            let port = try #require(listener.localAddress?.port)
+
+            // The stream stays open (no FIN): only the reset ends this tunnel.
+            let first = try await offload { () throws -> [UInt8] in
+                let socket = try BlockingSocket.connect(port: port)
+                socket.send(Array(repeating: 0x61, count: 1024))
+                return socket.receiveAll()
+            }
+            #expect(first.count <= 1024 + 5)
+            try await eventually("the server saw the stream reset") { server.logs.contains(#""stream": 1,"#) }
+            let reset = server.logs.split(separator: "\n").first { $0.contains(#""stream": 1,"#) }
+            #expect(reset?.contains(#""reset": 3"#) == true, "FLOW_CONTROL_ERROR (0x3): \(server.logs)")
+
+            for round in 0..<3 {
+                let payload = Array("tunnel \(round) after the reset".utf8)
+                let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 20) }
+                #expect(exchange.received == Array("echo:".utf8) + payload, "\(server.logs)")
+            }
+            // Streams 3, 5 and 7: the same connection, which saw no GOAWAY.
+            try await eventually("the later streams logged") { server.logs.contains(#""stream": 7,"#) }
+            #expect(client.pooledConnections(to: target.nextHop) == 1)
+            #expect(!server.logs.contains("GOAWAY"), "\(server.logs)")
+            #expect(!server.logs.contains("protocol error"), "\(server.logs)")
         }
     }
 

@@ -224,14 +224,37 @@ struct OutboundDataSplicerTests {
         let overflow = machine.settings([.init(identifier: 0x4, value: 1 << 31 - 1)], into: &output)
         #expect(overflow == nil, "same value: no change")
         let result23 = Self.update(&machine, 1, UInt32(Int32.max)).0
-        #expect(result23 == .connectionError(code: 0x3))
+        #expect(result23 == .streamError(code: 0x3), "a stream's window: a stream error (§6.9.1)")
     }
 
-    @Test("a window pushed above 2^31−1 is a FLOW_CONTROL_ERROR (RFC 9113 §6.9.1)")
+    @Test("a window pushed above 2^31−1 is a FLOW_CONTROL_ERROR (RFC 9113 §6.9.1): of the connection for its window, of the stream for a stream's")
     func overflow() {
-        var machine = Self.machine()
-        let result24 = Self.update(&machine, 0, UInt32(Int32.max) - 65_535).0
-        #expect(result24 == .forward)
+        var machine = Self.machine(streams: [1, 3])
+        let registered = machine.register(1) && machine.register(3)
+        #expect(registered)
+        // Stream 1 sends its window and queues the rest; stream 3 has nothing queued.
+        let first = Self.send(&machine, 1, 100_000)
+        #expect(Self.dataFrames(first).map(\.payload.count).reduce(0, +) == 65_535)
+        #expect(machine.queuedBytes(1) == 34_465)
+        let one = Self.update(&machine, 1, 1)
+        #expect(one.0 == .drop && one.1.writes.isEmpty, "window 1, but no connection window")
+        let streamOverflow = Self.update(&machine, 1, UInt32(Int32.max)).0
+        #expect(streamOverflow == .streamError(code: 0x3))
+        #expect(machine.queuedBytes(1) == 0, "its queued bytes are dropped")
+        #expect(!machine.isSpliced(1))
+        let afterReset = Self.send(&machine, 1, 10)
+        #expect(afterReset.writes.isEmpty, "nothing more is sent on a reset stream")
+        let late = Self.update(&machine, 1, UInt32(Int32.max)).0
+        #expect(late == .drop, "later updates for it are kept from nio-http2 and end nothing")
+        // The connection goes on: stream 3 sends once the connection window reopens.
+        let reopened = Self.update(&machine, 0, 1_000)
+        #expect(reopened.1.writes.isEmpty, "stream 1's dropped bytes do not take the new window")
+        let other = Self.send(&machine, 3, 500)
+        #expect(Self.dataFrames(other).map(\.stream) == [3])
+        #expect(machine.connectionWindow == 500)
+        // The connection's own window: a connection error.
+        let result24 = Self.update(&machine, 0, UInt32(Int32.max) - 500).0
+        #expect(result24 != .connectionError(code: 0x3))
         let result25 = Self.update(&machine, 0, 1).0
         #expect(result25 == .connectionError(code: 0x3))
     }

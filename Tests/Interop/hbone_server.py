@@ -18,6 +18,7 @@ import selectors
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -128,6 +129,7 @@ class Connection:
         self.pending_write = 0     # length of a TLS write that must be retried as-is
         self.peer_gone = False
         self.closing = False
+        self.overflowed = False    # --overflow-window-after: sent on this connection
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -356,6 +358,17 @@ class Connection:
         stream.bytes_up += len(event.data)
         if not stream.connecting:
             self.write_upstream(stream)
+        limit = self.args.overflow_window_after
+        if limit is not None and not self.overflowed and stream.bytes_up >= limit:
+            self.overflow_window(stream)
+
+    def overflow_window(self, stream):
+        """A WINDOW_UPDATE that pushes the client's send window for `stream` above 2^31-1
+        (RFC 9113 §6.9.1), written as raw bytes: h2 only lets a well-behaved peer send
+        updates. Once per connection, after what h2 has queued so far."""
+        self.overflowed = True
+        self.collect()
+        self.outbuf += struct.pack(">I", 4)[1:] + bytes([0x8, 0x0]) + struct.pack(">II", stream.id, 0x7FFFFFFF)
 
     def write_upstream(self, stream):
         """Write what we can; acknowledge exactly what reached the upstream socket."""
@@ -561,6 +574,9 @@ def main():
     parser.add_argument("--connection-window", type=int, default=CONNECTION_WINDOW,
                         help="connection receive window; at 65535 no WINDOW_UPDATE opens it at the start")
     parser.add_argument("--max-frame", type=int, default=MAX_FRAME_SIZE, help="SETTINGS_MAX_FRAME_SIZE")
+    parser.add_argument("--overflow-window-after", type=int, metavar="BYTES",
+                        help="once per connection, when a stream has sent this many bytes, push its "
+                             "send window above 2^31-1 with a raw WINDOW_UPDATE (a broken peer)")
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

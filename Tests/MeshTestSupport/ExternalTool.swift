@@ -164,11 +164,14 @@ public final class ExternalPeer: Sendable {
         process.standardError = errors
         try process.run()
         self.process = process
-        // Drain stderr all along, so a chatty peer never blocks on a full pipe.
+        // Drain stderr all along, so a chatty peer never blocks on a full pipe, and so
+        // `logs` shows what it wrote so far: `availableData` returns what one read(2) got
+        // (`read(upToCount:)` waits for the full count or EOF, which hid the logs until
+        // the peer exited).
         let log = self.log
         let errorReader = errors.fileHandleForReading
         Thread {
-            while let chunk = try? errorReader.read(upToCount: 65536), !chunk.isEmpty {
+            while case let chunk = errorReader.availableData, !chunk.isEmpty {
                 log.append(chunk)
             }
         }.start()
