@@ -13,6 +13,7 @@ summed over all rounds (tick resolution, so keep rounds × requests in the thous
 import argparse
 import importlib.util
 import os
+import shutil
 import subprocess
 import tempfile
 import types
@@ -29,7 +30,12 @@ def main():
     parser.add_argument("--requests", type=int, default=500, help="per configuration and round")
     parser.add_argument("builds", nargs="+", help="LABEL=BINARY")
     args = parser.parse_args()
-    builds = dict(b.split("=", 1) for b in args.builds)
+    builds = {}
+    for build in args.builds:
+        label, _, binary = build.partition("=")
+        if not binary or label in ("plain", "socat-pair") or label in builds:
+            parser.error(f"{build!r}: expected LABEL=BINARY with a new label other than plain and socat-pair")
+        builds[label] = binary
 
     work = tempfile.mkdtemp(prefix="hbone-ab-")
     meshload = os.path.join(work, "meshload")
@@ -73,6 +79,8 @@ def main():
         for r in relays.values():
             r.stop()
         echo.terminate()
+        echo.wait()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

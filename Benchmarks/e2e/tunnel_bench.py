@@ -118,6 +118,13 @@ class Relays:
 
     def __init__(self, bench, name, upstream):
         self.name, self.procs, self.entry = name, [], None
+        try:
+            self._start_all(bench, name, upstream)
+        except BaseException:
+            self.stop()  # what started before the failure
+            raise
+
+    def _start_all(self, bench, name, upstream):
         b = bench
         if name == "plain":
             self.entry = upstream
@@ -316,6 +323,8 @@ def main():
     parser.add_argument("--only", help="comma-separated configurations")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     configs = ["plain", "socat-pair", "socat-tls", "swift", "swift-nosplice", "swift-nopool"]
     if args.hbone_peer:
@@ -413,8 +422,9 @@ def main():
     if swift and "gbps" in swift:
         for base in ("plain", "socat-tls", "c-peer", "socat-pair", "swift-nosplice"):
             if base in results and "gbps" in results[base]:
-                each = ", ".join(f"{a / b:.2f}" for a, b in zip(swift["gbps_rounds"], results[base]["gbps_rounds"]))
-                print(f"  swift throughput / {base:14s} = {swift['gbps'] / results[base]['gbps']:.2f}x  [{each}]")
+                each = ", ".join(f"{a / b:.2f}" if b > 0 else "-" for a, b in zip(swift["gbps_rounds"], results[base]["gbps_rounds"]))
+                ratio = swift["gbps"] / results[base]["gbps"] if results[base]["gbps"] > 0 else float("nan")
+                print(f"  swift throughput / {base:14s} = {ratio:.2f}x  [{each}]")
         if "plain" in results and "p50_us" in results["plain"]:
             plain = results["plain"]["p50_us"]
             added = {n: r["p50_us"] - plain for n, r in results.items() if n != "plain" and "p50_us" in r}

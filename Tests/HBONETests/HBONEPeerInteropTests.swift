@@ -203,9 +203,12 @@ struct HBONEPeerInteropTests {
 
     /// RFC 9113 §6.9.1: a WINDOW_UPDATE that pushes a stream's window above 2^31−1 ends that
     /// stream with RST_STREAM FLOW_CONTROL_ERROR. The Python server sends one, as raw bytes,
-    /// once the first tunnel's stream has carried 1 KiB; the splicer holds that stream's
-    /// window, so the reset is ours, not nio-http2's. The connection must go on carrying
-    /// the other tunnels (all on one event loop, so on one pooled connection).
+    /// once the first tunnel's stream has carried 1 KiB. The stream is spliced (the default),
+    /// so the splicer holds its window and decides (its verdict is checked without I/O in
+    /// `OutboundDataSplicerTests`); nio-http2 would reset an unspliced stream the same way on
+    /// the wire. Until the sixth session the splicer ended the whole connection instead. The
+    /// connection must go on carrying the other tunnels (all on one event loop, so on one
+    /// pooled connection).
     @Test("a spliced stream whose window the peer pushes above 2^31−1 is reset with FLOW_CONTROL_ERROR; its connection goes on")
     func splicedStreamWindowOverflow() async throws {
         try #require(self.available(.python), "python3 with the h2 package is required")
@@ -226,12 +229,14 @@ struct HBONEPeerInteropTests {
             let port = try #require(listener.localAddress?.port)
 
             // The stream stays open (no FIN): only the reset ends this tunnel.
-            let first = try await offload { () throws -> [UInt8] in
+            let waited = try await offload { () throws -> Duration in
                 let socket = try BlockingSocket.connect(port: port)
                 socket.send(Array(repeating: 0x61, count: 1024))
-                return socket.receiveAll()
+                let start = ContinuousClock.now
+                _ = socket.receiveAll()  // until our side closes the app connection (30 s at most)
+                return ContinuousClock.now - start
             }
-            #expect(first.count <= 1024 + 5)
+            #expect(waited < .seconds(10), "the reset closed the tunnel's app connection")
             try await eventually("the server saw the stream reset") { server.logs.contains(#""stream": 1,"#) }
             let reset = server.logs.split(separator: "\n").first { $0.contains(#""stream": 1,"#) }
             #expect(reset?.contains(#""reset": 3"#) == true, "FLOW_CONTROL_ERROR (0x3): \(server.logs)")

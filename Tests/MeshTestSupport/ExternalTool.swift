@@ -165,14 +165,18 @@ public final class ExternalPeer: Sendable {
         try process.run()
         self.process = process
         // Drain stderr all along, so a chatty peer never blocks on a full pipe, and so
-        // `logs` shows what it wrote so far: `availableData` returns what one read(2) got
-        // (`read(upToCount:)` waits for the full count or EOF, which hid the logs until
-        // the peer exited).
+        // `logs` shows what it wrote so far: each read(2) is appended as it returns
+        // (`FileHandle.read(upToCount:)` waits for the full count or EOF, which hid the logs
+        // until the peer exited; `availableData` traps on a read error).
         let log = self.log
         let errorReader = errors.fileHandleForReading
         Thread {
-            while case let chunk = errorReader.availableData, !chunk.isEmpty {
-                log.append(chunk)
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(errorReader.fileDescriptor, $0.baseAddress, $0.count) }
+                if count < 0, errno == EINTR { continue }
+                guard count > 0 else { break }
+                log.append(Data(buffer[0..<count]))
             }
         }.start()
         let reader = output.fileHandleForReading
