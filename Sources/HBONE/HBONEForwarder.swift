@@ -14,18 +14,27 @@ public final class HBONEForwarder: Service, Sendable {
     private let client: HBONEClient
     private let target: HBONETunnelTarget
     private let logger: Logger
+    /// Where accepted connections live; the pool keeps one HBONE connection per event loop.
+    private let group: any EventLoopGroup
     private let bound = BoundAddress()
 
     /// Listens on `host:port` (port 0 picks one) and forwards to `target` through `client`.
-    public init(
+    public convenience init(
         host: String = "127.0.0.1", port: Int, client: HBONEClient, target: HBONETunnelTarget,
         logger: Logger = Logger(label: "swift-hbone.forwarder")
     ) {
+        self.init(host: host, port: port, client: client, target: target, logger: logger, group: MultiThreadedEventLoopGroup.singleton)
+    }
+
+    /// The same on `group`: a single event loop puts every tunnel on one pooled connection
+    /// (tests).
+    init(host: String = "127.0.0.1", port: Int, client: HBONEClient, target: HBONETunnelTarget, logger: Logger, group: any EventLoopGroup) {
         self.host = host
         self.port = port
         self.client = client
         self.target = target
         self.logger = logger
+        self.group = group
     }
 
     /// The bound port once ``run()`` has bound, else `nil`.
@@ -43,7 +52,7 @@ public final class HBONEForwarder: Service, Sendable {
         let logger = self.logger
         let channel: any Channel
         do {
-            channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            channel = try await ServerBootstrap(group: self.group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [configuration = self.client.configuration] channel in
                 channel.eventLoop.makeCompletedFuture {

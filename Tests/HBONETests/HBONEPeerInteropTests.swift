@@ -214,44 +214,42 @@ struct HBONEPeerInteropTests {
         try #require(self.available(.python), "python3 with the h2 package is required")
         try await self.withPeerServer(.python, extra: ["--overflow-window-after", "1024"]) { fixture, server, client in
             let target = self.target(fixture, port: server.port)
-            let loop = MultiThreadedEventLoopGroup.singleton.next()
-            let listener = try await ServerBootstrap(group: loop)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try TunnelSocketOptions.applyToTCPSide(channel, client.configuration)
-                        try channel.pipeline.syncOperations.addHandler(
-                            SpliceOnActive(client: client, target: target, logger: .init(label: "test"))
-                        )
-                    }
-                }
-                .bind(host: "127.0.0.1", port: 0).get()
-            defer { listener.close(promise: nil) }
-            let port = try #require(listener.localAddress?.port)
-
-            // The stream stays open (no FIN): only the reset ends this tunnel.
-            let waited = try await offload { () throws -> Duration in
-                let socket = try BlockingSocket.connect(port: port)
-                socket.send(Array(repeating: 0x61, count: 1024))
-                let start = ContinuousClock.now
-                _ = socket.receiveAll()  // until our side closes the app connection (30 s at most)
-                return ContinuousClock.now - start
+            let forwarder = HBONEForwarder(
+                port: 0, client: client, target: target, logger: Logger(label: "test"),
+                group: MultiThreadedEventLoopGroup.singleton.next()
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await forwarder.run() }
+                defer { group.cancelAll() }
+                try await self.overflowThenMoreTunnels(server, client, target, port: try await forwarder.listeningPort)
             }
-            #expect(waited < .seconds(10), "the reset closed the tunnel's app connection")
-            try await eventually("the server saw the stream reset") { server.logs.contains(#""stream": 1,"#) }
-            let reset = server.logs.split(separator: "\n").first { $0.contains(#""stream": 1,"#) }
-            #expect(reset?.contains(#""reset": 3"#) == true, "FLOW_CONTROL_ERROR (0x3): \(server.logs)")
-
-            for round in 0..<3 {
-                let payload = Array("tunnel \(round) after the reset".utf8)
-                let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 20) }
-                #expect(exchange.received == Array("echo:".utf8) + payload, "\(server.logs)")
-            }
-            // Streams 3, 5 and 7: the same connection, which saw no GOAWAY.
-            try await eventually("the later streams logged") { server.logs.contains(#""stream": 7,"#) }
-            #expect(client.pooledConnections(to: target.nextHop) == 1)
-            #expect(!server.logs.contains("GOAWAY"), "\(server.logs)")
-            #expect(!server.logs.contains("protocol error"), "\(server.logs)")
         }
+    }
+
+    private func overflowThenMoreTunnels(_ server: ExternalPeer, _ client: HBONEClient, _ target: HBONETunnelTarget, port: Int) async throws {
+        // The stream stays open (no FIN): only the reset ends this tunnel.
+        let waited = try await offload { () throws -> Duration in
+            let socket = try BlockingSocket.connect(port: port)
+            socket.send(Array(repeating: 0x61, count: 1024))
+            let start = ContinuousClock.now
+            _ = socket.receiveAll()  // until our side closes the app connection (30 s at most)
+            return ContinuousClock.now - start
+        }
+        #expect(waited < .seconds(10), "the reset closed the tunnel's app connection")
+        try await eventually("the server saw the stream reset") { server.logs.contains(#""stream": 1,"#) }
+        let reset = server.logs.split(separator: "\n").first { $0.contains(#""stream": 1,"#) }
+        #expect(reset?.contains(#""reset": 3"#) == true, "FLOW_CONTROL_ERROR (0x3): \(server.logs)")
+
+        for round in 0..<3 {
+            let payload = Array("tunnel \(round) after the reset".utf8)
+            let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 20) }
+            #expect(exchange.received == Array("echo:".utf8) + payload, "\(server.logs)")
+        }
+        // Streams 3, 5 and 7: the same connection, which saw no GOAWAY.
+        try await eventually("the later streams logged") { server.logs.contains(#""stream": 7,"#) }
+        #expect(client.pooledConnections(to: target.nextHop) == 1)
+        #expect(!server.logs.contains("GOAWAY"), "\(server.logs)")
+        #expect(!server.logs.contains("protocol error"), "\(server.logs)")
     }
 
     @Test("our client refuses a peer server with an unexpected identity", arguments: Peer.allCases)
