@@ -11,10 +11,10 @@ interleaved as in tunnel_bench.py. CPU is user and system time of both relays fr
 summed over all rounds (tick resolution, so keep rounds × requests in the thousands).
 """
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
-import subprocess
 import tempfile
 import types
 
@@ -38,13 +38,10 @@ def main():
         builds[label] = binary
 
     work = tempfile.mkdtemp(prefix="hbone-ab-")
-    meshload = os.path.join(work, "meshload")
-    subprocess.run(["cc", "-O2", "-pthread", "-o", meshload, os.path.join(here, "meshload.c")], check=True)
-    echo_port = tb.free_port()
-    echo = subprocess.Popen([meshload, "serve", str(echo_port)], stdout=subprocess.DEVNULL)
-    tb.wait_port(echo_port)
+    echo = contextlib.ExitStack()
     relays = {}
     try:
+        echo_port, _ = echo.enter_context(tb.echo_server(tb.build_meshload(work)))
         benches = {}
         for label, binary in builds.items():
             os.mkdir(os.path.join(work, label))
@@ -78,8 +75,7 @@ def main():
     finally:
         for r in relays.values():
             r.stop()
-        echo.terminate()
-        echo.wait()
+        echo.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

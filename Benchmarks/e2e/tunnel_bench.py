@@ -26,6 +26,7 @@ one-thread epoll echo server.
 Ratios are printed against the baselines of the same run.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -303,6 +304,28 @@ def idle_memory(relays, count):
     return (after - before) / count
 
 
+def build_meshload(directory):
+    """meshload (Benchmarks/e2e/meshload.c: load generator and echo server) built in `directory`."""
+    path = os.path.join(directory, "meshload")
+    subprocess.run(["cc", "-O2", "-pthread", "-o", path,
+                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "meshload.c")], check=True)
+    return path
+
+
+@contextlib.contextmanager
+def echo_server(meshload):
+    """meshload's one-thread epoll echo server on a free port, for as long as the `with`
+    lasts: yields (port, pid)."""
+    port = free_port()
+    echo = subprocess.Popen([meshload, "serve", str(port)], stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port, echo.pid
+    finally:
+        echo.terminate()
+        echo.wait()
+
+
 def round_orders(configs, rounds):
     """Every configuration once per round, forwards in even rounds and backwards in odd
     ones, so a host that drifts during the run does not favour whichever runs first."""
@@ -336,17 +359,15 @@ def main():
 
     workdir = tempfile.mkdtemp(prefix="hbone-bench-")
     bench = Bench(args, workdir)
-    meshload = os.path.join(workdir, "meshload")
-    subprocess.run(["cc", "-O2", "-pthread", "-o", meshload,
-                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "meshload.c")], check=True)
-    sink_port, echo_port = free_port(), free_port()
+    meshload = build_meshload(workdir)
+    sink_port = free_port()
     sink = subprocess.Popen(["iperf3", "-s", "-p", str(sink_port)], stdout=subprocess.DEVNULL)
     # The far end of latency, tunnel-rate and memory runs: meshload's one-thread epoll echo
     # server (the mesh benchmark's too). A thread-per-connection Python server spent a
     # few hundred µs of the two cores on every new connection, in every configuration.
-    echo = subprocess.Popen([meshload, "serve", str(echo_port)], stdout=subprocess.DEVNULL)
+    echo = contextlib.ExitStack()
+    echo_port, _ = echo.enter_context(echo_server(meshload))
     wait_port(sink_port)
-    wait_port(echo_port)
     results = {name: {} for name in configs}
     try:
         # Tunnels per second and memory: one configuration at a time.
@@ -405,7 +426,7 @@ def main():
             samples = row.pop("latency_samples")
             row["p50_us"], row["p99_us"] = percentile(samples, 0.5), percentile(samples, 0.99)
     finally:
-        echo.terminate()
+        echo.close()
         sink.terminate()
         shutil.rmtree(workdir, ignore_errors=True)
 
