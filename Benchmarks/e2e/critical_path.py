@@ -73,9 +73,12 @@ def analyse(script, others, load_pid):
             woken[int(re.search(r"pid=(\d+)", rest).group(1))] = (t, comm.startswith("swapper"))
         elif event == "sched:sched_switch":
             on_cpu[int(re.search(r"next_pid=(\d+)", rest).group(1))] = t
-            if " prev_state=S " in rest and tid in finished:
-                # Asleep again: the work a pass leaves for after its write is done.
-                finished.pop(tid)["asleep"] = t
+            if " prev_state=S " in rest:
+                # Asleep again: the work a pass leaves for after its write is done; a read
+                # that was not passed on (a WINDOW_UPDATE, say) starts no pass.
+                if tid in finished:
+                    finished.pop(tid)["asleep"] = t
+                reading.pop(tid, None)
         elif pid == load_pid:
             if event in ("syscalls:sys_enter_write", "syscalls:sys_enter_sendto"):
                 sent = t
