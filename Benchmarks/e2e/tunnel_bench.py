@@ -366,10 +366,10 @@ def main():
     # server (the mesh benchmark's too). A thread-per-connection Python server spent a
     # few hundred µs of the two cores on every new connection, in every configuration.
     echo = contextlib.ExitStack()
-    echo_port, _ = echo.enter_context(echo_server(meshload))
-    wait_port(sink_port)
     results = {name: {} for name in configs}
     try:
+        echo_port, _ = echo.enter_context(echo_server(meshload))
+        wait_port(sink_port)
         # Tunnels per second and memory: one configuration at a time.
         for name in configs:
             row = results[name]

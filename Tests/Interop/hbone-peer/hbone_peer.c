@@ -1,7 +1,7 @@
 /*
  * hbone-peer: command line, TLS (mutual TLS 1.3 + SPIFFE identities), listeners,
  * signals and the event loop. See hbone_peer.h for the overall layout and
- * hbone_conn.c for HTTP/2 and the byte pump.
+ * hbone_conn.c and hbone_tunnel.c for HTTP/2 and the byte pump.
  *
  *   hbone-peer server --listen HOST:PORT --cert CHAIN.pem --key KEY.pem --ca ROOT.pem
  *                     --trust-domain TD [--upstream HOST:PORT] [--quiet]

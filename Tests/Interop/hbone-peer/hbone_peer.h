@@ -3,12 +3,15 @@
  * Istio's ztunnel speaks on port 15008), written in C on OpenSSL 3 and nghttp2.
  *
  * It is the interop and performance reference for swift-hbone. Single-threaded: one
- * edge-triggered epoll loop drives non-blocking sockets. The code is split in two:
+ * edge-triggered epoll loop drives non-blocking sockets. The code is split in three:
  *
- *   hbone_peer.c  command line, TLS contexts and SPIFFE peer checks, listeners,
- *                 signals, timers and the event loop;
- *   hbone_conn.c  the HTTP/2-over-TLS connections (nghttp2 callbacks) and the
- *                 tunnels: the byte pump between a TCP socket and a CONNECT stream.
+ *   hbone_peer.c    command line, TLS contexts and SPIFFE peer checks, listeners,
+ *                   signals, timers and the event loop;
+ *   hbone_conn.c    the HTTP/2-over-TLS connections, event dispatch, deferred work;
+ *   hbone_tunnel.c  the tunnels: the byte pump between a TCP socket and a CONNECT
+ *                   stream, and the nghttp2 callbacks.
+ *
+ * hbone_conn.c and hbone_tunnel.c share hbone_internal.h.
  */
 #ifndef HBONE_PEER_H
 #define HBONE_PEER_H
@@ -169,13 +172,16 @@ struct tunnel {
     struct tunnel *dead_next;
 };
 
-/* ---- hbone_conn.c -------------------------------------------------------------------- */
+/* ---- hbone_tunnel.c ------------------------------------------------------------------ */
 
 bool h2_init(void);
 void h2_shutdown(void);
-void conn_accepted(int fd, const struct sockaddr *sa);   /* server */
 void tunnel_accepted(int fd, const struct sockaddr *sa); /* client */
 void client_warmup(void);
+
+/* ---- hbone_conn.c -------------------------------------------------------------------- */
+
+void conn_accepted(int fd, const struct sockaddr *sa);   /* server */
 void conn_on_event(struct conn *c, uint32_t events);
 void tunnel_on_event(struct tunnel *t, uint32_t events);
 void run_pending(void);
