@@ -17,9 +17,7 @@ import argparse
 import contextlib
 import importlib.util
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import types
 
@@ -56,11 +54,9 @@ def main():
     if args.rounds < 1 or args.requests < 100:
         parser.error("--rounds must be at least 1 and --requests at least 100")
     configs = ["plain", "socat-pair", "socat-tls", "swift"] + (["c-peer"] if args.hbone_peer else [])
-    work = tempfile.mkdtemp(prefix="hbone-awake-")
-    echo = contextlib.ExitStack()
-    relays = {}
+    rig = tb.EchoRig("hbone-awake-")
+    work, echo_port, relays = rig.work, rig.echo_port, rig.relays
     try:
-        echo_port, _ = echo.enter_context(tb.echo_server(tb.build_meshload(work)))
         bench = tb.Bench(types.SimpleNamespace(hbone_tunnel=args.hbone_tunnel, hbone_peer=args.hbone_peer), work)
         for name in configs:
             relays[name] = tb.Relays(bench, name, echo_port)
@@ -77,10 +73,7 @@ def main():
                   + ", ".join(f"{name} {added[name]:+.1f}" for name in configs[1:]) + " µs; / socat-pair: "
                   + ", ".join(f"{name} {added[name] / added['socat-pair']:.2f}x" for name in configs[2:]))
     finally:
-        for r in relays.values():
-            r.stop()
-        echo.close()
-        shutil.rmtree(work, ignore_errors=True)
+        rig.close()
 
 
 if __name__ == "__main__":

@@ -24,14 +24,12 @@ every configuration; compare the columns, not the absolute numbers with tunnel_b
 Needs root and perf with tracefs (Docs/profiles.md, "The critical path of a paced request").
 """
 import argparse
-import contextlib
 import importlib.util
 import os
 import re
 import shutil
 import statistics
 import subprocess
-import tempfile
 import types
 from collections import defaultdict
 
@@ -163,12 +161,9 @@ def main():
     configs = ["socat-pair", "socat-tls", "swift"] + (["c-peer"] if args.hbone_peer else [])
     if args.only:
         configs = [c for c in args.only.split(",") if c]
-    work = tempfile.mkdtemp(prefix="hbone-critical-path-")
-    echo = contextlib.ExitStack()
-    relays = {}
+    rig = tb.EchoRig("hbone-critical-path-")
+    work, meshload, echo_port, echo_pid, relays = rig.work, rig.meshload, rig.echo_port, rig.echo_pid, rig.relays
     try:
-        meshload = tb.build_meshload(work)
-        echo_port, echo_pid = echo.enter_context(tb.echo_server(meshload))
         bench = tb.Bench(types.SimpleNamespace(hbone_tunnel=args.hbone_tunnel, hbone_peer=args.hbone_peer), work)
         for name in configs:
             relays[name] = tb.Relays(bench, name, echo_port)
@@ -195,10 +190,7 @@ def main():
                   + ", ".join(f"{k} {v:.1f}" for k, v in s.items() if k != "idle-woken")
                   + f"; relay woken on an idle CPU {s['idle-woken']:.0%}")
     finally:
-        for r in relays.values():
-            r.stop()
-        echo.close()
-        shutil.rmtree(work, ignore_errors=True)
+        rig.close()
 
 
 if __name__ == "__main__":

@@ -11,11 +11,8 @@ interleaved as in tunnel_bench.py. CPU is user and system time of both relays fr
 summed over all rounds (tick resolution, so keep rounds × requests in the thousands).
 """
 import argparse
-import contextlib
 import importlib.util
 import os
-import shutil
-import tempfile
 import types
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -37,11 +34,9 @@ def main():
             parser.error(f"{build!r}: expected LABEL=BINARY with a new label other than plain and socat-pair")
         builds[label] = binary
 
-    work = tempfile.mkdtemp(prefix="hbone-ab-")
-    echo = contextlib.ExitStack()
-    relays = {}
+    rig = tb.EchoRig("hbone-ab-")
+    work, echo_port, relays = rig.work, rig.echo_port, rig.relays
     try:
-        echo_port, _ = echo.enter_context(tb.echo_server(tb.build_meshload(work)))
         benches = {}
         for label, binary in builds.items():
             os.mkdir(os.path.join(work, label))
@@ -73,10 +68,7 @@ def main():
             print(f"{name:12s} p50 {p50:6.1f} µs, added {p50 - plain:+6.1f} µs; relays {user:5.1f} µs user, "
                   f"{system:5.1f} µs system per request; round p50s {[round(x) for x in rounds[name]]}")
     finally:
-        for r in relays.values():
-            r.stop()
-        echo.close()
-        shutil.rmtree(work, ignore_errors=True)
+        rig.close()
 
 
 if __name__ == "__main__":

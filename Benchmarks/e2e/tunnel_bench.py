@@ -326,6 +326,30 @@ def echo_server(meshload):
         echo.wait()
 
 
+class EchoRig:
+    """What the paced-latency scripts share (latency_ab.py, critical_path.py,
+    awake_latency.py): a scratch directory with meshload built in it, meshload's echo
+    server, and the relays the caller starts, by name, in `relays`. close() stops the
+    relays, then the echo server, and removes the directory."""
+
+    def __init__(self, prefix):
+        self.work = tempfile.mkdtemp(prefix=prefix)
+        self.relays = {}
+        self._echo = contextlib.ExitStack()
+        try:
+            self.meshload = build_meshload(self.work)
+            self.echo_port, self.echo_pid = self._echo.enter_context(echo_server(self.meshload))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        for relays in self.relays.values():
+            relays.stop()
+        self._echo.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def round_orders(configs, rounds):
     """Every configuration once per round, forwards in even rounds and backwards in odd
     ones, so a host that drifts during the run does not favour whichever runs first."""
