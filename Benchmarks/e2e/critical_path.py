@@ -14,14 +14,17 @@ message and the write that passes it on — is split into
     written->asleep  the write returning until the relay sleeps again: work left for after
                  the message is on its way, including time preempted by the next hop
 
-Medians per relay process, plus the request's end-to-end p50 at the load generator and how
-often each relay was woken on an idle CPU. Tracing adds a few µs per event, the same for
-every configuration; compare the columns, not the absolute numbers with tunnel_bench.py.
+Per configuration: medians over all its relays' passes, the requests' end-to-end p50 at
+the load generator, and how often a relay was woken on an idle CPU. Configurations are
+traced in interleaved rounds (as in tunnel_bench.py), their relays staying up throughout.
+Tracing adds about a µs per event — more to a relay that makes more syscalls (socat) —
+so compare the columns, not the absolute numbers with tunnel_bench.py.
 
     python3 Benchmarks/e2e/critical_path.py --hbone-tunnel BIN [--hbone-peer BIN]
-        [--requests 3000] [--rate 1000] [--only swift,socat-pair]
+        [--rounds 3] [--requests 1000] [--rate 1000] [--only swift,socat-pair]
 
-Needs root and perf with tracefs (Docs/profiles.md, "The critical path of a paced request").
+Needs root and perf with tracefs (Docs/profiles.md, "The critical path of a paced request,
+hop by hop").
 """
 import argparse
 import importlib.util
