@@ -55,11 +55,11 @@ def main():
         parser.error("--rounds must be at least 1 and --requests at least 100")
     configs = ["plain", "socat-pair", "socat-tls", "swift"] + (["c-peer"] if args.hbone_peer else [])
     rig = tb.EchoRig("hbone-awake-")
-    work, echo_port, relays = rig.work, rig.echo_port, rig.relays
+    relays = rig.relays
     try:
-        bench = tb.Bench(types.SimpleNamespace(hbone_tunnel=args.hbone_tunnel, hbone_peer=args.hbone_peer), work)
+        bench = tb.Bench(types.SimpleNamespace(hbone_tunnel=args.hbone_tunnel, hbone_peer=args.hbone_peer), rig.work)
         for name in configs:
-            relays[name] = tb.Relays(bench, name, echo_port)
+            relays[name] = tb.Relays(bench, name, rig.echo_port)
         samples = {(name, awake): [] for name in configs for awake in (False, True)}
         for number, order in enumerate(tb.round_orders(configs, args.rounds)):
             for awake in ((False, True) if number % 2 == 0 else (True, False)):

@@ -125,7 +125,10 @@ def segments(ps):
     }
 
 
-def trace(name, relays, meshload, requests, rate, work, echo_pid):
+def trace(rig, name, requests, rate):
+    """Traces `rate` paced requests per second through `rig.relays[name]` for
+    `requests / rate` seconds: analyse()'s result."""
+    relays, meshload, work = rig.relays[name], rig.meshload, rig.work
     data = os.path.join(work, f"{name}.perf")
     events = ",".join(EVENTS)
     # Warm-up: connections set up and code paths run before tracing starts.
@@ -141,10 +144,10 @@ def trace(name, relays, meshload, requests, rate, work, echo_pid):
     script = subprocess.run(["perf", "script", "-i", data, "--ns", "-F", "comm,pid,tid,cpu,time,event,trace"],
                             capture_output=True, text=True, check=True).stdout.splitlines()
     load_pid = next(int(m.group(2)) for m in map(LINE.match, script)
-                    if m and m.group(1) == "meshload" and int(m.group(2)) != echo_pid
+                    if m and m.group(1) == "meshload" and int(m.group(2)) != rig.echo_pid
                     and m.group(6) == "syscalls:sys_enter_write")
     os.unlink(data)
-    return analyse(script, {echo_pid}, load_pid)
+    return analyse(script, {rig.echo_pid}, load_pid)
 
 
 def main():
@@ -165,17 +168,15 @@ def main():
     if args.only:
         configs = [c for c in args.only.split(",") if c]
     rig = tb.EchoRig("hbone-critical-path-")
-    work, meshload, echo_port, echo_pid, relays = rig.work, rig.meshload, rig.echo_port, rig.echo_pid, rig.relays
     try:
-        bench = tb.Bench(types.SimpleNamespace(hbone_tunnel=args.hbone_tunnel, hbone_peer=args.hbone_peer), work)
+        bench = tb.Bench(types.SimpleNamespace(hbone_tunnel=args.hbone_tunnel, hbone_peer=args.hbone_peer), rig.work)
         for name in configs:
-            relays[name] = tb.Relays(bench, name, echo_port)
+            rig.relays[name] = tb.Relays(bench, name, rig.echo_port)
         passes = {name: [] for name in configs}
         trips = {name: [] for name in configs}
         for order in tb.round_orders(configs, args.rounds):
             for name in order:
-                by_thread, round_trips = trace(name, relays[name], meshload, args.requests, args.rate, work,
-                                               echo_pid)
+                by_thread, round_trips = trace(rig, name, args.requests, args.rate)
                 trips[name] += round_trips
                 # Relays pass each request on at least once; other threads are not relays.
                 for ps in by_thread.values():
