@@ -32,6 +32,9 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     private var coalescing = RecordCoalescing()
     /// The outbound splicer's output, reused so its arrays are not allocated per message.
     private var output = OutboundDataSplicer.Output()
+    /// Whether nio-http2 has sent a GOAWAY for an error (RFC 9113 §5.4.1).
+    private var goAway = ErrorGoAwayWatch()
+    private var closing = false
 
     init(role: InboundDataSplicer.Role, configuration: HBONEConfiguration) {
         self.inbound = InboundDataSplicer(
@@ -211,12 +214,14 @@ final class DataSplicerHandler: ChannelDuplexHandler {
         case .fileRegion:
             // A DATA payload (nio-http2 passes payloads on as they came).
             let region = Self.unwrapOutboundIn(data)
+            self.goAway.observe(count: region.readableBytes)
             if self.outbound.admitNioPayload(count: region.readableBytes) {
                 self.held.append((region, promise))
             } else {
                 self.emit(region, promise: promise, context: context)
             }
         case .byteBuffer(var buffer):
+            self.goAway.observe(buffer)
             var promise = promise
             if let (prefix, earlier) = self.incomplete {
                 // The rest of a frame header that was cut at the end of the last write.
@@ -255,6 +260,12 @@ final class DataSplicerHandler: ChannelDuplexHandler {
         self.unflushed = false
         self.writeMerged(context: context)
         context.flush()
+        // RFC 9113 §5.4.1: after a GOAWAY for an error, "the endpoint MUST close the TCP
+        // connection" (nio-http2 sent it and reported the error, but leaves the close to us).
+        if self.goAway.errorCode != nil, !self.closing {
+            self.closing = true
+            context.close(promise: nil)
+        }
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {

@@ -86,19 +86,26 @@ struct RecordCoalescing {
 }
 
 /// ``RecordCoalescing`` as a handler, directly after `NIOSSLHandler`, for connections
-/// whose DATA is not spliced.
+/// whose DATA is not spliced; it also closes the connection once nio-http2 has sent a
+/// GOAWAY for an error (``ErrorGoAwayWatch``).
 final class RecordCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = IOData
     typealias OutboundOut = IOData
 
     private var coalescing = RecordCoalescing()
+    /// Whether nio-http2 has sent a GOAWAY for an error (RFC 9113 §5.4.1).
+    private var goAway = ErrorGoAwayWatch()
+    private var closing = false
 
     init() {}
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let (earlier, this) = self.coalescing.add(
-            Self.unwrapOutboundIn(data), promise: promise, allocator: context.channel.allocator
-        )
+        let data = Self.unwrapOutboundIn(data)
+        switch data {
+        case .byteBuffer(let buffer): self.goAway.observe(buffer)
+        case .fileRegion(let region): self.goAway.observe(count: region.readableBytes)
+        }
+        let (earlier, this) = self.coalescing.add(data, promise: promise, allocator: context.channel.allocator)
         if let earlier { context.write(NIOAny(earlier.data), promise: earlier.promise) }
         if let this { context.write(NIOAny(this.data), promise: this.promise) }
     }
@@ -106,6 +113,11 @@ final class RecordCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
     func flush(context: ChannelHandlerContext) {
         self.emit(context: context)
         context.flush()
+        // RFC 9113 §5.4.1: after a GOAWAY for an error, "the endpoint MUST close the TCP connection".
+        if self.goAway.errorCode != nil, !self.closing {
+            self.closing = true
+            context.close(promise: nil)
+        }
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {

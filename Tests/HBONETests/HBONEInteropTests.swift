@@ -35,7 +35,7 @@ struct HBONEInteropTests {
             var all: [HBONETunnelRecord] { self.storage.withLock { $0 } }
         }
 
-        init() async throws {
+        init(splicesData: Bool = true) async throws {
             self.ca = try CertificateAuthority.selfSigned()
             self.manager = CertificateManager(provider: EmbeddedCAProvider(authority: self.ca))
             self.upstream = try await EchoUntilEOFServer()
@@ -43,6 +43,7 @@ struct HBONEInteropTests {
             var configuration = HBONEServer.Configuration()
             configuration.host = "127.0.0.1"
             configuration.port = 0
+            configuration.hbone.splicesData = splicesData
             let upstreamPort = UInt16(self.upstream.port)
             let records = self.records
             self.server = HBONEServer(
@@ -70,8 +71,8 @@ struct HBONEInteropTests {
         func path(_ name: String) -> String { self.files.url.appendingPathComponent(name).path }
     }
 
-    func withFixture(_ body: (Fixture, Int) async throws -> Void) async throws {
-        let fixture = try await Fixture()
+    func withFixture(splicesData: Bool = true, _ body: (Fixture, Int) async throws -> Void) async throws {
+        let fixture = try await Fixture(splicesData: splicesData)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await fixture.manager.run() }
             group.addTask { try await fixture.server.run() }
@@ -274,6 +275,39 @@ struct HBONEInteropTests {
             try await eventually("connections closed") { fixture.server.openConnections == 0 }
             let good = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8080", "--payload", "fresh handshake"])
             #expect(good["received"] as? String == "echo:fresh handshake", "a full handshake still works")
+        }
+    }
+
+    @Test("hostile HTTP/2 from an authenticated peer on an open tunnel: every connection ends, every tunnel is recorded",
+          arguments: [true, false])
+    func hostileFrames(splicesData: Bool) async throws {
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required")
+        try await self.withFixture(splicesData: splicesData) { fixture, port in
+            // Tests/Interop/hbone_fuzz_client.py: per connection a CONNECT answered 200 (so
+            // the tunnel's DATA takes the spliced path), then mutated raw frames.
+            let iterations = 120
+            let script = URL(fileURLWithPath: Self.interopScript).deletingLastPathComponent()
+                .appendingPathComponent("hbone_fuzz_client.py").path
+            let result = try await ExternalTool.run([
+                "python3", script, "--port", "\(port)", "--ca", fixture.path("root.pem"),
+                "--cert", fixture.path("client.pem"), "--key", fixture.path("client.key"),
+                "--authority", "127.0.0.1:8080", "--iterations", "\(iterations)", "--seed", "7",
+            ])
+            let json = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
+            let outcome = try #require(json, "the fuzz client said: \(result.combined)")
+            #expect(outcome["tunnels"] as? Int == iterations, "every CONNECT answered 200 first: \(outcome)")
+            // The server noticed: some connections it closed itself, with GOAWAY and an
+            // RFC 9113 error code (PROTOCOL_ERROR 1, FLOW_CONTROL_ERROR 3, FRAME_SIZE_ERROR 6,
+            // COMPRESSION_ERROR 9, …).
+            let goaways = outcome["goaway"] as? Int ?? 0
+            #expect(goaways >= 40, "\(outcome)")
+            let codes = (outcome["codes"] as? [String: Int] ?? [:]).keys.compactMap { Int($0) }
+            #expect(codes.allSatisfy { (1...13).contains($0) }, "GOAWAY codes are RFC 9113 errors: \(outcome)")
+            // No leak and no silent loss: every connection closed, every tunnel's record written.
+            try await eventually("all connections closed") { fixture.server.openConnections == 0 }
+            try await eventually("a record per tunnel") { fixture.records.all.count == iterations }
+            let good = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8080", "--payload", "after the fuzz"])
+            #expect(good["received"] as? String == "echo:after the fuzz")
         }
     }
 

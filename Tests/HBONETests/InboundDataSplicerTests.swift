@@ -141,6 +141,22 @@ struct InboundDataSplicerTests {
         #expect(badOutput.errors == [InboundDataSplicer.protocolError])
     }
 
+    @Test("frames before a connection error still reach nio-http2, in the same read as the bad frame")
+    func framesBeforeAnError() {
+        var machine = Self.machine(.client, window: 64)
+        var output = Output()
+        Self.feed(&machine, [Self.headers(1) + Self.headers(3)], into: &output)
+        let registered = machine.register(1)
+        #expect(registered)
+        // Stream 3 (not spliced) ends with its last DATA, then stream 1 overruns its window:
+        // one read. nio-http2 must get stream 3's END_STREAM before the GOAWAY.
+        let last = Self.data(3, [9, 9], endStream: true)
+        Self.feed(&machine, [Self.ping + last + Self.data(1, Array(repeating: 0, count: 65))], into: &output)
+        #expect(output.forwarded == Self.headers(1) + Self.headers(3) + Self.ping + last)
+        #expect(output.errors == [InboundDataSplicer.flowControlError])
+        #expect(output.delivered.isEmpty)
+    }
+
     @Test("split anywhere: every cut of a frame sequence gives the same bytes to nio-http2 and to the tunnels")
     func splitsAnywhere() {
         var generator = SystemRandomNumberGenerator()

@@ -1,0 +1,71 @@
+internal import NIOCore
+
+/// Notices when nio-http2 has sent a GOAWAY for an error, so the connection gets closed.
+///
+/// RFC 9113 §5.4.1: "After sending the GOAWAY frame for an error condition, the endpoint
+/// MUST close the TCP connection." On a connection error (a DATA frame on stream 0, a
+/// zero WINDOW_UPDATE increment, a broken header block, a SETTINGS value out of range)
+/// `NIOHTTP2Handler` writes that GOAWAY and reports the error, but leaves the connection
+/// open: closing is the application's call, and the error it reports does not say whether
+/// it was the connection's or one stream's (a stream error must not close the connection,
+/// whose other tunnels are fine). The GOAWAY on the wire does say it.
+///
+/// A value type that walks nio-http2's outbound bytes frame by frame (RFC 9113 §4.1) and
+/// reads each GOAWAY's error code (§6.8: last stream ID, then the code). NO_ERROR is a
+/// graceful shutdown and keeps the connection for its drain. ``DataSplicerHandler`` and
+/// ``RecordCoalescer``, which sit directly below `NIOHTTP2Handler`, feed it and close the
+/// connection after the flush that carries such a GOAWAY.
+struct ErrorGoAwayWatch {
+    /// GOAWAY's type (RFC 9113 §6.8).
+    static let goAway: UInt8 = 0x7
+    /// A frame header and the first eight octets of a GOAWAY's payload.
+    private static let goAwayPrefix = InboundDataSplicer.frameHeaderLength + 8
+
+    /// Bytes of the current frame's payload still to pass over.
+    private var skipping = 0
+    /// The start of a frame collected so far: its header, and for GOAWAY its error code.
+    private var collected: [UInt8] = []
+    /// The error code of a GOAWAY nio-http2 sent for an error, once it has.
+    private(set) var errorCode: UInt32?
+
+    /// nio-http2 wrote `buffer`.
+    mutating func observe(_ buffer: ByteBuffer) {
+        var index = buffer.readerIndex
+        let end = buffer.writerIndex
+        while index < end {
+            if self.skipping > 0 {
+                let count = min(self.skipping, end - index)
+                self.skipping -= count
+                index += count
+                continue
+            }
+            let wanted = self.collected.count < InboundDataSplicer.frameHeaderLength
+                ? InboundDataSplicer.frameHeaderLength : Self.goAwayPrefix
+            let count = min(wanted - self.collected.count, end - index)
+            self.collected += buffer.getBytes(at: index, length: count)!
+            index += count
+            guard self.collected.count == wanted else { return }
+            self.frameStartCollected()
+        }
+    }
+
+    /// nio-http2 wrote `count` bytes that are not in a buffer (a DATA payload as a file region).
+    mutating func observe(count: Int) {
+        // Only a payload can be a file region; a header cut there is not nio-http2's.
+        self.skipping = max(0, self.skipping - count)
+    }
+
+    private mutating func frameStartCollected() {
+        let length = Int(self.collected[0]) << 16 | Int(self.collected[1]) << 8 | Int(self.collected[2])
+        let isGoAway = self.collected[3] == Self.goAway && length >= 8
+        if self.collected.count == InboundDataSplicer.frameHeaderLength {
+            if isGoAway { return }  // its last stream ID and error code come next
+            self.skipping = length
+        } else {
+            let code = self.collected[13...16].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            if code != 0, self.errorCode == nil { self.errorCode = code }
+            self.skipping = length - 8
+        }
+        self.collected.removeAll(keepingCapacity: true)
+    }
+}

@@ -1,0 +1,53 @@
+@testable import HBONE
+import NIOCore
+import Testing
+
+/// ``ErrorGoAwayWatch`` on nio-http2's outbound bytes: a GOAWAY with an error code is
+/// noticed wherever the writes are cut, NO_ERROR (a graceful shutdown) is not, and bytes
+/// inside other frames never are, even when they look like a GOAWAY.
+@Suite("Error GOAWAY watch")
+struct ErrorGoAwayWatchTests {
+    typealias Frames = InboundDataSplicerTests
+
+    static func goAway(lastStream: UInt32 = 0, code: UInt32, debug: [UInt8] = []) -> [UInt8] {
+        let payload = [lastStream, code].flatMap { value in (0..<4).map { UInt8(truncatingIfNeeded: value >> (24 - 8 * $0)) } }
+        return Frames.frame(0x7, stream: 0, payload + debug)
+    }
+
+    /// Feeds `bytes` cut after each index in `cuts`; the error code noticed.
+    static func watch(_ bytes: [UInt8], cuts: [Int] = []) -> UInt32? {
+        var watch = ErrorGoAwayWatch()
+        var start = 0
+        for end in cuts + [bytes.count] where end > start {
+            watch.observe(ByteBuffer(bytes: bytes[start..<end]))
+            start = end
+        }
+        return watch.errorCode
+    }
+
+    @Test("a GOAWAY for an error is noticed after other frames, cut anywhere; NO_ERROR is not")
+    func noticesErrors() {
+        let before = Frames.settings + Frames.ping + Frames.data(1, Array(repeating: 9, count: 40))
+        let error = before + Self.goAway(lastStream: 7, code: 0x1, debug: Array("bad frame".utf8))
+        #expect(Self.watch(error) == 0x1)
+        for cut in 1..<error.count {
+            #expect(Self.watch(error, cuts: [cut]) == 0x1, "cut at \(cut)")
+        }
+        #expect(Self.watch(before + Self.goAway(lastStream: 7, code: 0)) == nil)
+        // The first error code counts; a graceful GOAWAY before it does not hide it.
+        #expect(Self.watch(Self.goAway(code: 0) + Self.goAway(code: 0xb) + Self.goAway(code: 0x1)) == 0xb)
+    }
+
+    @Test("GOAWAY-shaped bytes inside a DATA payload, or a payload written as a file region, are skipped")
+    func payloadsAreSkipped() {
+        let lookalike = Self.goAway(code: 0x2)
+        #expect(Self.watch(Frames.data(1, lookalike) + Frames.ping) == nil)
+        // A header, then its payload as something other than a buffer, then a real GOAWAY.
+        var watch = ErrorGoAwayWatch()
+        watch.observe(ByteBuffer(bytes: Array(Frames.data(1, lookalike).prefix(9))))
+        watch.observe(count: lookalike.count)
+        #expect(watch.errorCode == nil)
+        watch.observe(ByteBuffer(bytes: Self.goAway(code: 0x3)))
+        #expect(watch.errorCode == 0x3)
+    }
+}
