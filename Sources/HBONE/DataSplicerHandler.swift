@@ -33,7 +33,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
     /// The outbound splicer's output, reused so its arrays are not allocated per message.
     private var output = OutboundDataSplicer.Output()
     /// Whether nio-http2 has sent a GOAWAY for an error (RFC 9113 §5.4.1).
-    private var goAway = ErrorGoAwayWatch()
+    private var goAway: ErrorGoAwayWatch
     private var closing = false
 
     init(role: InboundDataSplicer.Role, configuration: HBONEConfiguration) {
@@ -43,6 +43,7 @@ final class DataSplicerHandler: ChannelDuplexHandler {
             maximumFrameSize: configuration.http2.maximumFrameSize
         )
         self.outbound = OutboundDataSplicer(role: role)
+        self.goAway = ErrorGoAwayWatch(role: role)
     }
 
     /// The handler of a stream channel's connection, if the connection has one.

@@ -28,6 +28,11 @@ struct ErrorGoAwayWatch {
     /// The error code of a GOAWAY nio-http2 sent for an error, once it has.
     private(set) var errorCode: UInt32?
 
+    /// A client's first bytes are the connection preface (RFC 9113 §3.4), not a frame.
+    init(role: InboundDataSplicer.Role) {
+        self.skipping = role == .client ? InboundDataSplicer.clientPrefaceLength : 0
+    }
+
     /// nio-http2 wrote `buffer`.
     mutating func observe(_ buffer: ByteBuffer) {
         var index = buffer.readerIndex

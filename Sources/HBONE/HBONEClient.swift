@@ -308,7 +308,7 @@ public final class HBONEClient: Sendable {
                     // The splicer merges small writes into TLS records itself.
                     try sync.addHandler(
                         configuration.splicesData
-                            ? DataSplicerHandler(role: .client, configuration: configuration) : RecordCoalescer()
+                            ? DataSplicerHandler(role: .client, configuration: configuration) : RecordCoalescer(role: .client)
                     )
                     let multiplexer = try sync.configureHTTP2Pipeline(
                         mode: .client,

@@ -157,7 +157,7 @@ public final class HBONEServer: Service, Sendable {
             // The splicer merges small writes into TLS records itself.
             try sync.addHandler(
                 configuration.splicesData
-                    ? DataSplicerHandler(role: .server, configuration: configuration) : RecordCoalescer()
+                    ? DataSplicerHandler(role: .server, configuration: configuration) : RecordCoalescer(role: .server)
             )
             _ = try sync.configureHTTP2Pipeline(
                 mode: .server,

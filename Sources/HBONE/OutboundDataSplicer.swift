@@ -259,7 +259,9 @@ struct OutboundDataSplicer {
             case 0x4 where Int(value) <= Self.maximumWindow:  // SETTINGS_INITIAL_WINDOW_SIZE
                 let delta = Int(value) - self.peerInitialWindow
                 self.peerInitialWindow = Int(value)
-                for index in self.streams.indices {
+                // Ended streams have no window left to overflow (found by fuzzing: a
+                // tombstone's stale window turned a peer's valid SETTINGS into an error).
+                for index in self.streams.indices where !self.streams.values[index].ended {
                     self.streams.values[index].window += delta
                     if self.streams.values[index].window > Self.maximumWindow { return InboundDataSplicer.flowControlError }
                 }

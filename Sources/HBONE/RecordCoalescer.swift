@@ -94,10 +94,13 @@ final class RecordCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
 
     private var coalescing = RecordCoalescing()
     /// Whether nio-http2 has sent a GOAWAY for an error (RFC 9113 §5.4.1).
-    private var goAway = ErrorGoAwayWatch()
+    private var goAway: ErrorGoAwayWatch
     private var closing = false
 
-    init() {}
+    /// For the connection's client or server end (a client's output starts with the preface).
+    init(role: InboundDataSplicer.Role) {
+        self.goAway = ErrorGoAwayWatch(role: role)
+    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let data = Self.unwrapOutboundIn(data)

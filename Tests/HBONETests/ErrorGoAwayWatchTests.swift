@@ -16,7 +16,7 @@ struct ErrorGoAwayWatchTests {
 
     /// Feeds `bytes` cut after each index in `cuts`; the error code noticed.
     static func watch(_ bytes: [UInt8], cuts: [Int] = []) -> UInt32? {
-        var watch = ErrorGoAwayWatch()
+        var watch = ErrorGoAwayWatch(role: .server)
         var start = 0
         for end in cuts + [bytes.count] where end > start {
             watch.observe(ByteBuffer(bytes: bytes[start..<end]))
@@ -43,7 +43,7 @@ struct ErrorGoAwayWatchTests {
         let lookalike = Self.goAway(code: 0x2)
         #expect(Self.watch(Frames.data(1, lookalike) + Frames.ping) == nil)
         // A header, then its payload as something other than a buffer, then a real GOAWAY.
-        var watch = ErrorGoAwayWatch()
+        var watch = ErrorGoAwayWatch(role: .server)
         watch.observe(ByteBuffer(bytes: Array(Frames.data(1, lookalike).prefix(9))))
         watch.observe(count: lookalike.count)
         #expect(watch.errorCode == nil)

@@ -252,6 +252,46 @@ struct HBONEPeerInteropTests {
         #expect(!server.logs.contains("protocol error"), "\(server.logs)")
     }
 
+    /// RFC 9113 §5.4.1: a connection error — here a DATA frame on stream 0 (§6.1), which the
+    /// Python server sends as raw bytes once the first tunnel has carried 1 KiB — is answered
+    /// with GOAWAY PROTOCOL_ERROR, and "the endpoint MUST close the TCP connection".
+    /// nio-http2 sends the GOAWAY and leaves closing to its user (``ErrorGoAwayWatch``);
+    /// before the eighth session the connection stayed open with its tunnel hanging.
+    @Test("a peer server's connection error: GOAWAY PROTOCOL_ERROR, the connection closed, the next tunnel on a new one")
+    func clientClosesAfterConnectionError() async throws {
+        try #require(self.available(.python), "python3 with the h2 package is required")
+        try await self.withPeerServer(.python, extra: ["--protocol-error-after", "1024"]) { fixture, server, client in
+            let target = self.target(fixture, port: server.port)
+            let forwarder = HBONEForwarder(
+                port: 0, client: client, target: target, logger: Logger(label: "test"),
+                group: MultiThreadedEventLoopGroup.singleton.next()
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await forwarder.run() }
+                defer { group.cancelAll() }
+                let port = try await forwarder.listeningPort
+                let waited = try await offload { () throws -> Duration in
+                    let socket = try BlockingSocket.connect(port: port)
+                    socket.send(Array(repeating: 0x61, count: 1024))
+                    let start = ContinuousClock.now
+                    _ = socket.receiveAll()  // until our side closes the app connection
+                    return ContinuousClock.now - start
+                }
+                #expect(waited < .seconds(10), "the connection error ended the tunnel")
+                try await eventually("the server saw our GOAWAY") { server.logs.contains("GOAWAY from peer") }
+                let goAway = server.logs.split(separator: "\n").first { $0.contains("GOAWAY from peer") }
+                #expect(goAway?.contains("PROTOCOL_ERROR") == true, "\(server.logs)")
+                // The Python server keeps its end open: the close is ours.
+                try await eventually("our client closed the connection") { server.logs.contains("the peer closed the connection") }
+                try await eventually("the connection left the pool") { client.pooledConnections(to: target.nextHop) == 0 }
+                let payload = Array("after the connection error".utf8)
+                let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 20) }
+                #expect(exchange.received == Array("echo:".utf8) + payload, "\(server.logs)")
+                #expect(client.connectionsStarted == 2, "a new connection for the next tunnel")
+            }
+        }
+    }
+
     @Test("our client refuses a peer server with an unexpected identity", arguments: Peer.allCases)
     func clientChecksPeerIdentity(_ peer: Peer) async throws {
         try #require(self.available(peer), "\(peer.testDescription) peer unavailable")

@@ -129,7 +129,7 @@ class Connection:
         self.pending_write = 0     # length of a TLS write that must be retried as-is
         self.peer_gone = False
         self.closing = False
-        self.overflowed = False    # --overflow-window-after: sent on this connection
+        self.overflowed = False    # --overflow-window-after or --protocol-error-after: sent on this connection
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -249,6 +249,8 @@ class Connection:
                     log(f"connection {self.address}: read failed: {type(error).__name__}: {error}")
                     data = None
                 if not data:
+                    if self.args.protocol_error_after is not None:
+                        log(f"connection {self.address}: the peer closed the connection")
                     self.peer_gone = True
                     break
                 chunks.append(data)
@@ -283,7 +285,10 @@ class Connection:
                 self.finish(stream, reset=int(event.error_code))
         elif isinstance(event, h2.events.ConnectionTerminated):
             log(f"connection {self.address}: GOAWAY from peer, error {event.error_code!r}")
-            self.closing = True
+            # A broken peer (--protocol-error-after) does not close: whether the other end
+            # closes the TCP connection after its GOAWAY (RFC 9113 §5.4.1) shows in the log.
+            if self.args.protocol_error_after is None:
+                self.closing = True
         # WindowUpdated, settings, pings, priorities: h2 handles them, pump_down retries.
 
     # ---- streams ------------------------------------------------------------------------
@@ -361,6 +366,9 @@ class Connection:
         limit = self.args.overflow_window_after
         if limit is not None and not self.overflowed and stream.bytes_up >= limit:
             self.overflow_window(stream)
+        limit = self.args.protocol_error_after
+        if limit is not None and not self.overflowed and stream.bytes_up >= limit:
+            self.protocol_error()
 
     def overflow_window(self, stream):
         """A WINDOW_UPDATE that pushes the client's send window for `stream` above 2^31-1
@@ -369,6 +377,13 @@ class Connection:
         self.overflowed = True
         self.collect()
         self.outbuf += struct.pack(">I", 4)[1:] + bytes([0x8, 0x0]) + struct.pack(">II", stream.id, 0x7FFFFFFF)
+
+    def protocol_error(self):
+        """A DATA frame on stream 0, written as raw bytes: RFC 9113 §6.1 "the recipient MUST
+        respond with a connection error ... of type PROTOCOL_ERROR". Once per connection."""
+        self.overflowed = True
+        self.collect()
+        self.outbuf += struct.pack(">I", 3)[1:] + bytes([0x0, 0x0]) + struct.pack(">I", 0) + b"bad"
 
     def write_upstream(self, stream):
         """Write what we can; acknowledge exactly what reached the upstream socket."""
@@ -577,6 +592,9 @@ def main():
     parser.add_argument("--overflow-window-after", type=int, metavar="BYTES",
                         help="once per connection, when a stream has sent this many bytes, push its "
                              "send window above 2^31-1 with a raw WINDOW_UPDATE (a broken peer)")
+    parser.add_argument("--protocol-error-after", type=int, metavar="BYTES",
+                        help="once per connection, when a stream has sent this many bytes, send a DATA "
+                             "frame on stream 0, a connection error (a broken peer)")
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
