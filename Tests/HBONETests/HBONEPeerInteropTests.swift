@@ -214,27 +214,40 @@ struct HBONEPeerInteropTests {
         try #require(self.available(.python), "python3 with the h2 package is required")
         try await self.withPeerServer(.python, extra: ["--overflow-window-after", "1024"]) { fixture, server, client in
             let target = self.target(fixture, port: server.port)
-            let forwarder = HBONEForwarder(
-                port: 0, client: client, target: target, logger: Logger(label: "test"),
-                group: MultiThreadedEventLoopGroup.singleton.next()
-            )
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await forwarder.run() }
-                defer { group.cancelAll() }
-                try await self.overflowThenMoreTunnels(server, client, target, port: try await forwarder.listeningPort)
+            try await self.withForwarder(client, target) { port in
+                try await self.overflowThenMoreTunnels(server, client, target, port: port)
             }
+        }
+    }
+
+    /// Sends 1 KiB to a tunnel's local port without half-closing, and returns how long it
+    /// then took our side to close the app connection (30 s at most).
+    static func sendKiBAndWaitForClose(port: Int) async throws -> Duration {
+        try await offload { () throws -> Duration in
+            let socket = try BlockingSocket.connect(port: port)
+            socket.send(Array(repeating: 0x61, count: 1024))
+            let start = ContinuousClock.now
+            _ = socket.receiveAll()
+            return ContinuousClock.now - start
+        }
+    }
+
+    /// An ``HBONEForwarder`` from a local port to `target` through `client`, for `body`.
+    private func withForwarder(_ client: HBONEClient, _ target: HBONETunnelTarget, _ body: (Int) async throws -> Void) async throws {
+        let forwarder = HBONEForwarder(
+            port: 0, client: client, target: target, logger: Logger(label: "test"),
+            group: MultiThreadedEventLoopGroup.singleton.next()
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await forwarder.run() }
+            defer { group.cancelAll() }
+            try await body(try await forwarder.listeningPort)
         }
     }
 
     private func overflowThenMoreTunnels(_ server: ExternalPeer, _ client: HBONEClient, _ target: HBONETunnelTarget, port: Int) async throws {
         // The stream stays open (no FIN): only the reset ends this tunnel.
-        let waited = try await offload { () throws -> Duration in
-            let socket = try BlockingSocket.connect(port: port)
-            socket.send(Array(repeating: 0x61, count: 1024))
-            let start = ContinuousClock.now
-            _ = socket.receiveAll()  // until our side closes the app connection (30 s at most)
-            return ContinuousClock.now - start
-        }
+        let waited = try await Self.sendKiBAndWaitForClose(port: port)
         #expect(waited < .seconds(10), "the reset closed the tunnel's app connection")
         try await eventually("the server saw the stream reset") { server.logs.contains(#""stream": 1,"#) }
         let reset = server.logs.split(separator: "\n").first { $0.contains(#""stream": 1,"#) }
@@ -262,21 +275,8 @@ struct HBONEPeerInteropTests {
         try #require(self.available(.python), "python3 with the h2 package is required")
         try await self.withPeerServer(.python, extra: ["--protocol-error-after", "1024"]) { fixture, server, client in
             let target = self.target(fixture, port: server.port)
-            let forwarder = HBONEForwarder(
-                port: 0, client: client, target: target, logger: Logger(label: "test"),
-                group: MultiThreadedEventLoopGroup.singleton.next()
-            )
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await forwarder.run() }
-                defer { group.cancelAll() }
-                let port = try await forwarder.listeningPort
-                let waited = try await offload { () throws -> Duration in
-                    let socket = try BlockingSocket.connect(port: port)
-                    socket.send(Array(repeating: 0x61, count: 1024))
-                    let start = ContinuousClock.now
-                    _ = socket.receiveAll()  // until our side closes the app connection
-                    return ContinuousClock.now - start
-                }
+            try await self.withForwarder(client, target) { port in
+                let waited = try await Self.sendKiBAndWaitForClose(port: port)
                 #expect(waited < .seconds(10), "the connection error ended the tunnel")
                 try await eventually("the server saw our GOAWAY") { server.logs.contains("GOAWAY from peer") }
                 let goAway = server.logs.split(separator: "\n").first { $0.contains("GOAWAY from peer") }
