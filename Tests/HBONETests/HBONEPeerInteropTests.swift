@@ -84,7 +84,7 @@ struct HBONEPeerInteropTests {
     /// Runs `body` with `peer` serving HBONE in front of the fixture's echo upstream and one
     /// of our clients, all on the fixture's CA.
     func withPeerServer(
-        _ peer: Peer, status: Int? = nil, extra: [String] = [],
+        _ peer: Peer, status: Int? = nil, extra: [String] = [], client configuration: HBONEConfiguration = HBONEConfiguration(),
         _ body: (HBONEInteropTests.Fixture, ExternalPeer, HBONEClient) async throws -> Void
     ) async throws {
         let fixture = try await HBONEInteropTests.Fixture()
@@ -94,7 +94,7 @@ struct HBONEPeerInteropTests {
             // Starting and stopping a peer blocks (it waits for its `listening` line): off the
             // Swift concurrency pool, which the code under test needs.
             let server = try await self.startServer(peer, fixture, upstream: fixture.upstream.port, status: status, extra: extra)
-            let client = HBONEClient(certificates: fixture.manager)
+            let client = HBONEClient(certificates: fixture.manager, configuration: configuration)
             do {
                 try await body(fixture, server, client)
             } catch {
@@ -288,6 +288,47 @@ struct HBONEPeerInteropTests {
                 let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 20) }
                 #expect(exchange.received == Array("echo:".utf8) + payload, "\(server.logs)")
                 #expect(client.connectionsStarted == 2, "a new connection for the next tunnel")
+            }
+        }
+    }
+
+    /// The client side of `HBONEInteropTests.hostileFrames`: the Python server answers each
+    /// connection's tunnel with 200 and, on its first DATA, writes mutated raw frames
+    /// (`hbone_fuzz_client.py`'s) to our client. One tunnel per connection (no pooling), so
+    /// every connection meets the fuzz. Whatever arrives, the client must answer protocol
+    /// errors with GOAWAY and close, and go on: connection N+1 is not fuzzed and must carry
+    /// a tunnel normally. DATA the server sends on the tunnel's stream, garbled or not, is
+    /// the tunnel's answer and reaches the app like any other. A tunnel whose app has
+    /// finished but whose server never ends its side stays half-closed, as TCP's half-close
+    /// semantics require (keepalive ends the connection only if PINGs go unanswered), so
+    /// the check for leaks is that every connection closes once the server goes away.
+    @Test("hostile HTTP/2 from a peer server after its 200: GOAWAY for errors, the client goes on, nothing leaks")
+    func clientAgainstHostileServer() async throws {
+        try #require(self.available(.python), "python3 with the h2 package is required")
+        let connections = 60
+        var configuration = HBONEConfiguration()
+        configuration.http2.clientMaximumStreamsPerConnection = 1
+        configuration.poolIdleTimeout = .zero
+        let extra = ["--fuzz-connections", "\(connections)", "--fuzz-seed", "5"]
+        try await self.withPeerServer(.python, extra: extra, client: configuration) { fixture, server, client in
+            let target = self.target(fixture, port: server.port)
+            try await self.withForwarder(client, target) { port in
+                for round in 0..<connections {
+                    let payload = Array("round \(round)".utf8)
+                    _ = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 2) }
+                }
+                #expect(client.connectionsStarted == connections, "one connection per tunnel")
+                let payload = Array("after the fuzz".utf8)
+                let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 10) }
+                #expect(exchange.received == Array("echo:".utf8) + payload, "\(server.logs)")
+                // Our client answered protocol errors with GOAWAY and an RFC 9113 error code.
+                let goAways = server.logs.split(separator: "\n").filter { $0.contains("GOAWAY from peer") }
+                #expect(goAways.count >= 10, "\(server.logs)")
+                #expect(goAways.allSatisfy { !$0.contains("NO_ERROR") }, "\(server.logs)")
+                _ = try await offload { server.stop() }
+                try await eventually("every connection closed with the server gone") {
+                    client.pooledConnections(to: target.nextHop) == 0
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import json
 import os
+import random
 import re
 import selectors
 import signal
@@ -29,6 +30,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+
+from hbone_fuzz_client import hostile_frames, mutate  # same directory: the hostile frames both ways
 
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
@@ -129,7 +132,8 @@ class Connection:
         self.pending_write = 0     # length of a TLS write that must be retried as-is
         self.peer_gone = False
         self.closing = False
-        self.overflowed = False    # --overflow-window-after or --protocol-error-after: sent on this connection
+        self.overflowed = False    # --overflow-window-after, --protocol-error-after or --fuzz-*: sent on this connection
+        self.index = 0             # which accepted connection this is, from 1
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -369,6 +373,8 @@ class Connection:
         limit = self.args.protocol_error_after
         if limit is not None and not self.overflowed and stream.bytes_up >= limit:
             self.protocol_error()
+        if self.index <= self.args.fuzz_connections and not self.overflowed:
+            self.fuzz()
 
     def overflow_window(self, stream):
         """A WINDOW_UPDATE that pushes the client's send window for `stream` above 2^31-1
@@ -384,6 +390,14 @@ class Connection:
         self.overflowed = True
         self.collect()
         self.outbuf += struct.pack(">I", 3)[1:] + bytes([0x0, 0x0]) + struct.pack(">I", 0) + b"bad"
+
+    def fuzz(self):
+        """Mutated raw frames (hbone_fuzz_client.py's), after what h2 has queued: a hostile
+        server, once per connection, on the first DATA of the connection's first tunnel."""
+        self.overflowed = True
+        self.collect()
+        rng = random.Random(self.args.fuzz_seed * 100_003 + self.index)
+        self.outbuf += mutate(rng, hostile_frames(rng, 1))
 
     def write_upstream(self, stream):
         """Write what we can; acknowledge exactly what reached the upstream socket."""
@@ -595,6 +609,9 @@ def main():
     parser.add_argument("--protocol-error-after", type=int, metavar="BYTES",
                         help="once per connection, when a stream has sent this many bytes, send a DATA "
                              "frame on stream 0, a connection error (a broken peer)")
+    parser.add_argument("--fuzz-connections", type=int, default=0, metavar="N",
+                        help="the first N connections get mutated raw frames after their first DATA (a hostile peer)")
+    parser.add_argument("--fuzz-seed", type=int, default=1)
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -622,6 +639,7 @@ def main():
             continue
         served += 1
         connection = Connection(raw, f"{address[0]}:{address[1]}", context, args, upstream)
+        connection.index = served
         thread = threading.Thread(target=connection.run, daemon=True)
         thread.start()
         threads = [t for t in threads if t.is_alive()] + [thread]
