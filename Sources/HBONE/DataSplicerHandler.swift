@@ -109,7 +109,10 @@ final class DataSplicerHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var input = Self.unwrapInboundIn(data)
-        while let action = self.inbound.next(&input) {
+        // Once a GOAWAY for an error is out (ours or nio-http2's, maybe for bytes forwarded
+        // just now) the connection is closing: what the peer sends meanwhile is not parsed,
+        // so no second GOAWAY goes out (RFC 9113 §6.8: its last stream ID must not grow).
+        while !self.closing, self.goAway.errorCode == nil, let action = self.inbound.next(&input) {
             switch action {
             case .forward(let bytes):
                 self.forward(bytes, context: context)
@@ -172,6 +175,8 @@ final class DataSplicerHandler: ChannelDuplexHandler {
 
     /// GOAWAY with `code` (RFC 9113 §5.4.1), then close.
     private func connectionError(code: UInt32, context: ChannelHandlerContext) {
+        guard !self.closing, self.goAway.errorCode == nil else { return }
+        self.closing = true
         var frame = context.channel.allocator.buffer(capacity: 17)
         HTTP2FrameHeader.write(length: 8, type: 0x7, flags: 0, streamID: 0, into: &frame)
         frame.writeInteger(UInt32(bitPattern: self.inbound.lastPeerStreamID))

@@ -44,6 +44,10 @@ struct ErrorGoAwayWatch {
                 index += count
                 continue
             }
+            if self.collected.isEmpty, let step = self.frameStart(in: buffer, at: index, end: end) {
+                index += step
+                continue
+            }
             let wanted = self.collected.count < InboundDataSplicer.frameHeaderLength
                 ? InboundDataSplicer.frameHeaderLength : Self.goAwayPrefix
             let count = min(wanted - self.collected.count, end - index)
@@ -52,6 +56,23 @@ struct ErrorGoAwayWatch {
             guard self.collected.count == wanted else { return }
             self.frameStartCollected()
         }
+    }
+
+    /// A frame start read in place, without collecting (nio-http2 writes each frame's
+    /// header, with a GOAWAY's fixed fields, in one buffer): how many bytes it took, or nil
+    /// if the buffer ends first.
+    private mutating func frameStart(in buffer: ByteBuffer, at index: Int, end: Int) -> Int? {
+        guard end - index >= InboundDataSplicer.frameHeaderLength else { return nil }
+        let length = Int(buffer.getInteger(at: index, as: UInt32.self)! >> 8)
+        guard buffer.getInteger(at: index + 3, as: UInt8.self)! == Self.goAway, length >= 8 else {
+            self.skipping = length
+            return InboundDataSplicer.frameHeaderLength
+        }
+        guard end - index >= Self.goAwayPrefix else { return nil }
+        let code = buffer.getInteger(at: index + Self.goAwayPrefix - 4, as: UInt32.self)!
+        if code != 0, self.errorCode == nil { self.errorCode = code }
+        self.skipping = length - 8
+        return Self.goAwayPrefix
     }
 
     /// nio-http2 wrote `count` bytes that are not in a buffer (a DATA payload as a file region).

@@ -259,11 +259,18 @@ struct OutboundDataSplicer {
             case 0x4 where Int(value) <= Self.maximumWindow:  // SETTINGS_INITIAL_WINDOW_SIZE
                 let delta = Int(value) - self.peerInitialWindow
                 self.peerInitialWindow = Int(value)
-                // Ended streams have no window left to overflow (found by fuzzing: a
-                // tombstone's stale window turned a peer's valid SETTINGS into an error).
+                // Only open spliced streams' windows are ours to judge: an ended one has no
+                // window left (found by fuzzing: a tombstone's stale window turned a valid
+                // SETTINGS into an error), and nio-http2 judges the streams it sends on —
+                // one the peer reset stays here, unjudged, until the tracking limit.
                 for index in self.streams.indices where !self.streams.values[index].ended {
-                    self.streams.values[index].window += delta
-                    if self.streams.values[index].window > Self.maximumWindow { return InboundDataSplicer.flowControlError }
+                    let window = self.streams.values[index].window + delta
+                    guard self.streams.values[index].spliced else {
+                        self.streams.values[index].window = min(window, Self.maximumWindow)
+                        continue
+                    }
+                    if window > Self.maximumWindow { return InboundDataSplicer.flowControlError }
+                    self.streams.values[index].window = window
                 }
             case 0x5 where (1 << 14)...(1 << 24 - 1) ~= Int(value):  // SETTINGS_MAX_FRAME_SIZE
                 self.peerMaximumFrameSize = Int(value)

@@ -1,5 +1,6 @@
 @testable import HBONE
 import NIOCore
+import NIOEmbedded
 import Testing
 
 /// ``ErrorGoAwayWatch`` on nio-http2's outbound bytes: a GOAWAY with an error code is
@@ -49,5 +50,46 @@ struct ErrorGoAwayWatchTests {
         #expect(watch.errorCode == nil)
         watch.observe(ByteBuffer(bytes: Self.goAway(code: 0x3)))
         #expect(watch.errorCode == 0x3)
+    }
+}
+
+extension ErrorGoAwayWatchTests {
+    @Test("a client's output starts with the 24-byte connection preface, which is not a frame")
+    func clientPreface() {
+        let output = Frames.preface + Frames.settings + Self.goAway(code: 0x1)
+        var client = ErrorGoAwayWatch(role: .client)
+        client.observe(ByteBuffer(bytes: output))
+        #expect(client.errorCode == 0x1)
+        // Read as a frame, "PRI" announces 5 MB of payload and hides the GOAWAY.
+        var misread = ErrorGoAwayWatch(role: .server)
+        misread.observe(ByteBuffer(bytes: output))
+        #expect(misread.errorCode == nil)
+    }
+
+    /// `DataSplicerHandler` and `RecordCoalescer` (one of them sits directly below
+    /// `NIOHTTP2Handler`): what nio-http2 writes reaches the wire, and the flush that
+    /// carries a GOAWAY with an error code closes the connection (RFC 9113 §5.4.1).
+    @Test("the handler below nio-http2 closes after flushing an error GOAWAY, not after a NO_ERROR one",
+          arguments: [true, false])
+    func handlersClose(splicer: Bool) throws {
+        for code: UInt32 in [0, 0x1] {
+            let channel = EmbeddedChannel()
+            if splicer {
+                try channel.pipeline.syncOperations.addHandler(DataSplicerHandler(role: .server, configuration: HBONEConfiguration()))
+            } else {
+                try channel.pipeline.syncOperations.addHandler(RecordCoalescer(role: .server))
+            }
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
+            let goAway = Self.goAway(lastStream: 1, code: code)
+            channel.write(IOData.byteBuffer(ByteBuffer(bytes: Frames.settings)), promise: nil)
+            channel.write(IOData.byteBuffer(ByteBuffer(bytes: goAway)), promise: nil)
+            #expect(channel.isActive, "not before the flush")
+            channel.flush()
+            var wire: [UInt8] = []
+            while let buffer = try channel.readOutbound(as: ByteBuffer.self) { wire += Array(buffer.readableBytesView) }
+            #expect(wire == Frames.settings + goAway, "the GOAWAY is on the wire before the close")
+            #expect(channel.isActive == (code == 0), "code \(code), splicer \(splicer)")
+            _ = try? channel.finish()
+        }
     }
 }

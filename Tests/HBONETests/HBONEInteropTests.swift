@@ -296,9 +296,12 @@ struct HBONEInteropTests {
             let json = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
             let outcome = try #require(json, "the fuzz client said: \(result.combined)")
             #expect(outcome["tunnels"] as? Int == iterations, "every CONNECT answered 200 first: \(outcome)")
-            // The server noticed: some connections it closed itself, with GOAWAY and an
-            // RFC 9113 error code (PROTOCOL_ERROR 1, FLOW_CONTROL_ERROR 3, FRAME_SIZE_ERROR 6,
-            // COMPRESSION_ERROR 9, …).
+            // The server noticed and closed connections itself (within the client's quiet
+            // time), each after a GOAWAY with an RFC 9113 error code (PROTOCOL_ERROR 1,
+            // FLOW_CONTROL_ERROR 3, FRAME_SIZE_ERROR 6, COMPRESSION_ERROR 9, …). Before D19
+            // only errors the splicer finds closed a connection: 1 of these 120; nio-http2's
+            // own GOAWAYs left it open. The fuzz client closes every connection in the end,
+            // so the counts, not `openConnections`, show the server's closes.
             let goaways = outcome["goaway"] as? Int ?? 0
             #expect(goaways >= 40, "\(outcome)")
             let codes = (outcome["codes"] as? [String: Int] ?? [:]).keys.compactMap { Int($0) }

@@ -296,7 +296,7 @@ struct HBONEPeerInteropTests {
     /// connection's tunnel with 200 and, on its first DATA, writes mutated raw frames
     /// (`hbone_fuzz_client.py`'s) to our client. One tunnel per connection (no pooling), so
     /// every connection meets the fuzz. Whatever arrives, the client must answer protocol
-    /// errors with GOAWAY and close, and go on: connection N+1 is not fuzzed and must carry
+    /// errors with GOAWAY and close those connections itself (the server lingers), and go on: connection N+1 is not fuzzed and must carry
     /// a tunnel normally. DATA the server sends on the tunnel's stream, garbled or not, is
     /// the tunnel's answer and reaches the app like any other. A tunnel whose app has
     /// finished but whose server never ends its side stays half-closed, as TCP's half-close
@@ -322,9 +322,20 @@ struct HBONEPeerInteropTests {
                 let exchange = try await offload { BlockingTCP.exchange(port: port, payload: payload, timeoutSeconds: 10) }
                 #expect(exchange.received == Array("echo:".utf8) + payload, "\(server.logs)")
                 // Our client answered protocol errors with GOAWAY and an RFC 9113 error code.
-                let goAways = server.logs.split(separator: "\n").filter { $0.contains("GOAWAY from peer") }
+                let goAways = server.logs.split(separator: "\n").filter { $0.hasPrefix("connection ") && $0.contains("GOAWAY from peer") }
                 #expect(goAways.count >= 10, "\(server.logs)")
                 #expect(goAways.allSatisfy { !$0.contains("NO_ERROR") }, "\(server.logs)")
+                // …and closed each of those connections itself: the server keeps its end
+                // open after a GOAWAY and logs when the other end closes.
+                func addresses(logging what: String) -> Set<Substring> {
+                    // "connection 127.0.0.1:41234: …", up to the ": ".
+                    Set(server.logs.split(separator: "\n").filter { $0.hasPrefix("connection ") && $0.contains(what) }.compactMap { line in
+                        line.range(of: ": ").map { line[..<$0.lowerBound] }
+                    })
+                }
+                try await eventually("our client closed every connection it sent GOAWAY on") {
+                    addresses(logging: "GOAWAY from peer").isSubset(of: addresses(logging: "the peer closed the connection"))
+                }
                 _ = try await offload { server.stop() }
                 try await eventually("every connection closed with the server gone") {
                     client.pooledConnections(to: target.nextHop) == 0

@@ -253,7 +253,7 @@ class Connection:
                     log(f"connection {self.address}: read failed: {type(error).__name__}: {error}")
                     data = None
                 if not data:
-                    if self.args.protocol_error_after is not None:
+                    if self.lingers():
                         log(f"connection {self.address}: the peer closed the connection")
                     self.peer_gone = True
                     break
@@ -289,9 +289,13 @@ class Connection:
                 self.finish(stream, reset=int(event.error_code))
         elif isinstance(event, h2.events.ConnectionTerminated):
             log(f"connection {self.address}: GOAWAY from peer, error {event.error_code!r}")
-            # A broken peer (--protocol-error-after) does not close: whether the other end
-            # closes the TCP connection after its GOAWAY (RFC 9113 §5.4.1) shows in the log.
-            if self.args.protocol_error_after is None:
+            # A broken peer (--protocol-error-after, --fuzz-connections) does not close:
+            # whether the other end closes the TCP connection after its GOAWAY (RFC 9113
+            # §5.4.1) shows in the log. Its streams end here, so nothing more is sent.
+            if self.lingers():
+                for stream in list(self.streams.values()):
+                    self.finish(stream, error="the peer sent GOAWAY")
+            else:
                 self.closing = True
         # WindowUpdated, settings, pings, priorities: h2 handles them, pump_down retries.
 
@@ -383,6 +387,10 @@ class Connection:
         self.overflowed = True
         self.collect()
         self.outbuf += struct.pack(">I", 4)[1:] + bytes([0x8, 0x0]) + struct.pack(">II", stream.id, 0x7FFFFFFF)
+
+    def lingers(self):
+        """A broken peer keeps its end open after a GOAWAY and logs when the other end closes."""
+        return self.args.protocol_error_after is not None or self.index <= self.args.fuzz_connections
 
     def protocol_error(self):
         """A DATA frame on stream 0, written as raw bytes: RFC 9113 §6.1 "the recipient MUST
