@@ -13,33 +13,14 @@ import Testing
 /// connection and the server's upstream connection.
 @Suite("HBONE socket providers")
 struct HBONESocketProviderTests {
-    /// A blocking TCP connect from this namespace, returning the descriptor.
-    static func connectDescriptor(_ address: HBONEAddress) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = address.port.bigEndian
-        withUnsafeMutableBytes(of: &sin.sin_addr) { $0.copyBytes(from: address.ip.bytes) }
-        let result = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard result == 0 else { close(fd); throw POSIXError(.ECONNREFUSED) }
-        return fd
-    }
-
     @Test("a pre-bound listener, a next-hop provider and an upstream provider carry a tunnel; each is used once per connection")
     func providers() async throws {
         let echo = try await EchoUntilEOFServer()
         let ca = try CertificateAuthority.selfSigned()
         let manager = CertificateManager(provider: EmbeddedCAProvider(authority: ca))
 
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        #expect(withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0)
-        #expect(listen(listener, 16) == 0)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) } }
-        let port = UInt16(bigEndian: sin.sin_port)
+        let (listener, listenerPort) = try BlockingSocket.loopbackListener()
+        let port = UInt16(listenerPort)
 
         let upstreamCalls = Mutex(0)
         let nextHopCalls = Mutex(0)

@@ -34,6 +34,25 @@ public final class BlockingSocket: Sendable {
         return BlockingSocket(fd: fd)
     }
 
+    /// A listening TCP socket on 127.0.0.1 and a free port, as a descriptor the caller
+    /// owns (for code that adopts a socket made elsewhere).
+    public static func loopbackListener() throws -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in.loopback(port: 0)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard bound else {
+            let error = errno
+            close(fd)
+            throw POSIXError(POSIXErrorCode(rawValue: error) ?? .EIO)
+        }
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
+    }
+
     /// Writes all of `bytes`; false if the peer is gone.
     @discardableResult
     public func send(_ bytes: [UInt8]) -> Bool {
