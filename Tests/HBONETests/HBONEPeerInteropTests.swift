@@ -270,10 +270,14 @@ struct HBONEPeerInteropTests {
     /// with GOAWAY PROTOCOL_ERROR, and "the endpoint MUST close the TCP connection".
     /// nio-http2 sends the GOAWAY and leaves closing to its user (``ErrorGoAwayWatch``);
     /// before the eighth session the connection stayed open with its tunnel hanging.
-    @Test("a peer server's connection error: GOAWAY PROTOCOL_ERROR, the connection closed, the next tunnel on a new one")
-    func clientClosesAfterConnectionError() async throws {
+    @Test("a peer server's connection error: GOAWAY PROTOCOL_ERROR, the connection closed, the next tunnel on a new one",
+          arguments: [true, false])
+    func clientClosesAfterConnectionError(splicesData: Bool) async throws {
         try #require(self.available(.python), "python3 with the h2 package is required")
-        try await self.withPeerServer(.python, extra: ["--protocol-error-after", "1024"]) { fixture, server, client in
+        // Spliced, `DataSplicerHandler` watches nio-http2's output; not, `RecordCoalescer` does.
+        var configuration = HBONEConfiguration()
+        configuration.splicesData = splicesData
+        try await self.withPeerServer(.python, extra: ["--protocol-error-after", "1024"], client: configuration) { fixture, server, client in
             let target = self.target(fixture, port: server.port)
             try await self.withForwarder(client, target) { port in
                 let waited = try await Self.sendKiBAndWaitForClose(port: port)
