@@ -23,7 +23,7 @@ struct ErrorGoAwayWatch {
 
     /// Bytes of the current frame's payload still to pass over.
     private var skipping = 0
-    /// The start of a frame collected so far: its header, and for GOAWAY its error code.
+    /// The start of a frame cut between writes, collected so far.
     private var collected: [UInt8] = []
     /// The error code of a GOAWAY nio-http2 sent for an error, once it has.
     private(set) var errorCode: UInt32?
@@ -48,13 +48,18 @@ struct ErrorGoAwayWatch {
                 index += step
                 continue
             }
+            // A frame start cut between writes (nio-http2 does not cut them, but nothing
+            // here relies on it): its header collected, then a GOAWAY's fixed fields, never
+            // more, and read the same way.
             let wanted = self.collected.count < InboundDataSplicer.frameHeaderLength
                 ? InboundDataSplicer.frameHeaderLength : Self.goAwayPrefix
             let count = min(wanted - self.collected.count, end - index)
             self.collected += buffer.getBytes(at: index, length: count)!
             index += count
             guard self.collected.count == wanted else { return }
-            self.frameStartCollected()
+            if self.frameStart(in: ByteBuffer(bytes: self.collected), at: 0, end: wanted) != nil {
+                self.collected.removeAll(keepingCapacity: true)
+            }
         }
     }
 
@@ -79,19 +84,5 @@ struct ErrorGoAwayWatch {
     mutating func observe(count: Int) {
         // Only a payload can be a file region; a header cut there is not nio-http2's.
         self.skipping = max(0, self.skipping - count)
-    }
-
-    private mutating func frameStartCollected() {
-        let length = Int(self.collected[0]) << 16 | Int(self.collected[1]) << 8 | Int(self.collected[2])
-        let isGoAway = self.collected[3] == Self.goAway && length >= 8
-        if self.collected.count == InboundDataSplicer.frameHeaderLength {
-            if isGoAway { return }  // its last stream ID and error code come next
-            self.skipping = length
-        } else {
-            let code = self.collected[13...16].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-            if code != 0, self.errorCode == nil { self.errorCode = code }
-            self.skipping = length - 8
-        }
-        self.collected.removeAll(keepingCapacity: true)
     }
 }

@@ -28,11 +28,14 @@ struct ErrorGoAwayWatchTests {
 
     @Test("a GOAWAY for an error is noticed after other frames, cut anywhere; NO_ERROR is not")
     func noticesErrors() {
-        let before = Frames.settings + Frames.ping + Frames.data(1, Array(repeating: 9, count: 40))
+        // A SETTINGS ACK has no payload: a header cut in it must not take the next frame's bytes.
+        let settingsAck = Frames.frame(0x4, flags: 0x1, stream: 0, [])
+        let before = Frames.settings + settingsAck + Frames.ping + Frames.data(1, Array(repeating: 9, count: 40)) + settingsAck
         let error = before + Self.goAway(lastStream: 7, code: 0x1, debug: Array("bad frame".utf8))
         #expect(Self.watch(error) == 0x1)
         for cut in 1..<error.count {
             #expect(Self.watch(error, cuts: [cut]) == 0x1, "cut at \(cut)")
+            #expect(Self.watch(error, cuts: [cut, min(error.count, cut + 3)]) == 0x1, "cuts at \(cut) and 3 on")
         }
         #expect(Self.watch(before + Self.goAway(lastStream: 7, code: 0)) == nil)
         // The first error code counts; a graceful GOAWAY before it does not hide it.
