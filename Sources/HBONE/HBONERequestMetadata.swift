@@ -124,7 +124,9 @@ public struct HBONERequestMetadata: Hashable, Sendable {
         public init(headerValue: String) {
             self.init()
             for member in headerValue.split(separator: ",") {
-                let keyValue = member.split(separator: ";", maxSplits: 1)[0]
+                // A member's properties follow `;` (W3C Baggage §3.3.1); a member may be
+                // nothing but properties (`;p`), which has no key and is skipped below.
+                let keyValue = member.prefix { $0 != ";" }
                 let parts = keyValue.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: " \t") }
                 guard parts.count == 2, !parts[1].isEmpty else { continue }
                 let (key, value) = (parts[0], parts[1])

@@ -127,6 +127,24 @@ struct HBONEInteropTests {
         }
     }
 
+    /// Found by fuzzing (`connect-headers`): a `baggage` member that is only properties
+    /// (`;`) indexed an empty split and trapped, taking every tunnel of the node with it.
+    @Test("a CONNECT whose baggage is only a property still gets its tunnel, and the server stays up")
+    func propertyOnlyBaggage() async throws {
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required")
+        try await self.withFixture { fixture, port in
+            for value in [";", ",;p=1", "service.name=sleep,;"] {
+                let result = try await self.python(fixture, port: port, [
+                    "--authority", "127.0.0.1:8080", "--payload", "still here", "--header", "baggage: \(value)",
+                ])
+                #expect(result["status"] as? Int == 200, "baggage \(value): \(result)")
+                #expect(result["received"] as? String == "echo:still here")
+            }
+            try await eventually("three tunnel records") { fixture.records.all.filter { $0.status == .ok }.count == 3 }
+            #expect(fixture.records.all.contains { $0.request?.metadata.baggage.serviceName == "sleep" })
+        }
+    }
+
     @Test("a Python h2 client sends 8 MiB in padded DATA frames as our windows allow: echoed intact, the window returned")
     func paddedAndFlowControlled() async throws {
         try #require(Self.pythonH2Available, "python3 with the h2 package is required")

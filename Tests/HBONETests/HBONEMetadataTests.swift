@@ -88,6 +88,11 @@ struct HBONEMetadataTests {
             serviceName: "sleep", serviceVersion: "v1"
         ))
         #expect(HBONERequestMetadata.Baggage(headerValue: "junk,=x,a=,cloud.region=eu;prop=1").region == "eu")
+        // Members that are only properties (found by fuzzing: `;` trapped the server).
+        for value in [";", ",;", ";p=1,service.name=a", "service.name=a,;;", " ; "] {
+            let parsed = HBONERequestMetadata.Baggage(headerValue: value)
+            #expect(parsed.serviceName == (value.contains("service.name=a") ? "a" : nil), "\(value)")
+        }
     }
 
     @Test("traceparent: W3C version 00, random ids, strict parsing")
