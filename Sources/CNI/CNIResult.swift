@@ -167,7 +167,9 @@ public struct CNIResult: Hashable, Sendable {
             var interface: Int?
         }
 
-        var cniVersion: String
+        /// Optional when reading: a `prevResult` may leave it out and take the
+        /// configuration's (Go's `libcni` types have it `omitempty`).
+        var cniVersion: String?
         var interfaces: [Interface]?
         var ips: [IP]?
         var routes: [Route]?
@@ -184,7 +186,7 @@ public struct CNIResult: Hashable, Sendable {
             var routes: [Route]?
         }
 
-        var cniVersion: String
+        var cniVersion: String?
         var ip4: Family?
         var ip6: Family?
         var dns: DNS?

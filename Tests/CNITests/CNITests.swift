@@ -116,6 +116,22 @@ struct CNITests {
         }
     }
 
+    /// Found by fuzzing (`cni`): a prevResult without its own cniVersion was documented as
+    /// read at the configuration's version but refused (the decoding type required the key).
+    @Test("a prevResult without its own cniVersion is read at the configuration's, as libcni does")
+    func prevResultWithoutVersion() throws {
+        for (version, previous) in [
+            ("0.2.0", #"{"ip4":{"ip":"10.1.0.2/16","gateway":"10.1.0.1"}}"#),
+            ("0.3.1", #"{"ips":[{"version":"4","address":"10.1.0.2/16","interface":0}],"interfaces":[{"name":"eth0"}]}"#),
+            ("1.0.0", #"{"ips":[{"address":"10.1.0.2/16"}]}"#),
+        ] {
+            let (status, output, _) = Self.run(#"{"cniVersion":"\#(version)","name":"n","type":"t","prevResult":\#(previous)}"#)
+            #expect(status == 0, "\(version): \(String(describing: output))")
+            #expect(output?["cniVersion"] == .string(version))
+            #expect(output?.description.contains("10.1.0.2/16") == true, "\(version)")
+        }
+    }
+
     @Test("results convert between 0.1.0/0.2.0 (ip4/ip6), 0.3.x/0.4.0 and 1.x both ways")
     func conversions() throws {
         let legacy = try JSONValue(parsing: Data("""
