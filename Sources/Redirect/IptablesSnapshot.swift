@@ -37,13 +37,16 @@ public struct IptablesSnapshot: Hashable, Sendable {
     /// Parses `iptables-save` output. Unknown lines are ignored.
     public init(parsing text: String) {
         var tables: [Table] = []
-        for line in text.split(separator: "\n").map(String.init) {
+        // Lines and words split on bytes, not Characters: "\r\n", or a space followed by a
+        // combining mark, is one Character and would not split (found by fuzzing).
+        for bytes in text.utf8.split(separator: UInt8(ascii: "\n")) {
+            let line = String(decoding: bytes, as: UTF8.self)
             if line.hasPrefix("*") {
                 tables.append(Table(name: String(line.dropFirst()), chains: [], rules: []))
             } else if line.hasPrefix(":"), !tables.isEmpty {
-                let words = line.dropFirst().split(separator: " ")
+                let words = bytes.dropFirst().split(separator: UInt8(ascii: " ")).map { String(decoding: $0, as: UTF8.self) }
                 guard words.count >= 2 else { continue }
-                tables[tables.count - 1].chains.append(Table.Chain(name: String(words[0]), policy: String(words[1])))
+                tables[tables.count - 1].chains.append(Table.Chain(name: words[0], policy: words[1]))
             } else if line.hasPrefix("-A "), !tables.isEmpty {
                 tables[tables.count - 1].rules.append(line)
             }
