@@ -374,6 +374,35 @@ let package = Package(
             exclude: ["Fixtures"],
             swiftSettings: strictSettings
         ),
+        // MARK: Fuzzing
+
+        /// The parsers that meet outside bytes as fuzz targets (Docs/fuzzing.md): replayed by
+        /// MeshFuzzingTests on every test run, run under libFuzzer by scripts/fuzz.
+        .target(
+            name: "MeshFuzzing",
+            dependencies: [
+                "HBONE", "InternetAddress", "ZDS", "NodeAgent", "IstioCA", "Netlink", "CNI", "Redirect", "MeshIdentity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ],
+            path: "Tests/Fuzz/MeshFuzzing",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "mesh-fuzz",
+            dependencies: ["MeshFuzzing"],
+            path: "Tests/Fuzz/mesh-fuzz",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MeshFuzzingTests",
+            dependencies: ["MeshFuzzing"],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "NetlinkTests",
             dependencies: ["Netlink", "InternetAddress", "MeshTestSupport"],

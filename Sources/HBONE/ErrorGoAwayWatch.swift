@@ -1,4 +1,4 @@
-internal import NIOCore
+package import NIOCore
 
 /// Notices when nio-http2 has sent a GOAWAY for an error, so the connection gets closed.
 ///
@@ -15,7 +15,7 @@ internal import NIOCore
 /// graceful shutdown and keeps the connection for its drain. ``DataSplicerHandler`` and
 /// ``RecordCoalescer``, which sit directly below `NIOHTTP2Handler`, feed it and close the
 /// connection after the flush that carries such a GOAWAY.
-struct ErrorGoAwayWatch {
+package struct ErrorGoAwayWatch {
     /// GOAWAY's type (RFC 9113 §6.8).
     static let goAway: UInt8 = 0x7
     /// A frame header and the first eight octets of a GOAWAY's payload.
@@ -26,15 +26,15 @@ struct ErrorGoAwayWatch {
     /// The start of a frame cut between writes, collected so far.
     private var collected: [UInt8] = []
     /// The error code of a GOAWAY nio-http2 sent for an error, once it has.
-    private(set) var errorCode: UInt32?
+    package private(set) var errorCode: UInt32?
 
     /// A client's first bytes are the connection preface (RFC 9113 §3.4), not a frame.
-    init(role: InboundDataSplicer.Role) {
+    package init(role: InboundDataSplicer.Role) {
         self.skipping = role == .client ? InboundDataSplicer.clientPrefaceLength : 0
     }
 
     /// nio-http2 wrote `buffer`.
-    mutating func observe(_ buffer: ByteBuffer) {
+    package mutating func observe(_ buffer: ByteBuffer) {
         var index = buffer.readerIndex
         let end = buffer.writerIndex
         while index < end {

@@ -305,22 +305,11 @@ public final class HBONEClient: Sendable {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(tls)
                     try sync.addHandler(HandshakeWatcher(promise: handshake))
-                    // The splicer merges small writes into TLS records itself.
-                    try sync.addHandler(
-                        configuration.splicesData
-                            ? DataSplicerHandler(role: .client, configuration: configuration) : RecordCoalescer(role: .client)
-                    )
-                    let multiplexer = try sync.configureHTTP2Pipeline(
-                        mode: .client,
-                        connectionConfiguration: HBONEPipeline.connectionConfiguration(configuration, server: false),
-                        streamConfiguration: HBONEPipeline.streamConfiguration(configuration)
-                    ) { stream in
+                    let multiplexer = try HBONEPipeline.configure(sync, role: .client, configuration: configuration) { stream in
                         // Servers do not push; refuse any stream the server opens.
                         stream.close()
                     }
                     multiplexerBox.withLockedValue { $0 = multiplexer }
-                    try sync.addHandler(ConnectionWindowOpener(target: configuration.http2.connectionWindow))
-                    try sync.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
                     try sync.addHandler(GoAwayWatcher { [weak self] in
                         let id: Int? = slot.withLockedValue { slot in
                             slot.goneAway = true

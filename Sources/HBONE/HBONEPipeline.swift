@@ -1,8 +1,8 @@
-internal import NIOCore
-internal import NIOHTTP2
+package import NIOCore
+package import NIOHTTP2
 
 /// The HTTP/2 half of an HBONE connection, configured the same way on both ends.
-enum HBONEPipeline {
+package enum HBONEPipeline {
     /// The three flow-control knobs of swift-nio-http2, all set (its defaults are 11× slower
     /// for tunnels): initial SETTINGS, connection window, stream window and watermarks.
     static func connectionConfiguration(
@@ -28,6 +28,34 @@ enum HBONEPipeline {
         connection.initialSettings = settings
         connection.targetWindowSize = configuration.http2.connectionWindow
         return connection
+    }
+
+    /// Everything above TLS on an HBONE connection, the same on both ends: the splicer
+    /// (``DataSplicerHandler``, or ``RecordCoalescer`` with splicing off) directly below
+    /// nio-http2, which both close the connection after a GOAWAY for an error (D19);
+    /// nio-http2 configured as above; the connection window opener; keepalive. Returns
+    /// the multiplexer. The fuzz target `http2-connection` (`Tests/Fuzz`) runs this on an
+    /// `EmbeddedChannel`, so what it checks is what the server and client run.
+    package static func configure(
+        _ pipeline: ChannelPipeline.SynchronousOperations,
+        role: InboundDataSplicer.Role,
+        configuration: HBONEConfiguration,
+        streamInitializer: @escaping NIOChannelInitializer
+    ) throws -> NIOHTTP2Handler.StreamMultiplexer {
+        // The splicer merges small writes into TLS records itself.
+        try pipeline.addHandler(
+            configuration.splicesData
+                ? DataSplicerHandler(role: role, configuration: configuration) : RecordCoalescer(role: role)
+        )
+        let multiplexer = try pipeline.configureHTTP2Pipeline(
+            mode: role == .server ? .server : .client,
+            connectionConfiguration: Self.connectionConfiguration(configuration, server: role == .server),
+            streamConfiguration: Self.streamConfiguration(configuration),
+            inboundStreamInitializer: streamInitializer
+        )
+        try pipeline.addHandler(ConnectionWindowOpener(target: configuration.http2.connectionWindow))
+        try pipeline.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
+        return multiplexer
     }
 
     /// Per-stream window and write watermarks.

@@ -154,16 +154,7 @@ public final class HBONEServer: Service, Sendable {
             try sync.addHandler(tls)
             try sync.addHandler(ResumptionGuard(peer: peer, logger: self.logger))
             let configuration = self.configuration.hbone
-            // The splicer merges small writes into TLS records itself.
-            try sync.addHandler(
-                configuration.splicesData
-                    ? DataSplicerHandler(role: .server, configuration: configuration) : RecordCoalescer(role: .server)
-            )
-            _ = try sync.configureHTTP2Pipeline(
-                mode: .server,
-                connectionConfiguration: HBONEPipeline.connectionConfiguration(configuration, server: true),
-                streamConfiguration: HBONEPipeline.streamConfiguration(configuration)
-            ) { stream in
+            _ = try HBONEPipeline.configure(sync, role: .server, configuration: configuration) { stream in
                 stream.eventLoop.makeCompletedFuture {
                     guard let peerIdentity = peer.withLockedValue({ $0 }) else {
                         throw IdentityError.missingSPIFFEID
@@ -178,8 +169,6 @@ public final class HBONEServer: Service, Sendable {
                     )
                 }
             }
-            try sync.addHandler(ConnectionWindowOpener(target: configuration.http2.connectionWindow))
-            try sync.addHandler(KeepaliveHandler(configuration: configuration.keepalive))
         }
     }
 }

@@ -1,4 +1,4 @@
-internal import NIOCore
+package import NIOCore
 
 /// The inbound half of an HBONE connection's byte stream, split between swift-nio-http2 and
 /// the tunnels: DATA frames of spliced tunnel streams are taken out and handed to their TCP
@@ -32,12 +32,12 @@ internal import NIOCore
 ///   greater, the recipient MUST treat this as a connection error … of type PROTOCOL_ERROR."
 /// - A stream that goes away in the middle of a taken frame returns that frame's window;
 ///   the rest of the frame is dropped.
-struct InboundDataSplicer {
+package struct InboundDataSplicer {
     /// Whose connection this is: a server first receives the 24-byte client preface.
-    enum Role { case client, server }
+    package enum Role: Sendable { case client, server }
 
     /// What to do with the next part of the input.
-    enum Action: Equatable {
+    package enum Action: Equatable {
         /// Bytes for nio-http2, in order.
         case forward(ByteBuffer)
         /// A DATA payload (or part of one) for a registered stream's TCP side.
@@ -53,13 +53,13 @@ struct InboundDataSplicer {
     }
 
     /// One SETTINGS parameter (RFC 9113 §6.5.1).
-    struct Setting: Equatable {
-        var identifier: UInt16
-        var value: UInt32
+    package struct Setting: Equatable {
+        package var identifier: UInt16
+        package var value: UInt32
     }
 
     /// WINDOW_UPDATE frames to send: `(stream ID, increment)`, stream 0 for the connection.
-    typealias WindowUpdates = [(streamID: Int32, increment: UInt32)]
+    package typealias WindowUpdates = [(streamID: Int32, increment: UInt32)]
 
     static let frameHeaderLength = 9
     static let clientPrefaceLength = 24
@@ -136,7 +136,7 @@ struct InboundDataSplicer {
     /// The highest stream ID the peer opened (for GOAWAY).
     private(set) var lastPeerStreamID: Int32 = 0
 
-    init(role: Role, streamWindow: Int, connectionWindow: Int, maximumFrameSize: Int, trackingLimit: Int = 1024) {
+    package init(role: Role, streamWindow: Int, connectionWindow: Int, maximumFrameSize: Int, trackingLimit: Int = 1024) {
         self.role = role
         self.streamWindow = streamWindow
         self.connectionWindow = connectionWindow
@@ -159,7 +159,7 @@ struct InboundDataSplicer {
 
     /// Takes `streamID`'s DATA from now on. Refused (returns false) for a stream that has not
     /// opened, has ended, or already had DATA go to nio-http2.
-    mutating func register(_ streamID: Int32) -> Bool {
+    package mutating func register(_ streamID: Int32) -> Bool {
         guard var stream = self.streams[streamID], !stream.dataForwarded, !stream.spliced else { return false }
         stream.spliced = true
         stream.window = self.streamWindow
@@ -178,7 +178,7 @@ struct InboundDataSplicer {
 
     /// The next action for `input`, consuming what it covers; nil once `input` is used up.
     /// Consecutive bytes for nio-http2 come as one slice.
-    mutating func next(_ input: inout ByteBuffer) -> Action? {
+    package mutating func next(_ input: inout ByteBuffer) -> Action? {
         var forwardStart: Int? = nil
         /// The bytes from `forwardStart` to `end` (already passed over), as one slice.
         func forwarded(_ input: inout ByteBuffer, upTo end: Int) -> Action? {
@@ -431,7 +431,7 @@ struct InboundDataSplicer {
     /// credited for everything taken (as nio-http2 does for the frames it buffers: a slow
     /// reader must not hold the window every other stream shares); a stream is credited
     /// only while its TCP side is writable, and holds the rest until it is again.
-    mutating func readComplete(isWritable: (Int32) -> Bool) -> WindowUpdates {
+    package mutating func readComplete(isWritable: (Int32) -> Bool) -> WindowUpdates {
         var updates: WindowUpdates = []
         for streamID in self.touched {
             guard let index = self.streams.index(forKey: streamID) else { continue }
