@@ -382,6 +382,7 @@ let package = Package(
             name: "MeshFuzzing",
             dependencies: [
                 "HBONE", "InternetAddress", "ZDS", "NodeAgent", "IstioCA", "Netlink", "CNI", "Redirect", "MeshIdentity",
+                "MeshState", "AmbientMigration",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),

@@ -127,6 +127,10 @@ public enum ManifestLoader {
         return files.sorted()
     }
 
+    /// The most values (scalars, sequences, mappings) a file may have once its YAML aliases
+    /// are expanded, unless the text itself is longer in bytes.
+    public static let maximumValues = 1_000_000
+
     /// Reads the objects of one file's text.
     public static func parse(_ text: String, file: String, defaultNamespace: String = "default") -> ManifestSet {
         var set = ManifestSet()
@@ -139,9 +143,22 @@ public enum ManifestLoader {
         }
         var iterator = documents.makeIterator()
         var index = 0
+        // Kubernetes' decoder limits how far aliases may expand a document (CVE-2019-11253);
+        // so does this reader, over the whole file: a file without aliases has fewer values
+        // than bytes and always passes, a few KiB of nested aliases ("billion laughs") do not.
+        let limit = max(Self.maximumValues, text.utf8.count)
+        var remaining = limit
         while let node = iterator.next() {
             index += 1
             let location = SourceLocation(file: file, line: node.mark?.line)
+            guard let count = node.expandedCount(upTo: remaining) else {
+                set.diagnostics.append(Diagnostic(
+                    .error, location: location,
+                    "YAML aliases expand the file to more than \(limit) values at document \(index): it and the rest of the file are not read"
+                ))
+                return set
+            }
+            remaining -= count
             Self.add(YAMLValue(node: node), at: location, document: index, to: &set, defaultNamespace: defaultNamespace)
         }
         if let error = iterator.error {

@@ -1,4 +1,4 @@
-import Foundation
+package import Foundation
 
 #if canImport(Glibc)
 import Glibc
@@ -9,9 +9,14 @@ import Glibc
 /// plugin is exec'd once per pod, so this is plain sockets: no event loop to start.
 public enum PluginEventClient {
     /// The answer of the agent.
-    public struct Response: Sendable {
+    public struct Response: Hashable, Sendable {
         public var status: Int
         public var body: String
+
+        package init(status: Int, body: String) {
+            self.status = status
+            self.body = body
+        }
     }
 
     /// Sends `event` and returns the agent's response.
@@ -70,12 +75,17 @@ public enum PluginEventClient {
                 throw AgentError(.redirection, "read: errno \(errno)")
             }
             response.append(contentsOf: buffer[0..<count])
-            if let parsed = Self.parse(response) { return parsed }
+            switch Self.parse(response) {
+            case .complete(let parsed): return parsed
+            case .malformed(let problem): throw AgentError(.redirection, "malformed HTTP response from the agent: \(problem)")
+            case .incomplete: continue
+            }
         }
-        guard let parsed = Self.parse(response, atEOF: true) else {
-            throw AgentError(.redirection, "malformed HTTP response from the agent (\(response.count) bytes)")
+        switch Self.parse(response, atEOF: true) {
+        case .complete(let parsed): return parsed
+        case .malformed(let problem): throw AgentError(.redirection, "malformed HTTP response from the agent: \(problem)")
+        case .incomplete: throw AgentError(.redirection, "the agent closed the connection after \(response.count) bytes, before a complete response")
         }
-        return parsed
     }
 
     private static func wait(_ fd: Int32, for events: Int16, until deadline: ContinuousClock.Instant) throws(AgentError) {
@@ -87,23 +97,47 @@ public enum PluginEventClient {
         if ready == 0 { throw AgentError(.redirection, "the agent did not answer in time") }
     }
 
-    /// A complete response (status line, headers, `Content-Length` body), or `nil` if more is needed.
-    static func parse(_ data: Data, atEOF: Bool = false) -> Response? {
-        guard let headerEnd = data.range(of: Data("\r\n\r\n".utf8)) else { return nil }
+    /// What the bytes received so far are.
+    package enum ParseOutcome: Hashable, Sendable {
+        /// Not a whole response yet: read on.
+        case incomplete
+        /// A whole response; anything after it is ignored (the agent closes the connection).
+        case complete(Response)
+        /// Not an HTTP/1.x response, whatever follows.
+        case malformed(String)
+    }
+
+    /// Reads a response as RFC 9112 frames it: status line (§4: `HTTP/1.x`, a three-digit
+    /// code), header fields, then a body of `Content-Length` octets (RFC 9110 §8.6:
+    /// `1*DIGIT`; several fields must agree) or, without one, up to the end of the stream
+    /// (RFC 9112 §6.3). `atEOF`: the agent has closed the connection.
+    package static func parse(_ data: Data, atEOF: Bool = false) -> ParseOutcome {
+        guard let headerEnd = data.range(of: Data("\r\n\r\n".utf8)) else { return .incomplete }
         let head = String(decoding: data[..<headerEnd.lowerBound], as: UTF8.self)
-        let lines = head.split(separator: "\r\n")
-        guard let statusLine = lines.first, statusLine.hasPrefix("HTTP/1."),
-              let status = statusLine.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return nil }
-        let length = lines.dropFirst().compactMap { line -> Int? in
-            let parts = line.split(separator: ":", maxSplits: 1)
-            guard parts.count == 2, parts[0].lowercased() == "content-length" else { return nil }
-            return Int(parts[1].trimmingCharacters(in: .whitespaces))
-        }.first
+        let lines = head.split(separator: "\r\n", omittingEmptySubsequences: false)
+        let statusLine = lines[0].split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
+        guard statusLine.count >= 2, statusLine[0] == "HTTP/1.0" || statusLine[0] == "HTTP/1.1" else {
+            return .malformed("status line \(String(lines[0].prefix(40)).debugDescription)")
+        }
+        guard statusLine[1].utf8.count == 3, statusLine[1].utf8.allSatisfy({ (0x30...0x39).contains($0) }),
+              let status = Int(statusLine[1]), status >= 100 else {
+            return .malformed("status code \(String(statusLine[1].prefix(10)).debugDescription)")
+        }
+        var length: Int?
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: ":"), line[..<colon].lowercased() == "content-length" else { continue }
+            let value = line[line.index(after: colon)...].trimmingCharacters(in: CharacterSet(charactersIn: " \t"))
+            guard !value.isEmpty, value.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let parsed = Int(value) else {
+                return .malformed("Content-Length \(String(value.prefix(20)).debugDescription)")
+            }
+            if let length, length != parsed { return .malformed("Content-Length \(length) and \(parsed)") }
+            length = parsed
+        }
         let body = data[headerEnd.upperBound...]
         if let length {
-            guard body.count >= length else { return nil }
-            return Response(status: status, body: String(decoding: body.prefix(length), as: UTF8.self))
+            guard body.count >= length else { return .incomplete }
+            return .complete(Response(status: status, body: String(decoding: body.prefix(length), as: UTF8.self)))
         }
-        return atEOF ? Response(status: status, body: String(decoding: body, as: UTF8.self)) : nil
+        return atEOF ? .complete(Response(status: status, body: String(decoding: body, as: UTF8.self))) : .incomplete
     }
 }

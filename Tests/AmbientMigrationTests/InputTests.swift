@@ -42,6 +42,30 @@ struct InputTests {
         #expect(input.diagnostics.allSatisfy { $0.severity == .error && $0.location?.file == "odd.yaml" })
     }
 
+    @Test("aliases are read, but a file they expand past the limit (\"billion laughs\") is refused quickly")
+    func aliasExpansion() {
+        // Ten levels of nine aliases each: 9^10 strings from 700 bytes.
+        var lines = ["  a0: &a0 [" + Array(repeating: "lol", count: 9).joined(separator: ",") + "]"]
+        for level in 1..<10 {
+            lines.append("  a\(level): &a\(level) [" + Array(repeating: "*a\(level - 1)", count: 9).joined(separator: ",") + "]")
+        }
+        let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: &labels {team: a}}\n"
+        let bomb = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: shop}\ndata:\n" + lines.joined(separator: "\n") + "\n"
+        let clock = ContinuousClock()
+        let start = clock.now
+        let input = ManifestLoader.parse(namespace + "---\n" + bomb + "---\n" + namespace, file: "laughs.yaml")
+        #expect(clock.now - start < .seconds(30), "the limit stops the walk, not the memory")
+        #expect(input.manifests.map(\.name) == ["shop"], "the document before is read, the rest of the file is not")
+        #expect(input.diagnostics.map(\.message) == [
+            "YAML aliases expand the file to more than \(ManifestLoader.maximumValues) values at document 2: it and the rest of the file are not read",
+        ])
+        #expect(input.diagnostics.first?.severity == .error && input.diagnostics.first?.location?.line == 5, "the document starts on line 5")
+        // A few aliases, as people use them, are expanded.
+        let shared = ManifestLoader.parse(namespace + "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: cart, labels: *labels}\n", file: "ok.yaml")
+        #expect(shared.diagnostics.isEmpty, "\(shared.diagnostics)")
+        #expect(shared.manifests.map(\.labels) == [["team": "a"], ["team": "a"]])
+    }
+
     @Test("kubectl List dumps are flattened")
     func lists() {
         let input = ManifestLoader.parse("""

@@ -58,6 +58,15 @@ struct MeshStateTests {
         let cidr = failure("policies:\n- {name: p, namespace: n, scope: Global, action: Allow, rules: [[[{sourceIps: [\"10.0.0.1\"]}]]]}\n")
         #expect(cidr?.description.contains("prefix length") == true)
         #expect(failure("workloads: [unclosed") != nil)
+        // 3 KiB of anchors and aliases that expand to 27 million policy matches ("billion laughs").
+        let match = "&m {principals: [!Exact \"a\"]}"
+        let rules1 = "&r1 [" + match + String(repeating: ",*m", count: 299) + "]"
+        let rules2 = "&r2 [" + rules1 + String(repeating: ",*r1", count: 299) + "]"
+        let rules3 = "[" + rules2 + String(repeating: ",*r2", count: 299) + "]"
+        let bomb = failure("policies:\n- {name: p, namespace: n, scope: Global, action: Deny, rules: \(rules3)}\n")
+        #expect(bomb?.description.contains("YAML aliases expand the document to more than \(LocalConfig.maximumValues) values") == true, "\(String(describing: bomb))")
+        let aliased = try LocalConfig.parse("policies:\n- {name: p, namespace: n, scope: Global, action: Deny, rules: [[[&m {principals: [!Exact \"a\"]}], [*m]]]}\n")
+        #expect(aliased.policies[0].rules.count == 1 && aliased.policies[0].rules[0].count == 2)
         #expect(try LocalConfig.parse("") == LocalConfig())
         #expect(try LocalConfig.parse("---\n") == LocalConfig())
         // Inside a match, unknown keys are ignored as ztunnel does (an old snake_case key matches nothing).

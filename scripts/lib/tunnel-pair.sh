@@ -10,7 +10,8 @@
 #                             listener, where the load goes)
 #   pair_cleanup              stops everything started here
 #
-# PAIR_ARGS (environment): extra words for both endpoints, e.g. --no-splice.
+# PAIR_ARGS (environment): extra words for both endpoints, e.g. --no-splice;
+# PAIR_CLIENT_ARGS: for the client only, e.g. --pool-off.
 
 pair_pids=()
 server_prefix=()
@@ -41,7 +42,7 @@ pair_start() {
         --upstream "127.0.0.1:$pair_echo" ${PAIR_ARGS:-} >"$dir/server.out" 2>&1 & pair_server=$!; pair_pids+=($pair_server)
     pair_wait "$dir/server.out"
     "${client_prefix[@]}" "$dir/hbone-tunnel" client --dir "$dir/ca" --listen "127.0.0.1:$pair_port" \
-        --connect "127.0.0.1:$server_port" --authority "127.0.0.1:$pair_echo" ${PAIR_ARGS:-} >"$dir/client.out" 2>&1 & pair_client=$!
+        --connect "127.0.0.1:$server_port" --authority "127.0.0.1:$pair_echo" ${PAIR_ARGS:-} ${PAIR_CLIENT_ARGS:-} >"$dir/client.out" 2>&1 & pair_client=$!
     pair_pids+=($pair_client)
     pair_wait "$dir/client.out"
 }

@@ -35,6 +35,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case csr
     /// `iptables-save` output, read back to check what is installed in a pod.
     case iptablesSave = "iptables-save"
+    /// ztunnel's local configuration (YAML), and the store and decisions built from it.
+    case localConfig = "local-config"
+    /// Kubernetes manifests through the migration analysis (`ambient-migrate`).
+    case manifests
+    /// The node agent's HTTP answer to the CNI plugin, as the plugin reads it.
+    case pluginEvent = "plugin-event"
 
     /// Runs the target on `input`; returns whether the input was accepted (parsed, or
     /// for the HTTP/2 and CNI targets, handled without an error), which the committed
@@ -52,6 +58,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .spiffe: return try SPIFFETarget.run(input)
         case .csr: return try CSRTarget.run(input)
         case .iptablesSave: return try IptablesSaveTarget.run(input)
+        case .localConfig: return try LocalConfigTarget.run(input)
+        case .manifests: return try ManifestsTarget.run(input)
+        case .pluginEvent: return try PluginEventTarget.run(input)
         }
     }
 }

@@ -89,12 +89,16 @@ enum CNITarget {
         func check(_ request: CNIRequest) throws(CNIError) { _ = try request.previousResult() }
     }
 
+    /// Control bytes from this value up (the top 40) leave `CNI_COMMAND` unset, as a broken
+    /// runtime would; the 216 below it pick each of the six commands equally often.
+    static let firstPickWithoutCommand = 216
+
     static func run(_ input: [UInt8]) throws(FuzzFailure) -> Bool {
         var reader = FuzzInput(input)
         let commands = CNIEnvironment.Command.allCases
         let pick = Int(reader.byte())
         var environment = ["CNI_CONTAINERID": "fuzz", "CNI_NETNS": "/var/run/netns/fuzz", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"]
-        if pick < commands.count * 36 { environment["CNI_COMMAND"] = commands[pick % commands.count].rawValue }
+        if pick < Self.firstPickWithoutCommand { environment["CNI_COMMAND"] = commands[pick % commands.count].rawValue }
         if pick & 0x40 != 0 { environment["CNI_ARGS"] = "K8S_POD_NAME=a;K8S_POD_NAMESPACE=b;IgnoreUnknown=1" }
         let outcome = CNISkeleton.run(EchoPlugin(), environment: environment, stdin: Data(reader.rest))
         let command = environment["CNI_COMMAND"] ?? "(none)"

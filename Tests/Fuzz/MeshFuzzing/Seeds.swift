@@ -23,6 +23,9 @@ extension FuzzTarget {
              ("principal", [1] + Array("cluster.local/ns/istio-system/sa/ztunnel".utf8))]
         case .csr: Self.csrSeeds
         case .iptablesSave: [("in-pod-v4", Array(Self.savedRules(.ipv4).utf8)), ("in-pod-v6", Array(Self.savedRules(.ipv6).utf8))]
+        case .localConfig: Self.localConfigSeeds
+        case .manifests: Self.manifestSeeds
+        case .pluginEvent: Self.pluginEventSeeds
         }
     }
 
