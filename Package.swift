@@ -365,7 +365,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CNITests",
-            dependencies: ["CNI"],
+            dependencies: ["CNI", "MeshTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
@@ -382,7 +382,7 @@ let package = Package(
             name: "MeshFuzzing",
             dependencies: [
                 "HBONE", "InternetAddress", "ZDS", "NodeAgent", "IstioCA", "Netlink", "CNI", "Redirect", "MeshIdentity",
-                "MeshState", "AmbientMigration",
+                "MeshState", "AmbientMigration", "MeshTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),

@@ -1,5 +1,6 @@
 import CNI
 import Foundation
+import MeshTestSupport
 import Testing
 
 /// A chained pass-through plugin like containernetworking's `plugins/sample`: requires
@@ -156,7 +157,7 @@ struct CNITests {
 
     @Test("fuzz: random stdin never crashes the skeleton; every failure is an error JSON with a code", arguments: [UInt64(41), 42])
     func fuzz(seed: UInt64) {
-        var generator = SplitMix(seed: seed)
+        var generator = SeededGenerator(seed: seed)
         let valid = Array(#"{"cniVersion":"1.0.0","name":"n","type":"t","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]}}"#.utf8)
         for _ in 0..<1500 {
             var input = valid
@@ -170,18 +171,5 @@ struct CNITests {
                 #expect(output?["code"] != nil)
             }
         }
-    }
-}
-
-/// A tiny deterministic generator (the test target does not need MeshTestSupport).
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

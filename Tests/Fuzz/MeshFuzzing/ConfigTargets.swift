@@ -2,6 +2,7 @@ internal import AmbientMigration
 internal import Foundation
 internal import InternetAddress
 internal import MeshState
+internal import MeshTestSupport
 internal import NodeAgent
 
 /// ztunnel's local configuration (YAML, `LOCAL_XDS_PATH`) as the operator writes it, and the
@@ -37,7 +38,7 @@ enum LocalConfigTarget {
                 "workload \(workload.uid): the store decides \(indexed), the policies in order \(linear)"
             )
         }
-        var random = FuzzRandom(state: UInt64(pick))
+        var random = SeededGenerator(seed: UInt64(pick))  // the same endpoint pick on every replay
         let destinations = config.services.flatMap { service in service.vips.map { ($0.address, service.ports.keys.min() ?? port) } }
             + config.workloads.flatMap { workload in workload.workloadIPs.map { ($0, port) } }
         for (address, destinationPort) in destinations {
@@ -55,20 +56,6 @@ enum LocalConfigTarget {
             }
         }
         return true
-    }
-}
-
-/// A deterministic generator for the endpoint pick, so a replayed input takes the same path.
-struct FuzzRandom: RandomNumberGenerator {
-    var state: UInt64
-
-    /// SplitMix64.
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
