@@ -66,10 +66,14 @@ public enum PluginEventClient {
         }
         var response = Data()
         var buffer = [UInt8](repeating: 0, count: 4096)
+        var closed = false
         while response.count <= 1 << 20 {
             try Self.wait(fd, for: Int16(POLLIN), until: deadline)
             let count = read(fd, &buffer, buffer.count)
-            if count == 0 { break }
+            if count == 0 {
+                closed = true
+                break
+            }
             if count < 0 {
                 if errno == EAGAIN || errno == EINTR { continue }
                 throw AgentError(.redirection, "read: errno \(errno)")
@@ -81,10 +85,12 @@ public enum PluginEventClient {
             case .incomplete: continue
             }
         }
-        switch Self.parse(response, atEOF: true) {
+        switch Self.parse(response, atEOF: closed) {
         case .complete(let parsed): return parsed
         case .malformed(let problem): throw AgentError(.redirection, "malformed HTTP response from the agent: \(problem)")
-        case .incomplete: throw AgentError(.redirection, "the agent closed the connection after \(response.count) bytes, before a complete response")
+        case .incomplete where closed:
+            throw AgentError(.redirection, "the agent closed the connection after \(response.count) bytes, before a complete response")
+        case .incomplete: throw AgentError(.redirection, "the agent's response is not complete after \(response.count) bytes")
         }
     }
 

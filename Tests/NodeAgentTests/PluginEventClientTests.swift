@@ -1,4 +1,6 @@
+import CNI
 import Foundation
+import Glibc
 import NodeAgent
 import Testing
 
@@ -42,5 +44,44 @@ struct PluginEventClientTests {
     func malformed(response: String, problem: String) {
         #expect(Self.parse(response) == .malformed(problem))
         #expect(Self.parse(response, atEOF: true) == .malformed(problem))
+    }
+
+    @Test("against an agent that answers badly, the plugin fails with the reason, not a trap or a wait", arguments: [
+        ("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "malformed HTTP response from the agent: Content-Length \"-1\""),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", "the agent closed the connection after 45 bytes, before a complete response"),
+        ("SSH-2.0-OpenSSH_9.2\r\n\r\n", "malformed HTTP response from the agent: status line \"SSH-2.0-OpenSSH_9.2\""),
+    ])
+    func hostileAgent(answer: String, reason: String) async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("pe-\(UUID().uuidString.prefix(8)).sock").path
+        let listener = try Self.listen(at: path)
+        defer { close(listener); unlink(path) }
+        // The "agent": one connection, reads the request head, answers, closes.
+        let agent = Thread {
+            let connection = accept(listener, nil, nil)
+            guard connection >= 0 else { return }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            _ = read(connection, &buffer, buffer.count)
+            _ = answer.utf8CString.withUnsafeBufferPointer { write(connection, $0.baseAddress, $0.count - 1) }
+            close(connection)
+        }
+        agent.start()
+        let event = CNIPluginEvent(netns: "/var/run/netns/x", podName: "p", podNamespace: "n", ips: [])
+        let clock = ContinuousClock()
+        let start = clock.now
+        let error = #expect(throws: AgentError.self) { try PluginEventClient.post(event, socketPath: path, timeout: .seconds(5)) }
+        #expect(error?.description.contains(reason) == true, "\(String(describing: error))")
+        #expect(clock.now - start < .seconds(4), "refused at once, not at the deadline")
+    }
+
+    static func listen(at path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard fd >= 0, bound == 0, Glibc.listen(fd, 1) == 0 else { throw POSIXError(.EADDRINUSE) }
+        return fd
     }
 }
