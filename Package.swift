@@ -158,11 +158,19 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        /// BoundedYAML: Yams' composition with YAML aliases bounded (no "billion laughs"),
+        /// for the readers of files from outside (the local config, manifests).
+        .target(
+            name: "BoundedYAML",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: strictSettings
+        ),
+
         /// MeshState: ztunnel's local config (workloads, services, policies), lookups,
         /// outbound resolution and L4 authorization.
         .target(
             name: "MeshState",
-            dependencies: ["InternetAddress", .product(name: "Yams", package: "Yams")],
+            dependencies: ["InternetAddress", "BoundedYAML", .product(name: "Yams", package: "Yams")],
             swiftSettings: strictSettings
         ),
 
@@ -259,7 +267,7 @@ let package = Package(
         /// proxy enforces, which need a waypoint, and the plan (Docs/migration.md).
         .target(
             name: "AmbientMigration",
-            dependencies: [.product(name: "Yams", package: "Yams")],
+            dependencies: ["BoundedYAML", .product(name: "Yams", package: "Yams")],
             swiftSettings: strictSettings
         ),
         .executableTarget(
@@ -364,6 +372,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "BoundedYAMLTests",
+            dependencies: ["BoundedYAML", .product(name: "Yams", package: "Yams")],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "CNITests",
             dependencies: ["CNI", "MeshTestSupport"],
             swiftSettings: strictSettings
@@ -401,7 +414,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshFuzzingTests",
-            dependencies: ["MeshFuzzing"],
+            dependencies: ["MeshFuzzing", "MeshTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,3 +1,4 @@
+internal import BoundedYAML
 internal import Foundation
 internal import Yams
 
@@ -128,41 +129,27 @@ public enum ManifestLoader {
     }
 
     /// The most values (scalars, sequences, mappings) a file may have once its YAML aliases
-    /// are expanded, unless the text itself is longer in bytes.
-    public static let maximumValues = 1_000_000
+    /// are expanded, unless the text itself is longer in bytes; aliases inside mapping keys
+    /// and nesting past 1 000 levels are refused too (`BoundedYAML`).
+    public static let maximumValues = BoundedYAML.maximumValues
 
     /// Reads the objects of one file's text.
     public static func parse(_ text: String, file: String, defaultNamespace: String = "default") -> ManifestSet {
         var set = ManifestSet()
-        let documents: YamlSequence<Node>
-        do {
-            documents = try Yams.compose_all(yaml: text)
-        } catch {
-            set.diagnostics.append(Self.yamlDiagnostic(error, file: file))
-            return set
-        }
-        var iterator = documents.makeIterator()
-        var index = 0
         // Kubernetes' decoder limits how far aliases may expand a document (CVE-2019-11253);
-        // so does this reader, over the whole file: a file without aliases has fewer values
-        // than bytes and always passes, a few KiB of nested aliases ("billion laughs") do not.
-        let limit = max(Self.maximumValues, text.utf8.count)
-        var remaining = limit
-        while let node = iterator.next() {
-            index += 1
+        // so does this reader, over the whole file (BoundedYAML).
+        let (documents, stop) = BoundedYAML.composeAll(text)
+        for (index, node) in documents.enumerated() {
             let location = SourceLocation(file: file, line: node.mark?.line)
-            guard let count = node.expandedCount(upTo: remaining) else {
-                set.diagnostics.append(Diagnostic(
-                    .error, location: location,
-                    "YAML aliases expand the file to more than \(limit) values at document \(index): it and the rest of the file are not read"
-                ))
-                return set
-            }
-            remaining -= count
-            Self.add(YAMLValue(node: node), at: location, document: index, to: &set, defaultNamespace: defaultNamespace)
+            Self.add(YAMLValue(node: node), at: location, document: index + 1, to: &set, defaultNamespace: defaultNamespace)
         }
-        if let error = iterator.error {
+        switch stop {
+        case .invalid(let error)?:
             set.diagnostics.append(Self.yamlDiagnostic(error, file: file))
+        case .refused(_, let line, let reason)?:
+            set.diagnostics.append(Diagnostic(.error, location: SourceLocation(file: file, line: line), "\(reason): it and the rest of the file are not read"))
+        case nil:
+            break
         }
         return set
     }

@@ -166,23 +166,3 @@ extension YAMLValue {
         (try? Yams.serialize(node: self.node, indent: 2, width: -1)) ?? ""
     }
 }
-
-extension Node {
-    /// The number of values in this tree with every alias expanded, or `nil` once that
-    /// passes `limit`. Yams resolves an alias to its anchor's node, so the tree a document
-    /// composes to can be exponentially larger than the document; this stops counting, and
-    /// walking, at the limit. (MeshState's local-config reader has the same check.)
-    func expandedCount(upTo limit: Int) -> Int? {
-        var count = 0
-        func visit(_ node: Node) -> Bool {
-            count += 1
-            guard count <= limit else { return false }
-            switch node {
-            case .scalar, .alias: return true
-            case .sequence(let items): return items.allSatisfy(visit)
-            case .mapping(let pairs): return pairs.allSatisfy { visit($0.key) && visit($0.value) }
-            }
-        }
-        return visit(self) ? count : nil
-    }
-}

@@ -1,3 +1,4 @@
+internal import BoundedYAML
 internal import InternetAddress
 internal import Yams
 
@@ -21,28 +22,27 @@ public struct LocalConfig: Hashable, Sendable {
         self.services = services
     }
 
-    /// The most values (scalars, sequences, mappings) a document may have once its YAML
-    /// aliases are expanded, unless the text itself is longer in bytes.
-    public static let maximumValues = 1_000_000
+    /// The most values (scalars, sequences, mappings) a file may have once its YAML aliases
+    /// are expanded, unless the text itself is longer in bytes; aliases inside mapping keys
+    /// and nesting past 1 000 levels are refused too (`BoundedYAML`).
+    public static let maximumValues = BoundedYAML.maximumValues
 
     /// Parses a document.
     /// - Throws: ``LocalConfigError`` with the line, column and field path of the first problem.
     public static func parse(_ text: String) throws(LocalConfigError) -> LocalConfig {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch {
-            throw LocalConfigError(line: nil, column: nil, path: "", message: "not YAML: \(error)")
-        }
-        guard let root, root.null == nil else { return LocalConfig() }
         // serde_yaml, which ztunnel reads this file with, refuses documents whose aliases
         // repeat too much; without a limit a few KiB of anchors and aliases (a "billion
         // laughs" document) would keep the proxy building policies until memory runs out.
-        // A document without aliases has fewer values than bytes, so it always passes.
-        let limit = max(Self.maximumValues, text.utf8.count)
-        guard root.expandedCount(upTo: limit) != nil else {
-            throw LocalConfigError(line: nil, column: nil, path: "", message: "YAML aliases expand the document to more than \(limit) values")
+        let (documents, stop) = BoundedYAML.composeAll(text)
+        switch stop {
+        case .invalid(let error)?: throw LocalConfigError(line: nil, column: nil, path: "", message: "not YAML: \(error)")
+        case .refused(_, let line, let reason)?: throw LocalConfigError(line: line, column: nil, path: "", message: reason)
+        case nil: break
         }
+        guard documents.count <= 1 else {
+            throw LocalConfigError(line: documents[1].mark?.line, column: nil, path: "", message: "more than one YAML document")
+        }
+        guard let root = documents.first, root.null == nil else { return LocalConfig() }
         let top = try Field(root, "").mapping(allowed: ["workloads", "policies", "services"])
         var config = LocalConfig()
         config.workloads = try top["workloads"]?.list().map(Self.workload) ?? []
@@ -347,25 +347,5 @@ struct Field {
             return try make(kind, Field(value, self.path))
         }
         throw self.error("a string match must be a YAML tag such as !Exact \"value\"")
-    }
-}
-
-extension Node {
-    /// The number of values in this tree with every alias expanded, or `nil` once that
-    /// passes `limit`. Yams resolves an alias to its anchor's node, so the tree a document
-    /// composes to can be exponentially larger than the document; this stops counting, and
-    /// walking, at the limit. (AmbientMigration's manifest reader has the same check.)
-    func expandedCount(upTo limit: Int) -> Int? {
-        var count = 0
-        func visit(_ node: Node) -> Bool {
-            count += 1
-            guard count <= limit else { return false }
-            switch node {
-            case .scalar, .alias: return true
-            case .sequence(let items): return items.allSatisfy(visit)
-            case .mapping(let pairs): return pairs.allSatisfy { visit($0.key) && visit($0.value) }
-            }
-        }
-        return visit(self) ? count : nil
     }
 }

@@ -60,7 +60,8 @@ public enum PluginEventClient {
         var written = 0
         while written < request.count {
             try Self.wait(fd, for: Int16(POLLOUT), until: deadline)
-            let count = request.withUnsafeBytes { write(fd, $0.baseAddress! + written, $0.count - written) }
+            // send with MSG_NOSIGNAL: an agent that closes early is an error, not a SIGPIPE.
+            let count = request.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + written, $0.count - written, Int32(MSG_NOSIGNAL)) }
             if count < 0, errno != EAGAIN, errno != EINTR { throw AgentError(.redirection, "write: errno \(errno)") }
             if count > 0 { written += count }
         }
@@ -76,6 +77,7 @@ public enum PluginEventClient {
             }
             if count < 0 {
                 if errno == EAGAIN || errno == EINTR { continue }
+                if errno == ECONNRESET { throw AgentError(.redirection, "the agent reset the connection after \(response.count) bytes") }
                 throw AgentError(.redirection, "read: errno \(errno)")
             }
             response.append(contentsOf: buffer[0..<count])
@@ -114,9 +116,11 @@ public enum PluginEventClient {
     }
 
     /// Reads a response as RFC 9112 frames it: status line (§4: `HTTP/1.x`, a three-digit
-    /// code), header fields, then a body of `Content-Length` octets (RFC 9110 §8.6:
-    /// `1*DIGIT`; several fields must agree) or, without one, up to the end of the stream
-    /// (RFC 9112 §6.3). `atEOF`: the agent has closed the connection.
+    /// final code; the agent sends no interim 1xx), header fields (§5.1: no whitespace
+    /// between a field name and its colon), then a body of `Content-Length` octets (RFC 9110
+    /// §8.6: `1*DIGIT`; several fields must agree) or, without one, up to the end of the
+    /// stream (RFC 9112 §6.3). `Transfer-Encoding`, which the agent never sends, is refused
+    /// rather than read as a raw body. `atEOF`: the agent has closed the connection.
     package static func parse(_ data: Data, atEOF: Bool = false) -> ParseOutcome {
         guard let headerEnd = data.range(of: Data("\r\n\r\n".utf8)) else { return .incomplete }
         let head = String(decoding: data[..<headerEnd.lowerBound], as: UTF8.self)
@@ -126,12 +130,16 @@ public enum PluginEventClient {
             return .malformed("status line \(String(lines[0].prefix(40)).debugDescription)")
         }
         guard statusLine[1].utf8.count == 3, statusLine[1].utf8.allSatisfy({ (0x30...0x39).contains($0) }),
-              let status = Int(statusLine[1]), status >= 100 else {
+              let status = Int(statusLine[1]), status >= 200 else {
             return .malformed("status code \(String(statusLine[1].prefix(10)).debugDescription)")
         }
         var length: Int?
         for line in lines.dropFirst() {
-            guard let colon = line.firstIndex(of: ":"), line[..<colon].lowercased() == "content-length" else { continue }
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let name = line[..<colon].lowercased()
+            if name.last == " " || name.last == "\t" { return .malformed("whitespace before the colon in \(String(line.prefix(40)).debugDescription)") }
+            if name == "transfer-encoding" { return .malformed("Transfer-Encoding (the agent sends Content-Length)") }
+            guard name == "content-length" else { continue }
             let value = line[line.index(after: colon)...].trimmingCharacters(in: CharacterSet(charactersIn: " \t"))
             guard !value.isEmpty, value.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let parsed = Int(value) else {
                 return .malformed("Content-Length \(String(value.prefix(20)).debugDescription)")

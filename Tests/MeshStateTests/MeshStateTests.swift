@@ -64,9 +64,13 @@ struct MeshStateTests {
         let rules2 = "&r2 [" + rules1 + String(repeating: ",*r1", count: 299) + "]"
         let rules3 = "[" + rules2 + String(repeating: ",*r2", count: 299) + "]"
         let bomb = failure("policies:\n- {name: p, namespace: n, scope: Global, action: Deny, rules: \(rules3)}\n")
-        #expect(bomb?.description.contains("YAML aliases expand the document to more than \(LocalConfig.maximumValues) values") == true, "\(String(describing: bomb))")
+        #expect(bomb?.description.contains("YAML aliases expand the file to more than \(LocalConfig.maximumValues) values at document 1") == true, "\(String(describing: bomb))")
+        let keyBomb = failure("x: &x [" + String(repeating: "a,", count: 9) + "a]\ny: &y [" + String(repeating: "*x,", count: 9) + "*x]\n? [*y, *y]\n: 1\n")
+        #expect(keyBomb?.description.contains("an alias inside a mapping key at line 3") == true && keyBomb?.line == 3, "\(String(describing: keyBomb))")
+        #expect(failure("workloads: []\n---\npolicies: []\n")?.description.contains("more than one YAML document") == true)
         let aliased = try LocalConfig.parse("policies:\n- {name: p, namespace: n, scope: Global, action: Deny, rules: [[[&m {principals: [!Exact \"a\"]}], [*m]]]}\n")
-        #expect(aliased.policies[0].rules.count == 1 && aliased.policies[0].rules[0].count == 2)
+        let policy = try #require(aliased.policies.first)
+        #expect(policy.rules.count == 1 && policy.rules[0].count == 2)
         #expect(try LocalConfig.parse("") == LocalConfig())
         #expect(try LocalConfig.parse("---\n") == LocalConfig())
         // Inside a match, unknown keys are ignored as ztunnel does (an old snake_case key matches nothing).
