@@ -106,18 +106,25 @@ extension Node {
     }
 
     /// Counts without recursion, and stops at `limit` values or ``BoundedYAML/maximumDepth``.
+    ///
+    /// Children are reached by index: `Node.Mapping`'s iterator copies its pairs into a new
+    /// array, one allocation per mapping, which showed in the load benchmark's malloc count.
     func expandedSize(upTo limit: Int) -> ExpandedSize {
         var count = 0
-        var pending: [(node: Node, depth: Int)] = [(self, 1)]
+        var pending: [(node: Node, depth: Int)] = []
+        pending.reserveCapacity(64)
+        pending.append((self, 1))
         while let (node, depth) = pending.popLast() {
             count += 1
             if count > limit { return .tooMany }
             if depth > BoundedYAML.maximumDepth { return .tooDeep }
             switch node {
             case .scalar, .alias: break
-            case .sequence(let items): pending.append(contentsOf: items.lazy.map { ($0, depth + 1) })
+            case .sequence(let items):
+                for index in items.indices { pending.append((items[index], depth + 1)) }
             case .mapping(let pairs):
-                for (key, value) in pairs {
+                for index in pairs.indices {
+                    let (key, value) = pairs[index]
                     pending.append((key, depth + 1))
                     pending.append((value, depth + 1))
                 }
@@ -137,9 +144,11 @@ extension Node {
                     return key
                 }
             case .alias: break
-            case .sequence(let items): pending.append(contentsOf: items.lazy.map { ($0, key) })
+            case .sequence(let items):
+                for index in items.indices { pending.append((items[index], key)) }
             case .mapping(let pairs):
-                for (entryKey, value) in pairs {
+                for index in pairs.indices {
+                    let (entryKey, value) = pairs[index]
                     pending.append((entryKey, key ?? entryKey))
                     pending.append((value, key))
                 }

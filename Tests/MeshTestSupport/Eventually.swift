@@ -11,9 +11,12 @@ public struct TimedOut: Error, CustomStringConvertible {
 /// Polls `condition` (yielding between polls) until it holds or `timeout` of real time passed.
 ///
 /// For waiting on *other tasks* to reach a state; never for waiting on protocol time,
-/// which tests control with ``ManualClock``.
+/// which tests control with ``ManualClock``. The timeout only bounds a failing test: a
+/// passing one returns as soon as the condition holds. It is generous because the whole
+/// process can stall while tests run in parallel on two cores — CI once saw every suite
+/// that started in the first seconds take 11.8 s, and three 10 s waits failed.
 public func eventually(
-    timeout: Duration = .seconds(10),
+    timeout: Duration = .seconds(30),
     _ what: @autoclosure () -> String,
     _ condition: () async throws -> Bool
 ) async throws {

@@ -74,7 +74,7 @@ public final class ManualClock: IdentityClock {
     }
 
     /// Waits (yielding, with a generous real-time bound) until at least `count` tasks sleep on the clock.
-    public func waitForSleepers(count: Int = 1, timeout: Duration = .seconds(10)) async throws {
+    public func waitForSleepers(count: Int = 1, timeout: Duration = .seconds(30)) async throws {
         try await eventually(timeout: timeout, "\(count) sleepers on the manual clock") { self.sleeperCount >= count }
     }
 }

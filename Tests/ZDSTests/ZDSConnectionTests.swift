@@ -193,7 +193,7 @@ struct ZDSConnectionTests {
             try await Self.running([ZDSClient(path: path, handler: RecordingHandler())]) {
                 try await eventually("connected") { server.connectedProxies == 1 }
             }
-            try await eventually(timeout: .seconds(2), "the closed connection noticed") { server.connectedProxies == 0 }
+            try await eventually(timeout: .seconds(10), "the closed connection noticed") { server.connectedProxies == 0 }
 
             // A raw proxy: hello, ACK the (empty) snapshot's SnapshotSent, then talk out of turn.
             let raw = try RawSeqPacket(path: path)
