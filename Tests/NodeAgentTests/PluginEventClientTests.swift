@@ -91,6 +91,23 @@ struct PluginEventClientTests {
         #expect(took < .seconds(20), "refused at once, not at the deadline")
     }
 
+    @Test("an independent agent (Python's http.server) reads the event and its answer is read, with Content-Length and up to EOF",
+          arguments: ["length", "eof"])
+    func pythonAgent(mode: String) async throws {
+        try #require(ExternalTool.isAvailable("python3"), "python3 is required (scripts/install-deps installs it)")
+        let directory = try TemporaryDirectory(prefix: "pe")
+        let path = directory.url.appendingPathComponent("agent.sock").path
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Interop/plugin_agent.py").path
+        let agent = try await ExternalPeer(["python3", script, path, mode])
+        defer { agent.stop() }
+        let event = CNIPluginEvent(netns: "/var/run/netns/cni-7", podName: "web-0", podNamespace: "shop", ips: [])
+        let response = try await offload { try PluginEventClient.post(event, socketPath: path, timeout: .seconds(30)) }
+        #expect(response.status == 200, "\(agent.logs)")
+        let answer = try JSONDecoder().decode([String: String].self, from: Data(response.body.utf8))
+        #expect(answer == ["path": "/cmdadd", "pod": "web-0", "netns": "/var/run/netns/cni-7"])
+    }
+
     static func listen(at path: String) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_un()
