@@ -24,6 +24,12 @@ and in `swift-nopool` a new mTLS connection with a full handshake), and resident
 idle tunnel. The sink is iperf3's server; the far end of every other run is meshload.c's
 one-thread epoll echo server.
 Ratios are printed against the baselines of the same run.
+
+Every TLS configuration runs the same cipher: BoringSSL (ours) negotiates
+TLS_AES_128_GCM_SHA256 on a CPU with AES instructions, OpenSSL prefers
+TLS_AES_256_GCM_SHA384, so the OpenSSL-based relays (socat, the C peer) are restricted to
+`--openssl-suites` (default the former). The suite each configuration really negotiated is
+read off the wire (tls_suite.py) on its first connection and printed.
 """
 import argparse
 import contextlib
@@ -37,7 +43,10 @@ import sys
 import tempfile
 import time
 
+from tls_suite import SuiteSniffer
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DEFAULT_OPENSSL_SUITES = "TLS_AES_128_GCM_SHA256"
 
 
 def free_port():
@@ -139,7 +148,8 @@ class Relays:
             mid = free_port()
             tls = "openssl-min-proto-version=TLS1.3,cafile=%s" % b.root
             self._socat(["OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,cert=%s,key=%s,verify=1,%s"
-                         % (mid, b.server_cert, b.server_key, tls), "TCP:127.0.0.1:%d,nodelay" % upstream], mid)
+                         % (mid, b.server_cert, b.server_key, tls), "TCP:127.0.0.1:%d,nodelay" % upstream], mid,
+                        b.openssl_env)
             self.entry = free_port()
             # mTLS as far as socat allows: the server end requires and verifies the client
             # certificate; the client end presents its certificate but cannot verify the
@@ -148,7 +158,7 @@ class Relays:
             # on that check.
             self._socat(["TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % self.entry,
                          "OPENSSL:127.0.0.1:%d,cert=%s,key=%s,verify=0,no-sni=1,nodelay,%s"
-                         % (mid, b.client_cert, b.client_key, tls)], self.entry)
+                         % (mid, b.client_cert, b.client_key, tls)], self.entry, b.openssl_env)
         else:
             client_impl, server_impl = {
                 "swift": ("swift", "swift"), "c-peer": ("c", "c"), "swift-nopool": ("swift-nopool", "swift"),
@@ -159,9 +169,9 @@ class Relays:
             self.entry = self._start(b.client_command(client_impl, server_port, upstream))
         wait_listening(self.entry)
 
-    def _socat(self, args, port):
+    def _socat(self, args, port, env=None):
         # -b131072: socat's default 8 KiB buffer costs it half its throughput (perf.md §2.3).
-        self.procs.append(subprocess.Popen(["socat", "-b131072"] + args, stderr=subprocess.DEVNULL))
+        self.procs.append(subprocess.Popen(["socat", "-b131072"] + args, stderr=subprocess.DEVNULL, env=env))
         wait_listening(port)
 
     def _start(self, command):
@@ -202,6 +212,14 @@ class Bench:
                            check=True, stdout=subprocess.DEVNULL)
             setattr(self, f"{role}_cert", prefix + ".pem")
             setattr(self, f"{role}_key", prefix + ".key")
+        # socat has no option for TLS 1.3 suites; OpenSSL's configuration file sets them for
+        # every context the process creates (`Ciphersuites` in the system_default section).
+        self.openssl_suites = getattr(args, "openssl_suites", None) or DEFAULT_OPENSSL_SUITES
+        conf = os.path.join(workdir, "openssl-suites.cnf")
+        with open(conf, "w") as f:
+            f.write("openssl_conf = conf\n[conf]\nssl_conf = ssl\n[ssl]\nsystem_default = tls\n"
+                    f"[tls]\nCiphersuites = {self.openssl_suites}\n")
+        self.openssl_env = dict(os.environ, OPENSSL_CONF=conf)
 
     def server_command(self, impl, upstream):
         if impl.startswith("swift"):
@@ -209,7 +227,7 @@ class Bench:
                     "--upstream", f"127.0.0.1:{upstream}"] + (["--no-splice"] if impl == "swift-nosplice" else [])
         return [self.peer, "server", "--listen", "127.0.0.1:0", "--cert", self.server_cert,
                 "--key", self.server_key, "--ca", self.root, "--trust-domain", "cluster.local",
-                "--upstream", f"127.0.0.1:{upstream}", "--quiet"]
+                "--upstream", f"127.0.0.1:{upstream}", "--ciphersuites", self.openssl_suites, "--quiet"]
 
     def client_command(self, impl, server_port, upstream):
         if impl.startswith("swift"):
@@ -219,7 +237,8 @@ class Bench:
                 + (["--no-splice"] if impl == "swift-nosplice" else [])
         return [self.peer, "client", "--listen", "127.0.0.1:0", "--connect", f"127.0.0.1:{server_port}",
                 "--authority", f"127.0.0.1:{upstream}", "--cert", self.client_cert, "--key", self.client_key,
-                "--ca", self.root, "--expect-identity", "spiffe://cluster.local/ns/default/sa/httpbin", "--quiet"]
+                "--ca", self.root, "--expect-identity", "spiffe://cluster.local/ns/default/sa/httpbin",
+                "--ciphersuites", self.openssl_suites, "--quiet"]
 
 
 def throughput(relays, seconds):
@@ -262,20 +281,46 @@ def percentile(samples, fraction):
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+def exchange(entry, payload=b"y" * 100):
+    """One connection through the relays: open, `payload` each way, close."""
+    with socket.create_connection(("127.0.0.1", entry)) as s:
+        s.sendall(payload)
+        got = 0
+        while got < len(payload):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += len(chunk)
+
+
 def tunnel_rate(entry, seconds):
     """Sequential connections per second: open, 100 bytes each way, close."""
-    payload, count, deadline = b"y" * 100, 0, time.time() + seconds
+    count, deadline = 0, time.time() + seconds
     while time.time() < deadline:
-        with socket.create_connection(("127.0.0.1", entry)) as s:
-            s.sendall(payload)
-            got = 0
-            while got < len(payload):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                got += len(chunk)
+        exchange(entry)
         count += 1
     return count / seconds
+
+
+def start_reading_suite(bench, name, upstream):
+    """Starts `name`'s relays and runs one connection through them while the TLS 1.3 suites
+    on the wire are read (the C peer's client connects when it starts, ours on the first
+    tunnel). Returns the relays and the suites ('?' without the privilege to sniff)."""
+    try:
+        sniffer = SuiteSniffer().__enter__()
+    except PermissionError:
+        return Relays(bench, name, upstream), "?"
+    relays = None
+    try:
+        relays = Relays(bench, name, upstream)
+        exchange(relays.entry)
+    except BaseException:
+        if relays:
+            relays.stop()
+        raise
+    finally:
+        sniffer.__exit__(None, None, None)
+    return relays, " ".join(sorted(sniffer.suites)) or "none"
 
 
 def concurrent_tunnel_rate(meshload, entry, seconds, threads=4):
@@ -369,6 +414,9 @@ def main():
     parser.add_argument("--idle-tunnels", type=int, default=150)
     parser.add_argument("--only", help="comma-separated configurations")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--openssl-suites", default=DEFAULT_OPENSSL_SUITES,
+                        help="TLS 1.3 suites of the OpenSSL-based relays (socat, the C peer); default: "
+                             "the one BoringSSL, inside ours, negotiates on a CPU with AES instructions")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -397,7 +445,10 @@ def main():
         # Tunnels per second and memory: one configuration at a time.
         for name in configs:
             row = results[name]
-            relays = Relays(bench, name, echo_port)
+            if name in ("plain", "socat-pair"):
+                relays = Relays(bench, name, echo_port)
+            else:
+                relays, row["tls_suite"] = start_reading_suite(bench, name, echo_port)
             try:
                 row["tunnels_per_s"] = tunnel_rate(relays.entry, 3)
                 row["concurrent_tunnels_per_s"], row["concurrent_failures"] = \
@@ -409,7 +460,12 @@ def main():
             print(f"{name:14s} {row['tunnels_per_s']:7.0f} tunnels/s sequential, "
                   f"{row['concurrent_tunnels_per_s']:7.0f} from 4 concurrent clients ({row['concurrent_failures']} failed)"
                   + (f", {row['kib_per_idle_tunnel']:6.1f} KiB per idle tunnel" if "kib_per_idle_tunnel" in row else "")
-                  + (" (a full mTLS handshake each)" if name == "swift-nopool" else ""), flush=True)
+                  + (" (a full mTLS handshake each)" if name == "swift-nopool" else "")
+                  + (f", {row['tls_suite']}" if "tls_suite" in row else ""), flush=True)
+        suites = {row["tls_suite"] for row in results.values() if "tls_suite" in row}
+        if len(suites) > 1:
+            print(f"warning: the TLS configurations negotiated different suites ({', '.join(sorted(suites))}); "
+                  "their throughput does not compare like with like", flush=True)
 
         # Bulk throughput: interleaved rounds, fresh relays for every run.
         for number, order in enumerate(round_orders(streamed, args.rounds)):
@@ -460,7 +516,8 @@ def main():
         print(f"{name:14s} {row['gbps']:6.2f} Gbit/s  {row['cpu_s_per_gib']:5.2f} CPU-s/GiB  "
               f"p50 {row['p50_us']:6.1f} µs  p99 {row['p99_us']:6.1f} µs  "
               f"{row['tunnels_per_s']:7.0f} tunnels/s ({row['concurrent_tunnels_per_s']:.0f} from 4 clients)  "
-              + (f"{row['kib_per_idle_tunnel']:6.1f} KiB/idle tunnel" if "kib_per_idle_tunnel" in row else ""))
+              + (f"{row['kib_per_idle_tunnel']:6.1f} KiB/idle tunnel" if "kib_per_idle_tunnel" in row else "")
+              + (f"  {row['tls_suite']}" if "tls_suite" in row else ""))
 
     print("\nRatios (same run; throughput: median rounds, and each round's ratio in brackets):")
     swift = results.get("swift")

@@ -303,6 +303,7 @@ public final class HBONEClient: Sendable {
                         }
                     }
                     let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(CipherSuiteGuard(role: .client))
                     try sync.addHandler(tls)
                     try sync.addHandler(HandshakeWatcher(promise: handshake))
                     let multiplexer = try HBONEPipeline.configure(sync, role: .client, configuration: configuration) { stream in

@@ -151,6 +151,7 @@ public final class HBONEServer: Service, Sendable {
                 }
             }
             let sync = channel.pipeline.syncOperations
+            try sync.addHandler(CipherSuiteGuard(role: .server, logger: self.logger))
             try sync.addHandler(tls)
             try sync.addHandler(ResumptionGuard(peer: peer, logger: self.logger))
             let configuration = self.configuration.hbone

@@ -1,4 +1,4 @@
-public import InternetAddress
+internal import InternetAddress
 internal import NIOCore
 internal import NIOPosix
 

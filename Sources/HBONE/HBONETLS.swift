@@ -18,8 +18,8 @@ internal import Foundation
 ///
 /// Cipher suites: ztunnel offers exactly TLS_AES_256_GCM_SHA384 and TLS_AES_128_GCM_SHA256.
 /// BoringSSL (inside swift-nio-ssl) does not let TLS 1.3 suites be configured and also
-/// offers TLS_CHACHA20_POLY1305_SHA256; against ztunnel, which never offers ChaCha20, the
-/// negotiated suite is always one of the two AES-GCM suites.
+/// speaks TLS_CHACHA20_POLY1305_SHA256; ``CipherSuiteGuard``, ahead of the TLS handler on
+/// both ends, refuses a handshake whose ServerHello chooses it.
 enum HBONETLS {
     /// How long closing a connection waits for the peer's close_notify. NIOSSL's default is
     /// 5 s, which a dead peer (keepalive timeout) would add to every teardown; ztunnel

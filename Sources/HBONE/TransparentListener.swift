@@ -107,7 +107,7 @@ public final class TransparentListener: Service, Sendable {
         // Graceful shutdown stops accepting and lets open connections finish; cancellation
         // (the pod was removed) also closes every connection it accepted.
         await serveUntilShutdown(channel)
-        if Task.isCancelled { self.accepted.close { _ in true } }
+        if Task.isCancelled { _ = self.accepted.close { _ in true } }
     }
 }
 

@@ -1,4 +1,4 @@
-public import Foundation
+internal import Foundation
 public import ServiceLifecycle
 public import Logging
 internal import Synchronization
@@ -168,7 +168,7 @@ public actor CertificateManager: Service {
 
     /// Runs signings and rotation timers until cancelled or gracefully shut down.
     public func run() async throws {
-        try await withGracefulShutdownHandler {
+        await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 for await command in self.commands {
                     switch command {

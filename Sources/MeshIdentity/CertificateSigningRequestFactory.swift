@@ -1,5 +1,5 @@
 public import X509
-public import Crypto
+internal import Crypto
 internal import SwiftASN1
 internal import _CryptoExtras
 

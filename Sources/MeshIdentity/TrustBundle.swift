@@ -1,4 +1,4 @@
-public import X509
+@_spi(FixedExpiryValidationTime) public import X509
 public import Foundation
 internal import SwiftASN1
 
@@ -75,7 +75,7 @@ public struct TrustBundle: Sendable, Hashable {
         }
         try SPIFFEVerification.checkUsage(of: leaf, usage)
         var verifier = Verifier(rootCertificates: CertificateStore(self.roots)) {
-            RFC5280Policy(fixedValidationTime: time)
+            RFC5280Policy(fixedExpiryValidationTime: time)
             SPIFFELeafPolicy()
         }
         let result = await verifier.validate(leaf: leaf, intermediates: CertificateStore(chain.dropFirst()))

@@ -1,5 +1,5 @@
 public import Netlink
-public import InternetAddress
+internal import InternetAddress
 
 /// The host side of probe handling (istio-cni `AppendHostRules` and `cni/pkg/ipset`, notes
 /// §2.6): the `istio-inpod-probes-v4`/`-v6` `hash:ip` sets of enrolled pod IPs, each entry

@@ -78,9 +78,9 @@ struct RecordCoalescerTests {
         let second = channel.eventLoop.makePromise(of: Void.self)
         let third = channel.eventLoop.makePromise(of: Void.self)
         var done: [Int] = []
-        first.futureResult.whenSuccess { done.append(1) }
-        second.futureResult.whenSuccess { done.append(2) }
-        third.futureResult.whenSuccess { done.append(3) }
+        first.futureResult.assumeIsolated().whenSuccess { done.append(1) }
+        second.futureResult.assumeIsolated().whenSuccess { done.append(2) }
+        third.futureResult.assumeIsolated().whenSuccess { done.append(3) }
         channel.write(Self.bytes(9, 1), promise: nil)
         channel.write(Self.bytes(10, 2), promise: first)
         channel.write(Self.bytes(11, 3), promise: second)

@@ -1,4 +1,4 @@
-public import NIOCore
+internal import NIOCore
 internal import NIOPosix
 internal import Synchronization
 
@@ -68,7 +68,7 @@ private final class EchoUntilEOFHandler: ChannelInboundHandler {
         guard case ChannelEvent.inputClosed = event else { return }
         var answer = context.channel.allocator.buffer(string: "echo:")
         answer.writeBuffer(&self.received)
-        context.writeAndFlush(Self.wrapOutboundOut(answer)).whenComplete { _ in
+        context.writeAndFlush(Self.wrapOutboundOut(answer)).assumeIsolated().whenComplete { _ in
             context.close(promise: nil)
         }
     }

@@ -1,4 +1,4 @@
-public import Foundation
+internal import Foundation
 
 /// A CA made and operated by the `openssl` command-line tool: an independent issuer
 /// whose certificates our verifier must accept or reject, and a check on ours.

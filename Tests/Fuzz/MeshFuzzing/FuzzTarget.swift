@@ -41,6 +41,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case manifests
     /// The node agent's HTTP answer to the CNI plugin, as the plugin reads it.
     case pluginEvent = "plugin-event"
+    /// A TLS server's first bytes, where our client's cipher suite guard reads the
+    /// ServerHello's suite.
+    case serverHello = "server-hello"
 
     /// Runs the target on `input`; returns whether the input was accepted (parsed, or
     /// for the HTTP/2 and CNI targets, handled without an error), which the committed
@@ -61,6 +64,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .localConfig: return try LocalConfigTarget.run(input)
         case .manifests: return try ManifestsTarget.run(input)
         case .pluginEvent: return try PluginEventTarget.run(input)
+        case .serverHello: return try ServerHelloTarget.run(input)
         }
     }
 }

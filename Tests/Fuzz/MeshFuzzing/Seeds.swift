@@ -1,6 +1,7 @@
 internal import CNI
 internal import IstioCA
 internal import MeshIdentity
+internal import MeshTestSupport
 internal import NodeAgent
 internal import Redirect
 internal import SwiftASN1
@@ -26,6 +27,7 @@ extension FuzzTarget {
         case .localConfig: Self.localConfigSeeds
         case .manifests: Self.manifestSeeds
         case .pluginEvent: Self.pluginEventSeeds
+        case .serverHello: Self.serverHelloSeeds
         }
     }
 
@@ -149,5 +151,21 @@ extension FuzzTarget {
             lines.append("COMMIT")
         }
         return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+extension FuzzTarget {
+    /// A control byte (piece size − 1), then a server's first bytes: a ServerHello for each
+    /// TLS 1.3 suite, without a session id, in one-byte and 40-byte records, and an alert.
+    fileprivate static var serverHelloSeeds: [(name: String, bytes: [UInt8])] {
+        [
+            ("aes128", [63] + TLSRecords.serverHello(suite: 0x1301)),
+            ("aes256", [7] + TLSRecords.serverHello(suite: 0x1302)),
+            ("chacha20", [0] + TLSRecords.serverHello(suite: 0x1303)),
+            ("no-session-id", [20] + TLSRecords.serverHello(suite: 0x1302, sessionID: 0)),
+            ("one-byte-records", [5] + TLSRecords.fragmented(TLSRecords.serverHello(suite: 0x1301), size: 1)),
+            ("40-byte-records", [30] + TLSRecords.fragmented(TLSRecords.serverHello(suite: 0x1303), size: 40)),
+            ("bad-alert", [1] + TLSRecords.alert(40)),
+        ]
     }
 }

@@ -334,7 +334,10 @@ static SSL_CTX *tls_context(void) {
     if (!ctx) die_tls("SSL_CTX_new failed");
     if (!SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) || !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION))
         die_tls("cannot restrict to TLS 1.3");
-    if (!SSL_CTX_set_ciphersuites(ctx, "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"))
+    /* ztunnel's two suites in rustls' order by default; --ciphersuites narrows or reorders
+     * them (the tunnel benchmark runs every configuration on the suite ours negotiates). */
+    if (!SSL_CTX_set_ciphersuites(ctx, g_cfg.ciphersuites ? g_cfg.ciphersuites
+                                                          : "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"))
         die_tls("cannot set TLS 1.3 cipher suites");
     if (!SSL_CTX_set1_groups_list(ctx, "X25519:P-256")) die_tls("cannot set key exchange groups");
     /* No resumption: no tickets (TLS 1.3 sends none with num_tickets 0), no cache. */
@@ -487,11 +490,23 @@ static void usage(void) {
     fprintf(stderr,
             "usage:\n"
             "  hbone-peer server --listen HOST:PORT --cert CHAIN.pem --key KEY.pem --ca ROOT.pem\n"
-            "                    --trust-domain TD [--upstream HOST:PORT] [--quiet]\n"
+            "                    --trust-domain TD [--upstream HOST:PORT] [--ciphersuites LIST] [--quiet]\n"
             "  hbone-peer client --listen HOST:PORT --connect HOST:PORT --authority IP:PORT\n"
             "                    --cert CHAIN.pem --key KEY.pem --ca ROOT.pem\n"
-            "                    --expect-identity spiffe://TD/ns/NS/sa/SA [--quiet]\n");
+            "                    --expect-identity spiffe://TD/ns/NS/sa/SA [--ciphersuites LIST] [--quiet]\n"
+            "  LIST: TLS 1.3 suites in OpenSSL's syntax, AES-GCM only; default\n"
+            "  TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256 (ztunnel's)\n");
     exit(2);
+}
+
+/* True if `list` names only HBONE's suites (ztunnel never offers ChaCha20). */
+static bool hbone_suites(const char *list) {
+    char copy[256];
+    if (!list[0] || strlen(list) >= sizeof copy) return false;
+    strcpy(copy, list);
+    for (char *save = NULL, *name = strtok_r(copy, ":", &save); name; name = strtok_r(NULL, ":", &save))
+        if (strcmp(name, "TLS_AES_256_GCM_SHA384") != 0 && strcmp(name, "TLS_AES_128_GCM_SHA256") != 0) return false;
+    return true;
 }
 
 static void parse_args(int argc, char **argv) {
@@ -520,12 +535,17 @@ static void parse_args(int argc, char **argv) {
         else if (strcmp(a, "--ca") == 0) g_cfg.ca = v;
         else if (strcmp(a, "--trust-domain") == 0) g_cfg.trust_domain = v;
         else if (strcmp(a, "--expect-identity") == 0) g_cfg.expect_identity = v;
+        else if (strcmp(a, "--ciphersuites") == 0) g_cfg.ciphersuites = v;
         else {
             fprintf(stderr, "hbone-peer: unknown option %s\n", a);
             usage();
         }
     }
     if (!listen_s || !g_cfg.cert || !g_cfg.key || !g_cfg.ca) usage();
+    if (g_cfg.ciphersuites && !hbone_suites(g_cfg.ciphersuites)) {
+        fprintf(stderr, "hbone-peer: --ciphersuites takes TLS_AES_256_GCM_SHA384 and/or TLS_AES_128_GCM_SHA256\n");
+        usage();
+    }
     if (!resolve_endpoint(listen_s, true, &g_cfg.listen)) usage();
     if (g_cfg.mode == MODE_SERVER) {
         if (!g_cfg.trust_domain || !g_cfg.trust_domain[0]) usage();

@@ -58,6 +58,7 @@ struct config {
     const char *cert, *key, *ca;
     const char *trust_domain;    /* server: required trust domain of clients   */
     const char *expect_identity; /* client: required SPIFFE ID of the server   */
+    const char *ciphersuites;    /* TLS 1.3 suites, NULL: ztunnel's two         */
     bool quiet;
 };
 
