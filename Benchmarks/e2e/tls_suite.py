@@ -11,7 +11,8 @@ AF_PACKET socket, so it needs root) and reports the suites it saw.
 
     with SuiteSniffer() as sniffer:
         connect_once()
-    sniffer.suites  # {"TLS_AES_128_GCM_SHA256"}
+    sniffer.suites                 # {"TLS_AES_128_GCM_SHA256"}
+    sniffer.suites_from({15008})   # only ServerHellos sent from these ports
 
 Run alone, it prints the suite of one connection to HOST:PORT that some other process makes
 while it listens: `tls_suite.py --seconds 5`.
@@ -37,8 +38,8 @@ SUITES = {
 
 
 def server_hello_suite(frame):
-    """The cipher suite of a ServerHello at the start of this Ethernet frame's TCP payload,
-    or None. Loopback frames carry a 14-byte Ethernet header with zero addresses."""
+    """(suite, source port) of a ServerHello at the start of this Ethernet frame's TCP
+    payload, or None. Loopback frames carry a 14-byte Ethernet header with zero addresses."""
     if len(frame) < 14 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:
         return None
     ip = frame[14:]
@@ -58,20 +59,29 @@ def server_hello_suite(frame):
     if len(payload) < at + 2:
         return None
     value = struct.unpack_from("!H", payload, at)[0]
-    return SUITES.get(value, f"0x{value:04x}")
+    return SUITES.get(value, f"0x{value:04x}"), struct.unpack_from("!H", tcp, 0)[0]
 
 
 class SuiteSniffer:
-    """Collects the suites of ServerHellos on `interface` between `__enter__` and `__exit__`."""
+    """Collects the suites of ServerHellos on `interface` between `__enter__` and `__exit__`.
+    `__enter__` raises OSError without the privilege (or the platform) to open a packet
+    socket; `error` is set if reading failed later."""
 
     def __init__(self, interface="lo"):
-        self.interface, self.suites = interface, set()
+        self.interface, self.seen, self.error = interface, set(), None
         self._stop = threading.Event()
         self._socket = self._thread = None
 
     def __enter__(self):
-        self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self._socket.bind((self.interface, 0))
+        family = getattr(socket, "AF_PACKET", None)
+        if family is None:
+            raise OSError("no AF_PACKET sockets on this platform")
+        self._socket = socket.socket(family, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            self._socket.bind((self.interface, 0))
+        except OSError:
+            self._socket.close()
+            raise
         self._socket.settimeout(0.05)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -90,11 +100,23 @@ class SuiteSniffer:
                 frame, address = self._socket.recvfrom(65535)
             except socket.timeout:
                 continue
+            except OSError as error:
+                self.error = error
+                return
             if address[2] == PACKET_OUTGOING:  # loopback shows every frame twice
                 continue
-            suite = server_hello_suite(frame)
-            if suite:
-                self.suites.add(suite)
+            found = server_hello_suite(frame)
+            if found:
+                self.seen.add(found)
+
+    @property
+    def suites(self):
+        """Every suite seen."""
+        return {suite for suite, _ in self.seen}
+
+    def suites_from(self, ports):
+        """The suites of ServerHellos sent from `ports` (a server's listening ports)."""
+        return {suite for suite, port in self.seen if port in ports}
 
 
 def main():

@@ -128,6 +128,7 @@ class Relays:
 
     def __init__(self, bench, name, upstream):
         self.name, self.procs, self.entry = name, [], None
+        self.tls_ports = set()  # where this configuration's TLS servers listen
         try:
             self._start_all(bench, name, upstream)
         except BaseException:
@@ -147,6 +148,7 @@ class Relays:
         elif name == "socat-tls":
             mid = free_port()
             tls = "openssl-min-proto-version=TLS1.3,cafile=%s" % b.root
+            self.tls_ports.add(mid)
             self._socat(["OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,cert=%s,key=%s,verify=1,%s"
                          % (mid, b.server_cert, b.server_key, tls), "TCP:127.0.0.1:%d,nodelay" % upstream], mid,
                         b.openssl_env)
@@ -166,6 +168,7 @@ class Relays:
                 "swift->c": ("swift", "c"), "c->swift": ("c", "swift"),
             }[name]
             server_port = self._start(b.server_command(server_impl, upstream))
+            self.tls_ports.add(server_port)
             self.entry = self._start(b.client_command(client_impl, server_port, upstream))
         wait_listening(self.entry)
 
@@ -305,10 +308,11 @@ def tunnel_rate(entry, seconds):
 def start_reading_suite(bench, name, upstream):
     """Starts `name`'s relays and runs one connection through them while the TLS 1.3 suites
     on the wire are read (the C peer's client connects when it starts, ours on the first
-    tunnel). Returns the relays and the suites ('?' without the privilege to sniff)."""
+    tunnel). Returns the relays and the suites of ServerHellos from their TLS servers' ports
+    ('?' without the privilege to sniff, or if reading failed)."""
     try:
         sniffer = SuiteSniffer().__enter__()
-    except PermissionError:
+    except OSError:
         return Relays(bench, name, upstream), "?"
     relays = None
     try:
@@ -320,7 +324,9 @@ def start_reading_suite(bench, name, upstream):
         raise
     finally:
         sniffer.__exit__(None, None, None)
-    return relays, " ".join(sorted(sniffer.suites)) or "none"
+    if sniffer.error:
+        return relays, "?"
+    return relays, " ".join(sorted(sniffer.suites_from(relays.tls_ports))) or "none"
 
 
 def concurrent_tunnel_rate(meshload, entry, seconds, threads=4):

@@ -67,20 +67,25 @@ package struct CipherSuitePolicy: Sendable, Equatable {
 
 /// A handshake refused because the ServerHello chose a suite outside ``CipherSuitePolicy``.
 package struct CipherSuiteRefused: Error, CustomStringConvertible, Equatable {
-    /// The suite the server chose.
-    package let suite: UInt16
+    /// The suite the server chose; `nil` when no ServerHello came within the bytes read
+    /// (``ServerHelloSuiteReader/Outcome/tooLong``).
+    package let suite: UInt16?
     /// Whether it was our server that chose it (so the client offered nothing better first).
     package let byUs: Bool
 
-    package init(suite: UInt16, byUs: Bool) {
+    package init(suite: UInt16?, byUs: Bool) {
         self.suite = suite
         self.byUs = byUs
     }
 
     package var description: String {
         let allowed = CipherSuitePolicy.current.allowed.map(CipherSuitePolicy.name).joined(separator: ", ")
+        guard let suite = self.suite else {
+            return "no ServerHello within the first \(ServerHelloSuiteReader.retained) bytes of the handshake "
+                + "(only empty records and warning alerts): its suite could not be checked against \(allowed)"
+        }
         return (self.byUs ? "the client's first choice among our suites was " : "the server chose ")
-            + "\(CipherSuitePolicy.name(self.suite)); HBONE allows \(allowed)"
+            + "\(CipherSuitePolicy.name(suite)); HBONE allows \(allowed)"
     }
 }
 
@@ -90,18 +95,24 @@ package struct CipherSuiteRefused: Error, CustomStringConvertible, Equatable {
 /// RFC 8446 §5.1: handshake messages "MAY be fragmented across multiple records" and
 /// "MUST NOT send zero-length fragments of Handshake types"; §4.1.3: a ServerHello is
 /// `legacy_version(2) random(32) legacy_session_id_echo<0..32> cipher_suite(2) …`. A
-/// stream that starts with anything else (an alert, garbage) is reported as not a
-/// ServerHello and left to the TLS implementation to refuse. At most the first 512 bytes
-/// are kept: with fragments of at least one byte, the 41 to 73 handshake bytes needed
-/// come within 73 records of at most 6 bytes each.
+/// stream that starts with anything TLS refuses (a fatal alert, another content type,
+/// garbage) is reported as not a ServerHello and left to TLS. Records BoringSSL skips
+/// before the ServerHello — warning alerts, empty handshake records — are skipped here
+/// too, so they cannot carry a ChaCha20 ServerHello past the check. At most the first 512
+/// bytes are read: a ServerHello of 41 to 73 needed bytes fits with room to spare, and a
+/// stream that has none there is ``Outcome/tooLong`` and refused (fail closed), though
+/// BoringSSL would go on skipping.
 package struct ServerHelloSuiteReader {
     package enum Outcome: Equatable, Sendable {
         /// Not enough bytes yet.
         case needMore
         /// The suite the server chose.
         case suite(UInt16)
-        /// The stream does not start with a well-formed ServerHello.
+        /// The stream does not start with a well-formed ServerHello: TLS will refuse it.
         case notServerHello
+        /// No ServerHello within the first ``retained`` bytes, only records BoringSSL would
+        /// skip (empty handshake records, warning alerts): refused, not passed unchecked.
+        case tooLong
     }
 
     package static let retained = 512
@@ -129,28 +140,44 @@ package struct ServerHelloSuiteReader {
     /// What `stream`, the start of a server's bytes, says (its first ``retained`` bytes).
     package static func parse(_ stream: UnsafeRawBufferPointer) -> Outcome {
         let bytes = UnsafeRawBufferPointer(rebasing: stream.prefix(Self.retained))
-        var handshake: [UInt8] = []  // fragments after the first; empty arrays do not allocate
+        let undecided: Outcome = bytes.count >= Self.retained ? .tooLong : .needMore
+        var first: Range<Int>?  // the first handshake fragment, read in place while it is the only one
+        var handshake: [UInt8] = []  // the fragments joined, once there are two; empty arrays do not allocate
         var at = 0
         while true {
-            guard bytes.count - at >= 5 else { return bytes.count >= Self.retained ? .notServerHello : .needMore }
-            // TLSPlaintext: ContentType handshake(22), legacy_record_version 0x03xx, uint16 length.
-            guard bytes[at] == 22, bytes[at + 1] == 3 else { return .notServerHello }
+            // TLSPlaintext: ContentType, legacy_record_version 0x03xx, uint16 length.
+            guard bytes.count - at >= 5 else { return undecided }
+            guard bytes[at + 1] == 3 else { return .notServerHello }
             let length = Int(bytes[at + 3]) << 8 | Int(bytes[at + 4])
-            guard length > 0, length <= 1 << 14 else { return .notServerHello }
-            let available = min(length, bytes.count - at - 5)
-            let fragment = UnsafeRawBufferPointer(rebasing: bytes[(at + 5)..<(at + 5 + available)])
-            let outcome: Outcome
-            if at == 0 {
-                outcome = Self.serverHello(fragment)
-            } else {
-                // The first record's fragment is bytes[5..<at], whole: it did not suffice alone.
-                if handshake.isEmpty { handshake.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[5..<at])) }
-                handshake.append(contentsOf: fragment)
-                outcome = handshake.withUnsafeBytes { Self.serverHello($0) }
+            guard length <= 1 << 14 else { return .notServerHello }
+            switch bytes[at] {
+            case 21 where length == 2:
+                // An alert. BoringSSL ignores a few warnings before the version is known, so
+                // they are skipped here too, or a server could send one, then ChaCha20.
+                guard bytes.count - at >= 7 else { return undecided }
+                guard bytes[at + 5] == 1 else { return .notServerHello }  // fatal: the handshake ends
+                at += 7
+            case 22 where length == 0:
+                // An empty handshake record: BoringSSL skips up to 32 in a row; so do we.
+                at += 5
+            case 22:
+                let available = min(length, bytes.count - at - 5)
+                let fragment = (at + 5)..<(at + 5 + available)
+                let outcome: Outcome
+                if let head = first {
+                    if handshake.isEmpty { handshake.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[head])) }
+                    handshake.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[fragment]))
+                    outcome = handshake.withUnsafeBytes { Self.serverHello($0) }
+                } else {
+                    first = fragment
+                    outcome = Self.serverHello(UnsafeRawBufferPointer(rebasing: bytes[fragment]))
+                }
+                guard outcome == .needMore else { return outcome }
+                guard available == length else { return undecided }
+                at += 5 + length
+            default:
+                return .notServerHello
             }
-            guard outcome == .needMore else { return outcome }
-            guard available == length else { return bytes.count >= Self.retained ? .notServerHello : .needMore }
-            at += 5 + length
         }
     }
 
@@ -278,9 +305,9 @@ package final class CipherSuiteGuard: ChannelDuplexHandler, RemovableChannelHand
     private func decide(context: ChannelHandlerContext, _ outcome: ServerHelloSuiteReader.Outcome, current: Current) {
         switch outcome {
         case .suite(let suite) where !self.policy.allows(suite):
-            self.state = .refused
-            if case .write(_, let promise) = current { promise?.fail(CipherSuiteRefused(suite: suite, byUs: true)) }
-            self.refuse(context: context, suite: suite)
+            self.refuse(context: context, suite: suite, current: current)
+        case .tooLong:
+            self.refuse(context: context, suite: nil, current: current)
         case .suite, .notServerHello, .needMore:
             self.state = .passing
             self.release(context: context, current)
@@ -305,8 +332,10 @@ package final class CipherSuiteGuard: ChannelDuplexHandler, RemovableChannelHand
         if self.heldFlush { context.flush() }
     }
 
-    private func refuse(context: ChannelHandlerContext, suite: UInt16) {
+    private func refuse(context: ChannelHandlerContext, suite: UInt16?, current: Current) {
+        self.state = .refused
         let error = CipherSuiteRefused(suite: suite, byUs: self.role == .server)
+        if case .write(_, let promise) = current { promise?.fail(error) }
         let writes = self.heldWrites
         self.heldReads = []
         self.heldWrites = []

@@ -46,10 +46,11 @@ struct CipherSuiteGuardTests {
     func notServerHellos() {
         let hello = Self.serverHello(suite: 0x1302)
         let cases: [(String, [UInt8])] = [
-            ("alert", TLSRecords.alert(40)),
+            ("fatal alert", TLSRecords.alert(40)),
+            ("fatal alert, then a ServerHello", TLSRecords.alert(40) + hello),
+            ("change_cipher_spec first", TLSRecords.record(20, [1]) + hello),
             ("HTTP", Array("HTTP/1.1 400 Bad Request\r\n\r\n".utf8)),
             ("ClientHello type", [22, 3, 3, 0, 4, 1, 0, 0, 0]),
-            ("zero-length record", [22, 3, 3, 0, 0] + hello),
             ("record longer than 2^14", [22, 3, 3, 0x40, 0x01] + hello[5...]),
             ("session id of 33", Array(hello[..<43]) + [33] + Array(hello[44...])),
             ("message too short for its fields", [22, 3, 3, 0, 44, 2, 0, 0, 1] + [UInt8](repeating: 0, count: 40)),
@@ -57,6 +58,32 @@ struct CipherSuiteGuardTests {
         for (name, bytes) in cases {
             #expect(self.read([bytes]) == .notServerHello, "\(name)")
         }
+    }
+
+    @Test("records BoringSSL skips before a ServerHello are skipped: warning alerts, empty handshake records; none past 512 bytes")
+    func skipped() {
+        let chacha = Self.serverHello(suite: 0x1303)
+        #expect(self.read([TLSRecords.alert(90, fatal: false) + chacha]) == .suite(0x1303))
+        #expect(self.read([TLSRecords.alert(0, fatal: false) + TLSRecords.alert(90, fatal: false) + chacha]) == .suite(0x1303))
+        #expect(self.read([TLSRecords.emptyHandshake + chacha]) == .suite(0x1303))
+        // Empty records between the fragments of the ServerHello too.
+        let pieces = Self.fragmented(chacha, size: 10)
+        var interleaved: [UInt8] = []
+        var at = 0
+        while at < pieces.count, pieces[at] == 22 {
+            let length = Int(pieces[at + 3]) << 8 | Int(pieces[at + 4])
+            interleaved += TLSRecords.emptyHandshake + pieces[at..<(at + 5 + length)]
+            at += 5 + length
+        }
+        interleaved += pieces[at...]
+        #expect(self.read([interleaved]) == .suite(0x1303))
+        #expect(self.read(interleaved.map { [$0] }) == .suite(0x1303))
+        // A server that only skips for 512 bytes is refused, not passed unchecked.
+        let stalling = [[UInt8]](repeating: TLSRecords.emptyHandshake, count: 103).flatMap { $0 } + chacha
+        #expect(self.read([stalling]) == .tooLong)
+        #expect(self.read([Array(stalling[..<400])]) == .needMore)
+        let warnings = [[UInt8]](repeating: TLSRecords.alert(90, fatal: false), count: 74).flatMap { $0 }
+        #expect(self.read([warnings]) == .tooLong)
     }
 
     @Test("a stream that never completes a ServerHello is decided within the first 512 bytes")
@@ -139,6 +166,27 @@ struct CipherSuiteGuardTests {
         #expect(try refused.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: CipherSuiteGuard.handshakeFailureAlert))
         #expect(!refused.isActive)
         #expect("\(CipherSuiteRefused(suite: 0x1303, byUs: false))".contains("the server chose TLS_CHACHA20_POLY1305_SHA256"))
+
+        // Warning alerts and empty records, then ChaCha20: still refused.
+        let sneaky = EmbeddedChannel(handler: CipherSuiteGuard(role: .client, policy: .hbone))
+        try sneaky.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
+        #expect(throws: CipherSuiteRefused(suite: 0x1303, byUs: false)) {
+            try sneaky.writeInbound(ByteBuffer(bytes: TLSRecords.alert(90, fatal: false) + TLSRecords.emptyHandshake
+                + Self.serverHello(suite: 0x1303)))
+        }
+        #expect(try sneaky.readInbound(as: ByteBuffer.self) == nil)
+        #expect(!sneaky.isActive)
+
+        // Nothing but skippable records for 512 bytes: refused, with no suite to name.
+        let stalling = EmbeddedChannel(handler: CipherSuiteGuard(role: .client, policy: .hbone))
+        try stalling.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
+        #expect(throws: CipherSuiteRefused(suite: nil, byUs: false)) {
+            for _ in 0..<103 where stalling.isActive { try stalling.writeInbound(ByteBuffer(bytes: TLSRecords.emptyHandshake)) }
+        }
+        #expect(try stalling.readInbound(as: ByteBuffer.self) == nil)
+        #expect(try stalling.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: CipherSuiteGuard.handshakeFailureAlert))
+        #expect(!stalling.isActive)
+        #expect("\(CipherSuiteRefused(suite: nil, byUs: false))".contains("no ServerHello within the first 512 bytes"))
     }
 
     @Test("server: an allowed first flight is written as it was; a ChaCha20 one is replaced by an alert")

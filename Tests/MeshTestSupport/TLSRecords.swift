@@ -29,6 +29,12 @@ public enum TLSRecords {
         } + bytes[(5 + length)...]
     }
 
-    /// A fatal alert record with `description` (40: handshake_failure).
-    public static func alert(_ description: UInt8) -> [UInt8] { record(21, [2, description]) }
+    /// An alert record with `description` (40: handshake_failure, 90: user_canceled), fatal
+    /// or a warning.
+    public static func alert(_ description: UInt8, fatal: Bool = true) -> [UInt8] {
+        record(21, [fatal ? 2 : 1, description])
+    }
+
+    /// An empty handshake record, which BoringSSL skips (up to 32 in a row).
+    public static let emptyHandshake: [UInt8] = [22, 3, 3, 0, 0]
 }

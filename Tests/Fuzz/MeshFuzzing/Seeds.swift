@@ -165,6 +165,8 @@ extension FuzzTarget {
             ("no-session-id", [20] + TLSRecords.serverHello(suite: 0x1302, sessionID: 0)),
             ("one-byte-records", [5] + TLSRecords.fragmented(TLSRecords.serverHello(suite: 0x1301), size: 1)),
             ("40-byte-records", [30] + TLSRecords.fragmented(TLSRecords.serverHello(suite: 0x1303), size: 40)),
+            ("warning-then-chacha20", [9] + TLSRecords.alert(90, fatal: false) + TLSRecords.emptyHandshake
+                + TLSRecords.serverHello(suite: 0x1303)),
             ("bad-alert", [1] + TLSRecords.alert(40)),
         ]
     }

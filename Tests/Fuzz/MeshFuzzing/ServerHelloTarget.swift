@@ -14,7 +14,8 @@ internal import NIOEmbedded
 ///   order when the outcome is an allowed suite or not a ServerHello; passes nothing and
 ///   writes nothing while more bytes are needed; and for a refused suite passes nothing,
 ///   writes exactly a fatal `handshake_failure` alert, reports ``CipherSuiteRefused`` and
-///   closes the connection.
+///   closes the connection — and so when the first 512 bytes hold only records TLS would
+///   skip (warning alerts, empty handshake records) and no ServerHello.
 ///
 /// Accepted: the bytes start with a ServerHello whose suite was read.
 enum ServerHelloTarget {
@@ -48,13 +49,19 @@ enum ServerHelloTarget {
         } catch {
             throw FuzzFailure("the guard passed on something that is not bytes: \(error)")
         }
+        func refused(_ suite: UInt16?) throws(FuzzFailure) {
+            let what = suite.map { "refused \($0)" } ?? "refused, no ServerHello"
+            try require(passed.isEmpty, "\(what), yet \(passed.count) bytes reached TLS")
+            try require(written == CipherSuiteGuard.handshakeFailureAlert, "\(what) and wrote \(written)")
+            try require(refusal as? CipherSuiteRefused == CipherSuiteRefused(suite: suite, byUs: false),
+                        "\(what) and reported \(String(describing: refusal))")
+            try require(!channel.isActive, "\(what) and left the connection open")
+        }
         switch whole {
         case .suite(let suite) where !policy.allows(suite):
-            try require(passed.isEmpty, "refused \(suite), yet \(passed.count) bytes reached TLS")
-            try require(written == CipherSuiteGuard.handshakeFailureAlert, "refused \(suite) and wrote \(written)")
-            try require(refusal as? CipherSuiteRefused == CipherSuiteRefused(suite: suite, byUs: false),
-                        "refused \(suite) and reported \(String(describing: refusal))")
-            try require(!channel.isActive, "refused \(suite) and left the connection open")
+            try refused(suite)
+        case .tooLong:
+            try refused(nil)
         case .needMore:
             try require(passed.isEmpty && written.isEmpty && refusal == nil,
                         "undecided, yet \(passed.count) bytes passed, \(written.count) written, error \(String(describing: refusal))")
