@@ -15,7 +15,8 @@ public struct HBONETunnelTarget: Sendable, Hashable {
     /// The peer's HBONE endpoint, normally `podIP:15008`.
     public var nextHop: HBONEAddress
     /// The server is accepted if its SPIFFE ID is any of these (workload identity plus
-    /// the service's SANs).
+    /// the service's SANs). An empty list accepts no server: opening fails with
+    /// ``HBONEClientError/handshake(_:)`` before connecting.
     public var expectedIdentities: [SPIFFEID]
     /// The `:authority` of the `CONNECT`, e.g. `podIP:targetPort`.
     public var authority: HBONEAddress
@@ -161,6 +162,10 @@ public final class HBONEClient: Sendable {
     /// Opens a `CONNECT` stream for `target` on `eventLoop` and completes once the server
     /// answered 200.
     func openStream(_ target: HBONETunnelTarget, on eventLoop: any EventLoop) -> EventLoopFuture<OpenedStream> {
+        guard !target.expectedIdentities.isEmpty else {
+            // The verifier would refuse every server; say why before connecting.
+            return eventLoop.makeFailedFuture(HBONEClientError.handshake("no expected server identity given for \(target.nextHop)"))
+        }
         let key = PoolKey(
             source: target.source,
             expected: target.expectedIdentities.count > 1 ? target.expectedIdentities.sorted() : target.expectedIdentities,
@@ -251,12 +256,8 @@ public final class HBONEClient: Sendable {
         }
         result.whenComplete { outcome in
             let waiters: [EventLoopPromise<Void>] = self.pool.withLockedValue { state in
-                switch outcome {
-                case .success(let (id, connection)):
-                    state.connections[id] = connection
-                case .failure:
-                    state.machine.connectFailed(key)
-                }
+                // A success was pooled when it was counted (`makeConnection`).
+                if case .failure = outcome { state.machine.connectFailed(key) }
                 return state.waiters.removeValue(forKey: key) ?? []
             }
             for waiter in waiters {
@@ -287,8 +288,10 @@ public final class HBONEClient: Sendable {
         let verifyError = NIOLockedValueBox<IdentityError?>(nil)
         let handshake = eventLoop.makePromise(of: Void.self)
         let multiplexerBox = NIOLockedValueBox<NIOHTTP2Handler.StreamMultiplexer?>(nil)
-        // The pool ID once the connection is pooled; a GOAWAY before that marks it instead.
-        let slot = NIOLockedValueBox<(id: Int?, goneAway: Bool)>((nil, false))
+        // The pool ID once the connection is pooled; a GOAWAY or the server's stream limit
+        // before that is kept here instead.
+        let slot = NIOLockedValueBox<(id: Int?, goneAway: Bool, maximumStreams: Int?)>((nil, false, nil))
+        let ownLimit = configuration.http2.clientMaximumStreamsPerConnection
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout.timeAmount)
             .channelInitializer { channel in
@@ -311,12 +314,20 @@ public final class HBONEClient: Sendable {
                         stream.close()
                     }
                     multiplexerBox.withLockedValue { $0 = multiplexer }
-                    try sync.addHandler(GoAwayWatcher { [weak self] in
+                    try sync.addHandler(PoolConnectionWatcher { [weak self] in
                         let id: Int? = slot.withLockedValue { slot in
                             slot.goneAway = true
                             return slot.id
                         }
                         if let id { self?.discard(key, id) }
+                    } onMaximumStreams: { [weak self] peerLimit in
+                        let id: Int? = slot.withLockedValue { slot in
+                            slot.maximumStreams = peerLimit
+                            return slot.id
+                        }
+                        if let id, let self {
+                            self.pool.withLockedValue { $0.machine.limit(key, id, maximumStreams: min(ownLimit, peerLimit)) }
+                        }
                     })
                 }
             }
@@ -334,16 +345,23 @@ public final class HBONEClient: Sendable {
                     throw HBONEClientError.handshake("\(error)")
                 }.flatMapThrowing { () throws -> (Int, PooledConnection) in
                     guard let multiplexer = multiplexerBox.withLockedValue({ $0 }) else { throw HBONEClientError.closed }
-                    let id = self.pool.withLockedValue { state in
-                        state.machine.connected(key, maximumStreams: configuration.http2.clientMaximumStreamsPerConnection)
-                    }
-                    let goneAway = slot.withLockedValue { slot in
+                    let connection = PooledConnection(key: key, channel: channel, multiplexer: multiplexer)
+                    // Counted and stored under one lock: a checkout from another thread
+                    // that is handed this ID finds the connection.
+                    // The slot's lock is held around the pool's, as the watcher's
+                    // callbacks never do, so a limit that arrives now is not lost.
+                    let (id, goneAway) = slot.withLockedValue { slot in
+                        let id = self.pool.withLockedValue { state in
+                            let id = state.machine.connected(key, maximumStreams: min(ownLimit, slot.maximumStreams ?? ownLimit))
+                            state.connections[id] = connection
+                            return id
+                        }
                         slot.id = id
-                        return slot.goneAway
+                        return (id, slot.goneAway)
                     }
                     // Handed to this checkout (its stream was counted), never to later ones.
                     if goneAway { self.discard(key, id) }
-                    return (id, PooledConnection(key: key, channel: channel, multiplexer: multiplexer))
+                    return (id, connection)
                 }
             }
     }

@@ -151,21 +151,35 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// Takes a client connection out of the pool when it receives GOAWAY.
-final class GoAwayWatcher: ChannelInboundHandler {
+/// Tells the pool what a server's connection-level frames mean for a client connection:
+/// GOAWAY takes it out of the pool, and SETTINGS_MAX_CONCURRENT_STREAMS caps the streams
+/// it is given (RFC 9113 §5.1.2: "Endpoints MUST NOT exceed the limit set by their peer").
+final class PoolConnectionWatcher: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
 
     private let onGoAway: @Sendable () -> Void
+    private let onMaximumStreams: @Sendable (Int) -> Void
 
     /// `onGoAway` takes the connection out of the pool; streams already open keep running
     /// (nio-http2 serves those below the GOAWAY's last stream ID and closes the connection
-    /// after the last one ends).
-    init(onGoAway: @escaping @Sendable () -> Void) {
+    /// after the last one ends). `onMaximumStreams` gets each advertised stream limit.
+    init(onGoAway: @escaping @Sendable () -> Void, onMaximumStreams: @escaping @Sendable (Int) -> Void) {
         self.onGoAway = onGoAway
+        self.onMaximumStreams = onMaximumStreams
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .goAway = Self.unwrapInboundIn(data).payload { self.onGoAway() }
+        switch Self.unwrapInboundIn(data).payload {
+        case .goAway:
+            self.onGoAway()
+        case .settings(.settings(let settings)):
+            // The last value in a frame wins (§6.5: "processed in the order in which they appear").
+            if let limit = settings.last(where: { $0.parameter == .maxConcurrentStreams }) {
+                self.onMaximumStreams(limit.value)
+            }
+        default:
+            break
+        }
         context.fireChannelRead(data)
     }
 }

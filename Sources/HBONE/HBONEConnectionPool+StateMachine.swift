@@ -71,6 +71,14 @@ struct PoolStateMachine<Key: Hashable & Sendable>: Sendable {
         return self.nextID
     }
 
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2) arrived for `id`:
+    /// it takes at most `maximumStreams` streams from now on (ztunnel: the lower of its own
+    /// limit and the peer's). Streams it already carries are not moved; 0 takes it out of
+    /// rotation without closing it.
+    mutating func limit(_ key: Key, _ id: ConnectionID, maximumStreams: Int) {
+        self.entries[key]?.connections[id]?.maximumStreams = max(0, maximumStreams)
+    }
+
     /// The connect for `key` failed; waiters should be failed too.
     mutating func connectFailed(_ key: Key) {
         self.entries[key]?.connecting = false

@@ -122,13 +122,17 @@ public final class HBONEServer: Service, Sendable {
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
                 try? await channel.closeFuture.get()
+                // The listener closed; the connections drain (or were closed). Returning
+                // earlier would let a service group end the process mid-drain.
+                await connections.waitUntilEmpty()
             } onCancel: {
-                channel.close(promise: nil)
+                // Shutdown state first: the listener's close must find it set.
                 connections.closeAll()
+                channel.close(promise: nil)
             }
         } onGracefulShutdown: {
-            channel.close(promise: nil)
             connections.drain(deadline: self.configuration.hbone.drainDeadline)
+            channel.close(promise: nil)
         }
     }
 
@@ -235,28 +239,66 @@ final class LiveChannels<Info: Sendable>: Sendable {
 }
 
 /// The server's open connections, for drain and forced close.
+///
+/// Once a drain or forced close has begun, a connection accepted afterwards is closed as
+/// soon as it is added (it is still before its TLS handshake, with nothing to drain), so
+/// no connection escapes the shutdown by arriving during it. ``waitUntilEmpty()`` lets
+/// ``HBONEServer/run()`` return only when the last connection is gone.
 final class ServerConnections: Sendable {
-    private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    private struct State {
+        var channels: [ObjectIdentifier: any Channel] = [:]
+        var shuttingDown = false
+        var emptyWaiters: [CheckedContinuation<Void, Never>] = []
 
-    func add(_ channel: any Channel) {
-        let key = ObjectIdentifier(channel)
-        self.channels.withLockedValue { $0[key] = channel }
-        channel.closeFuture.whenComplete { _ in
-            self.channels.withLockedValue { $0[key] = nil }
+        mutating func remove(_ key: ObjectIdentifier) -> [CheckedContinuation<Void, Never>] {
+            self.channels[key] = nil
+            guard self.channels.isEmpty else { return [] }
+            defer { self.emptyWaiters = [] }
+            return self.emptyWaiters
         }
     }
 
-    var count: Int { self.channels.withLockedValue { $0.count } }
+    private let state = NIOLockedValueBox(State())
 
-    func closeAll() {
-        for channel in self.channels.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) }
+    func add(_ channel: any Channel) {
+        let key = ObjectIdentifier(channel)
+        let accepted = self.state.withLockedValue { state in
+            guard !state.shuttingDown else { return false }
+            state.channels[key] = channel
+            return true
+        }
+        guard accepted else { return channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in
+            for waiter in self.state.withLockedValue({ $0.remove(key) }) { waiter.resume() }
+        }
     }
 
-    /// Sends GOAWAY on every connection, then closes whatever is still open at the deadline.
-    /// A connection still in its TLS handshake (no HTTP/2 handler yet) has nothing to drain
-    /// and is closed at once: a frame written there would reach the socket as is.
+    var count: Int { self.state.withLockedValue { $0.channels.count } }
+
+    /// Returns once a shutdown that has begun has seen every connection close; at once if
+    /// none has begun (the listener closed for another reason) or none is open.
+    func waitUntilEmpty() async {
+        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+            let empty = self.state.withLockedValue { state in
+                if !state.shuttingDown || state.channels.isEmpty { return true }
+                state.emptyWaiters.append(waiter)
+                return false
+            }
+            if empty { waiter.resume() }
+        }
+    }
+
+    /// Stops taking connections and closes every open one now.
+    func closeAll() {
+        for channel in self.beginShutdown() { channel.close(promise: nil) }
+    }
+
+    /// Stops taking connections, sends GOAWAY on every open one, and closes whatever is
+    /// still open at the deadline. A connection still in its TLS handshake (no HTTP/2
+    /// handler yet) has nothing to drain and is closed at once: a frame written there would
+    /// reach the socket as is.
     func drain(deadline: Duration) {
-        for channel in self.channels.withLockedValue({ Array($0.values) }) {
+        for channel in self.beginShutdown() {
             channel.eventLoop.execute {
                 guard (try? channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)) != nil else {
                     channel.close(promise: nil)
@@ -268,6 +310,13 @@ final class ServerConnections: Sendable {
                 channel.writeAndFlush(goAway, promise: nil)
                 channel.eventLoop.scheduleTask(in: deadline.timeAmount) { channel.close(promise: nil) }
             }
+        }
+    }
+
+    private func beginShutdown() -> [any Channel] {
+        self.state.withLockedValue { state in
+            state.shuttingDown = true
+            return Array(state.channels.values)
         }
     }
 }

@@ -36,7 +36,8 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
     /// When the stream opened, for the record's duration.
     private let opened = ContinuousClock.now
     private var request: HBONEInboundRequest?
-    /// DATA that arrived before the tunnel was spliced (a client may send early).
+    /// DATA and trailers that came in the same read as the request's HEADERS (a client may
+    /// send early; later frames wait, unread, until the tunnel is spliced).
     private var early: [HTTP2Frame.FramePayload] = []
 
     init(
@@ -55,12 +56,27 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
         self.onClosed = onClosed
     }
 
+    /// The stream is read only as far as its HEADERS until the tunnel is spliced: DATA the
+    /// client sends before the `200` stays in nio-http2's stream buffer, whose window is
+    /// not returned until it is read, so an upstream that is slow to connect (up to
+    /// ``HBONEConfiguration/connectTimeout``) holds at most one stream window per stream,
+    /// as ztunnel does by not reading the request body before it answers.
+    func handlerAdded(context: ChannelHandlerContext) {
+        try? context.channel.syncOptions?.setOption(.autoRead, value: false)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        context.read()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let payload = Self.unwrapInboundIn(data)
         switch (self.state, payload) {
         case (.waitingForHeaders, .headers(let headers)):
             self.received(headers: headers.headers, endStream: headers.endStream, context: context)
-        case (.deciding, .data), (.connecting, .data):
+        case (.deciding, .data), (.connecting, .data), (.deciding, .headers), (.connecting, .headers):
+            // DATA, and trailers ending the stream (a FIN sent before the 200), replayed in order.
             self.early.append(payload)
         default:
             break
@@ -171,15 +187,25 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
         for payload in early { glue.stream.channelReadDelivered(payload) }
         glue.tcp.flush()
         TunnelSocketOptions.setAutoRead(upstream, true)
-        context.read()
+        // This handler is out of the pipeline: the read goes from the channel, and delivers
+        // what waited unread to the glue.
+        TunnelSocketOptions.setAutoRead(context.channel, true)
+        context.channel.read()
     }
 
+    /// Ends the stream with an error status, once: a stream the client already closed
+    /// (``channelInactive(context:)`` recorded it) is not answered or recorded again when
+    /// its upstream connect fails afterwards.
     private func respond(_ status: HBONEStatus, reason: String, context: ChannelHandlerContext) {
+        guard self.state != .done else { return }
         self.state = .done
         self.logger.debug("HBONE request rejected", metadata: ["status": "\(status)", "reason": "\(reason)"])
         var headers = HPACKHeaders()
         headers.add(name: ":status", value: "\(status.code)")
         context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
         self.onClosed(HBONETunnelRecord(request: self.request, status: status, reason: reason, bytes: TunnelByteCounts(), duration: self.opened.duration(to: .now)))
+        // What the client still sends is read and dropped (`channelRead` ignores it in .done).
+        TunnelSocketOptions.setAutoRead(context.channel, true)
+        context.read()
     }
 }

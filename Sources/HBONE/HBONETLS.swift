@@ -60,7 +60,9 @@ enum HBONETLS {
     ///   - bundle: The roots to trust.
     ///   - usage: `.client` on the server side, `.server` on the client side.
     ///   - trustDomain: Required trust domain (server side), or `nil`.
-    ///   - expected: Identities accepted (client side); empty means any.
+    ///   - expected: Identities accepted (client side). With no `trustDomain` either, an
+    ///     empty list accepts nothing: a client always names whom it expects (ztunnel's
+    ///     `IdentityVerifier` rejects when no SAN matches).
     ///   - cache: Earlier successful verifications.
     ///   - verified: Receives the verified identity before the promise succeeds.
     static func verify(
@@ -82,7 +84,7 @@ enum HBONETLS {
             return
         }
         @Sendable func finish(_ identity: SPIFFEID) {
-            if !expected.isEmpty, !expected.contains(identity) {
+            if trustDomain == nil || !expected.isEmpty, !expected.contains(identity) {
                 verified(.failure(.unexpectedIdentity(actual: identity, expected: expected)))
                 promise.succeed(.failed)
                 return

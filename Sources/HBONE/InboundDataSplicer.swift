@@ -72,11 +72,14 @@ package struct InboundDataSplicer {
         static let headers: UInt8 = 0x1
         static let rstStream: UInt8 = 0x3
         static let settings: UInt8 = 0x4
+        static let pushPromise: UInt8 = 0x5
         static let windowUpdate: UInt8 = 0x8
+        static let continuation: UInt8 = 0x9
     }
 
     private enum Flag {
         static let endStream: UInt8 = 0x1
+        static let endHeaders: UInt8 = 0x4
         static let padded: UInt8 = 0x8
     }
 
@@ -127,6 +130,8 @@ package struct InboundDataSplicer {
     /// The frame being captured, header included.
     private var captured: [UInt8] = []
     private var streams: [Int32: Stream] = [:]
+    /// Between a HEADERS or PUSH_PROMISE without END_HEADERS and the CONTINUATION with it.
+    private var inFieldBlock = false
     /// Streams with bytes taken in the current read burst.
     private var touched: [Int32] = []
     /// Bytes taken here and not yet returned to the connection window.
@@ -342,6 +347,17 @@ package struct InboundDataSplicer {
     /// bookkeeping: HEADERS opens a stream, END_STREAM and RST_STREAM end one.
     private mutating func frameStarts(_ header: HTTP2FrameHeader) -> FrameDecision {
         let (length, flags, streamID) = (header.length, header.flags, header.streamID)
+        // RFC 9113 §4.3: a field block "MUST be transmitted as a contiguous sequence of
+        // frames, with no interleaved frames of any other type or from any other stream".
+        // Inside one, every frame goes to nio-http2, which answers anything but its
+        // CONTINUATION with PROTOCOL_ERROR; taking a DATA frame here would hide it.
+        if self.inFieldBlock {
+            if header.type == FrameType.continuation, flags & Flag.endHeaders != 0 { self.inFieldBlock = false }
+            return .forward(length: length)
+        }
+        if header.type == FrameType.headers || header.type == FrameType.pushPromise, flags & Flag.endHeaders == 0 {
+            self.inFieldBlock = true
+        }
         switch header.type {
         case FrameType.data:
             // Entries are changed in place, through their index: one lookup per frame.
@@ -415,7 +431,9 @@ package struct InboundDataSplicer {
         self.connectionUnsent += count
         guard let index = self.streams.index(forKey: streamID) else { return }
         let stream = self.streams.values[index]
-        if stream.delivered == 0, stream.unsent == 0, !self.touched.contains(streamID) { self.touched.append(streamID) }
+        // `unsent` may be left from an earlier burst, so only `delivered` (reset with
+        // `touched`) says whether this burst already touched the stream.
+        if stream.delivered == 0, !self.touched.contains(streamID) { self.touched.append(streamID) }
         self.streams.values[index].unsent += count
     }
 

@@ -6,15 +6,9 @@ import NIOEmbedded
 import Testing
 
 /// ``ServerHelloSuiteReader`` and ``CipherSuiteGuard`` without sockets; the guard against
-/// OpenSSL peers is in `HBONEInteropTests` and `HBONEPeerInteropTests`.
+/// OpenSSL peers is in `CipherSuiteInteropTests`.
 @Suite("TLS 1.3 cipher suite guard")
 struct CipherSuiteGuardTests {
-    static func serverHello(suite: UInt16, sessionID: Int = 32) -> [UInt8] {
-        TLSRecords.serverHello(suite: suite, sessionID: sessionID)
-    }
-
-    static func fragmented(_ bytes: [UInt8], size: Int) -> [UInt8] { TLSRecords.fragmented(bytes, size: size) }
-
     func read(_ chunks: [[UInt8]]) -> ServerHelloSuiteReader.Outcome {
         var reader = ServerHelloSuiteReader()
         var outcome = ServerHelloSuiteReader.Outcome.needMore
@@ -25,7 +19,7 @@ struct CipherSuiteGuardTests {
     @Test("the suite is read from a whole ServerHello, from any two reads of it and from one-byte records")
     func serverHellos() {
         for suite: UInt16 in [0x1301, 0x1302, 0x1303] {
-            let hello = Self.serverHello(suite: suite)
+            let hello = TLSRecords.serverHello(suite: suite)
             #expect(self.read([hello]) == .suite(suite))
             for cut in 0..<hello.count {
                 let outcome = self.read([Array(hello[..<cut]), Array(hello[cut...])])
@@ -35,16 +29,16 @@ struct CipherSuiteGuardTests {
                 }
             }
             for size in [1, 2, 3, 40, 75] {
-                #expect(self.read([Self.fragmented(hello, size: size)]) == .suite(suite), "records of \(size)")
+                #expect(self.read([TLSRecords.fragmented(hello, size: size)]) == .suite(suite), "records of \(size)")
             }
-            #expect(self.read(Self.fragmented(hello, size: 1).map { [$0] }) == .suite(suite), "one byte per read")
-            #expect(self.read([Self.serverHello(suite: suite, sessionID: 0)]) == .suite(suite), "no session id")
+            #expect(self.read(TLSRecords.fragmented(hello, size: 1).map { [$0] }) == .suite(suite), "one byte per read")
+            #expect(self.read([TLSRecords.serverHello(suite: suite, sessionID: 0)]) == .suite(suite), "no session id")
         }
     }
 
     @Test("anything but a well-formed ServerHello is left to TLS: alerts, HTTP, a ClientHello, bad lengths")
     func notServerHellos() {
-        let hello = Self.serverHello(suite: 0x1302)
+        let hello = TLSRecords.serverHello(suite: 0x1302)
         let cases: [(String, [UInt8])] = [
             ("fatal alert", TLSRecords.alert(40)),
             ("fatal alert, then a ServerHello", TLSRecords.alert(40) + hello),
@@ -62,12 +56,12 @@ struct CipherSuiteGuardTests {
 
     @Test("records BoringSSL skips before a ServerHello are skipped: warning alerts, empty handshake records; none past 512 bytes")
     func skipped() {
-        let chacha = Self.serverHello(suite: 0x1303)
+        let chacha = TLSRecords.serverHello(suite: 0x1303)
         #expect(self.read([TLSRecords.alert(90, fatal: false) + chacha]) == .suite(0x1303))
         #expect(self.read([TLSRecords.alert(0, fatal: false) + TLSRecords.alert(90, fatal: false) + chacha]) == .suite(0x1303))
         #expect(self.read([TLSRecords.emptyHandshake + chacha]) == .suite(0x1303))
         // Empty records between the fragments of the ServerHello too.
-        let pieces = Self.fragmented(chacha, size: 10)
+        let pieces = TLSRecords.fragmented(chacha, size: 10)
         var interleaved: [UInt8] = []
         var at = 0
         while at < pieces.count, pieces[at] == 22 {
@@ -108,7 +102,7 @@ struct CipherSuiteGuardTests {
             switch iteration % 3 {
             case 0: bytes = (0..<Int.random(in: 0..<700, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
             case 1:
-                bytes = Self.fragmented(Self.serverHello(suite: UInt16.random(in: 0x1300...0x1306, using: &generator)),
+                bytes = TLSRecords.fragmented(TLSRecords.serverHello(suite: UInt16.random(in: 0x1300...0x1306, using: &generator)),
                                         size: Int.random(in: 1...80, using: &generator))
                 for _ in 0..<Int.random(in: 0...3, using: &generator) where !bytes.isEmpty {
                     bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
@@ -146,7 +140,7 @@ struct CipherSuiteGuardTests {
     func clientGuard() throws {
         let allowed = EmbeddedChannel(handler: CipherSuiteGuard(role: .client, policy: .hbone))
         try allowed.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
-        let hello = Self.serverHello(suite: 0x1301)
+        let hello = TLSRecords.serverHello(suite: 0x1301)
         try allowed.writeInbound(ByteBuffer(bytes: hello[..<20]))
         #expect(try allowed.readInbound(as: ByteBuffer.self) == nil, "held until the suite is known")
         try allowed.writeInbound(ByteBuffer(bytes: hello[20...]))
@@ -160,7 +154,7 @@ struct CipherSuiteGuardTests {
         let refused = EmbeddedChannel(handler: CipherSuiteGuard(role: .client, policy: .hbone))
         try refused.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
         #expect(throws: CipherSuiteRefused(suite: 0x1303, byUs: false)) {
-            try refused.writeInbound(ByteBuffer(bytes: Self.serverHello(suite: 0x1303)))
+            try refused.writeInbound(ByteBuffer(bytes: TLSRecords.serverHello(suite: 0x1303)))
         }
         #expect(try refused.readInbound(as: ByteBuffer.self) == nil, "TLS never sees the ServerHello")
         #expect(try refused.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: CipherSuiteGuard.handshakeFailureAlert))
@@ -172,7 +166,7 @@ struct CipherSuiteGuardTests {
         try sneaky.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
         #expect(throws: CipherSuiteRefused(suite: 0x1303, byUs: false)) {
             try sneaky.writeInbound(ByteBuffer(bytes: TLSRecords.alert(90, fatal: false) + TLSRecords.emptyHandshake
-                + Self.serverHello(suite: 0x1303)))
+                + TLSRecords.serverHello(suite: 0x1303)))
         }
         #expect(try sneaky.readInbound(as: ByteBuffer.self) == nil)
         #expect(!sneaky.isActive)
@@ -193,7 +187,7 @@ struct CipherSuiteGuardTests {
     func serverGuard() throws {
         let allowed = EmbeddedChannel(handler: CipherSuiteGuard(role: .server, policy: .hbone))
         try allowed.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
-        let hello = Self.serverHello(suite: 0x1302)
+        let hello = TLSRecords.serverHello(suite: 0x1302)
         let first = allowed.write(ByteBuffer(bytes: hello[..<30]))
         allowed.flush()
         #expect(try allowed.readOutbound(as: ByteBuffer.self) == nil, "held until the suite is known")
@@ -215,7 +209,7 @@ struct CipherSuiteGuardTests {
 
         let refused = EmbeddedChannel(handler: CipherSuiteGuard(role: .server, policy: .hbone))
         try refused.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
-        let write = refused.writeAndFlush(ByteBuffer(bytes: Self.serverHello(suite: 0x1303)))
+        let write = refused.writeAndFlush(ByteBuffer(bytes: TLSRecords.serverHello(suite: 0x1303)))
         #expect(throws: CipherSuiteRefused(suite: 0x1303, byUs: true)) { try write.wait() }
         #expect(try refused.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: CipherSuiteGuard.handshakeFailureAlert))
         #expect(try refused.readOutbound(as: ByteBuffer.self) == nil, "the ServerHello never leaves")

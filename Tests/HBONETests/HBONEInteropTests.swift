@@ -24,6 +24,8 @@ struct HBONEInteropTests {
         let ca: CertificateAuthority
         let manager: CertificateManager
         let upstream: EchoUntilEOFServer
+        /// Where the server's upstream connects stall (`:authority` port 8082).
+        let stalled: StalledListener
         let server: HBONEServer
         let serverIdentity = spiffe("default", "httpbin")
         let records = Records()
@@ -40,11 +42,14 @@ struct HBONEInteropTests {
             self.manager = CertificateManager(provider: EmbeddedCAProvider(authority: self.ca))
             self.upstream = try await EchoUntilEOFServer()
             self.files = try TemporaryDirectory(prefix: "hbone-interop")
+            self.stalled = try StalledListener()
             var configuration = HBONEServer.Configuration()
             configuration.host = "127.0.0.1"
             configuration.port = 0
             configuration.hbone.splicesData = splicesData
+            configuration.hbone.connectTimeout = .seconds(2)
             let upstreamPort = UInt16(self.upstream.port)
+            let stalledPort = UInt16(self.stalled.port)
             let records = self.records
             self.server = HBONEServer(
                 configuration: configuration, identity: self.serverIdentity, certificates: self.manager,
@@ -53,6 +58,7 @@ struct HBONEInteropTests {
                 switch request.target.port {
                 case 8080: return .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: upstreamPort))
                 case 8081: return .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: 1))
+                case 8082: return .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: stalledPort))
                 default: return .reject(.unauthorized, reason: "denied by test policy for \(request.peerIdentity)")
                 }
             }
@@ -81,6 +87,7 @@ struct HBONEInteropTests {
             try await body(fixture, port)
         }
         await fixture.upstream.close()
+        fixture.stalled.close()
     }
 
     func python(_ fixture: Fixture, port: Int, client: String? = "client", _ extra: [String]) async throws -> [String: Any] {
@@ -181,6 +188,45 @@ struct HBONEInteropTests {
             #expect(reasons.contains("expected method CONNECT, got GET"))
             #expect(reasons.contains("no valid authority pseudo header"))
             #expect(reasons.contains { $0.hasPrefix("connection failed") })
+        }
+    }
+
+    /// ztunnel reads no request body before it answers; a client that sends anyway must
+    /// not be able to park more than a stream window in the server while the upstream is
+    /// slow to connect (before the fix nio-http2 returned the window as fast as the
+    /// handler buffered it, so memory grew with what the client sent).
+    @Test("DATA before the answer, while the upstream connect stalls: the client is blocked within its first windows, then one 503")
+    func earlyDataBounded() async throws {
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required")
+        try await self.withFixture { fixture, port in
+            let window = HBONEConfiguration().http2.streamWindow
+            let early = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8082", "--early-size", "\(64 << 20)"])
+            #expect(early["status"] as? Int == 503, "\(early)")
+            // The client opens its stream before it acknowledges our SETTINGS, so nio-http2
+            // first sizes the stream's window at 65,535 and, when the ACK raises it to
+            // 4 MiB, may return one window for bytes still unread. After that, nothing: the
+            // client is blocked for the 2 s the connect takes (before the fix it sent all
+            // 64 MiB, every frame's window returned as the handler buffered it).
+            let sent = try #require(early["early_sent"] as? Int, "\(early)")
+            #expect(sent >= window && sent <= 3 * window, "blocked within the first windows: \(sent) bytes, \(early)")
+            #expect((early["early_window_updates"] as? Int ?? 0) <= 1, "\(early)")
+            try await eventually("record") { fixture.records.all.count == 1 }
+            #expect(fixture.records.all.first?.status == .serviceUnavailable)
+        }
+    }
+
+    @Test("a stream the client resets while its upstream connect stalls is recorded once, not again when the connect fails")
+    func resetWhileConnecting() async throws {
+        try #require(Self.pythonH2Available, "python3 with the h2 package is required")
+        try await self.withFixture { fixture, port in
+            let reset = try await self.python(fixture, port: port, ["--authority", "127.0.0.1:8082", "--reset-after", "0.3"])
+            #expect(reset["reset_sent"] as? Bool == true, "\(reset)")
+            try await eventually("record of the reset") { fixture.records.all.count == 1 }
+            // The connect times out 2 s after it started; give it time to, and to be (not) recorded.
+            try await pause(.seconds(3))
+            let records = fixture.records.all
+            #expect(records.count == 1, "\(records.map { "\($0.status) \($0.reason ?? "")" })")
+            #expect(records.first?.reason == "stream closed by the client before it was established")
         }
     }
 

@@ -126,6 +126,46 @@ struct HBONEPeerInteropTests {
         }
     }
 
+    /// RFC 9113 §5.1.2: "Endpoints MUST NOT exceed the limit set by their peer." A stream
+    /// over the server's limit would wait in nio-http2's buffer, unanswered, until another
+    /// ends; the pool opens another connection for it instead, as ztunnel's does.
+    @Test("our client honours a server's SETTINGS_MAX_CONCURRENT_STREAMS: a third tunnel to a 2-stream server gets a second connection",
+          .timeLimit(.minutes(1)))
+    func peerStreamLimit() async throws {
+        try #require(self.available(.python), "Python ssl+h2 peer unavailable (scripts/install-deps installs it)")
+        try await self.withPeerServer(.python, extra: ["--max-concurrent-streams", "2"]) { fixture, server, client in
+            let target = self.target(fixture, port: server.port)
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            var tunnels: [HBONETunnel] = []
+            for _ in 0..<3 { tunnels.append(try await client.connect(target, on: loop)) }
+            #expect(client.pooledConnections(to: target.nextHop) == 2, "\(server.logs)")
+            #expect(client.connectionsStarted == 2)
+            for (index, tunnel) in tunnels.enumerated() {
+                let answer = try await tunnel.executeThenClose { inbound, outbound in
+                    try await outbound.write(Array("t\(index)".utf8))
+                    outbound.finish()
+                    var received: [UInt8] = []
+                    for try await chunk in inbound { received += chunk }
+                    return String(decoding: received, as: UTF8.self)
+                }
+                #expect(answer == "echo:t\(index)")
+            }
+        }
+    }
+
+    @Test("a target with no expected server identity is refused before connecting (fail closed)")
+    func noExpectedIdentity() async throws {
+        try #require(self.available(.python), "Python ssl+h2 peer unavailable (scripts/install-deps installs it)")
+        try await self.withPeerServer(.python) { fixture, server, client in
+            var target = self.target(fixture, port: server.port)
+            target.expectedIdentities = []
+            await #expect(throws: HBONEClientError.handshake("no expected server identity given for \(target.nextHop)")) {
+                _ = try await client.connect(target)
+            }
+            #expect(client.connectionsStarted == 0)
+        }
+    }
+
     /// The spliced data path (``OutboundDataSplicer``, ``InboundDataSplicer``) against a
     /// server that keeps HTTP/2's defaults: 65,535-byte stream and connection windows, no
     /// WINDOW_UPDATE that opens the connection at the start, 16 KiB frames. h2 ends the

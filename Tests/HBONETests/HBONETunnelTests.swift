@@ -218,6 +218,45 @@ struct HBONETunnelTests {
         await echo.close()
     }
 
+    /// A service group ends the process when its services return; a server whose `run()`
+    /// returned when its listener closed let that happen in the middle of the drain.
+    @Test("graceful shutdown: the server's run() returns only once its connections have drained")
+    func runWaitsForDrain() async throws {
+        let echo = try await EchoUntilEOFServer()
+        let mesh = try TestMesh(upstreamPort: echo.port)
+        let group = ServiceGroup(services: [mesh.manager, mesh.server], logger: Logger(label: "test"))
+        let finished = Recorded()
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask {
+                try await group.run()
+                finished.set([1])
+            }
+            let port = try await mesh.server.listeningAddress.port
+            let target = mesh.target(port: port)
+            let tunnel = try await mesh.client.connect(target, on: MultiThreadedEventLoopGroup.singleton.next())
+            let answer = try await tunnel.executeThenClose { inbound, outbound in
+                try await outbound.write(Array("drain ".utf8))
+                await group.triggerGracefulShutdown()
+                try await eventually("GOAWAY received") { mesh.client.pooledConnections(to: target.nextHop) == 0 }
+                try await pause(.milliseconds(300))
+                let returnedEarly = finished.value != nil
+                #expect(!returnedEarly, "run() returned with a tunnel still open")
+                #expect(mesh.server.openConnections == 1)
+                try await outbound.write(Array("me".utf8))
+                outbound.finish()
+                var received: [UInt8] = []
+                for try await chunk in inbound { received += chunk }
+                return String(decoding: received, as: UTF8.self)
+            }
+            #expect(answer == "echo:drain me")
+            try await tasks.waitForAll()
+            let returned = finished.value != nil
+            #expect(returned)
+            #expect(mesh.server.openConnections == 0, "run() returned after the last connection closed")
+        }
+        await echo.close()
+    }
+
     @Test("graceful shutdown while a connection still waits for the server's certificate (CA slow or down): closed, no crash")
     func drainBeforeHandshake() async throws {
         let ca = try CertificateAuthority.selfSigned()

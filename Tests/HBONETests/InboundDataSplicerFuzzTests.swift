@@ -93,6 +93,9 @@ struct InboundDataSplicerFuzzTests {
         var delivered: [Int32: Int] = [:]
         var open = Self.registered
         var charged: [Int32: Int] = [:]
+        /// Between a HEADERS/PUSH_PROMISE without END_HEADERS and its last CONTINUATION
+        /// (RFC 9113 §4.3): everything goes to nio-http2, unparsed.
+        var inFieldBlock = false
         var offset = 0
         /// Everything produced has been accounted for; `error` is the connection error due here.
         func finish(error: UInt32?) {
@@ -115,17 +118,23 @@ struct InboundDataSplicerFuzzTests {
             let complete = end <= tail.count
             let endsStream = (type == 0x0 || type == 0x1) && flags & 0x1 != 0 || type == 0x3
             defer { offset = end }
+            let inBlock = inFieldBlock
+            if inBlock {
+                if type == 0x9, flags & 0x4 != 0 { inFieldBlock = false }
+            } else if type == 0x1 || type == 0x5, flags & 0x4 == 0 {
+                inFieldBlock = true
+            }
             // A DATA frame of a registered, open stream within the frame size limit and
-            // without END_STREAM is taken; every other frame is passed on whole (a partial
-            // last frame: what has come of it, or nothing yet).
-            guard type == 0x0, open.contains(stream), flags & 0x1 == 0, length <= Self.maximumFrameSize else {
+            // without END_STREAM, outside a field block, is taken; every other frame is
+            // passed on whole (a partial last frame: what has come of it, or nothing yet).
+            guard !inBlock, type == 0x0, open.contains(stream), flags & 0x1 == 0, length <= Self.maximumFrameSize else {
                 let rest = output.forwarded[forwarded...]
                 guard rest.starts(with: frame) || (!complete && frame.starts(with: rest)) else {
                     Issue.record("\(context): frame at \(offset) (type \(type), flags \(flags), stream \(stream), length \(length)) not passed on whole")
                     return
                 }
                 forwarded += min(rest.count, frame.count)
-                if endsStream { open.remove(stream) }
+                if endsStream, !inBlock { open.remove(stream) }
                 continue
             }
             charged[stream, default: 0] += length

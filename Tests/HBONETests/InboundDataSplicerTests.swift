@@ -271,6 +271,49 @@ struct InboundDataSplicerTests {
         #expect(connectionCredit >= 40 * 46 - 400)
     }
 
+    /// A stream whose earlier burst left credit below the batching threshold, then only
+    /// padding-only frames: each is charged to its window, so each must count towards its
+    /// credit too, or the window runs dry and no WINDOW_UPDATE ever comes (review finding).
+    @Test("padding-only frames after a small message keep the stream's window open")
+    func paddingOnlyAfterUnsentCredit() {
+        var machine = Self.machine(.client, window: 100)  // stream threshold 50
+        var output = Output()
+        Self.feed(&machine, [Self.headers(1)], into: &output)
+        let registered = machine.register(1)
+        #expect(registered)
+        Self.feed(&machine, [Self.data(1, Array(repeating: 1, count: 10))], into: &output)
+        let first = machine.readComplete(isWritable: { _ in true })
+        #expect(first.filter { $0.streamID == 1 }.isEmpty, "10 < 50: kept unsent")
+        var streamCredit = 0
+        // 20 bursts of one 10-byte padding-only frame: 200 bytes charged against a 100-byte window.
+        for _ in 0..<20 {
+            Self.feed(&machine, [Self.data(1, [], padding: 9)], into: &output)
+            for update in machine.readComplete(isWritable: { _ in true }) where update.streamID == 1 {
+                streamCredit += Int(update.increment)
+            }
+        }
+        #expect(output.errors.isEmpty, "the peer never overran the window it was given: \(output.errors)")
+        #expect(streamCredit >= 200 - 50, "credit returned in batches: \(streamCredit)")
+    }
+
+    @Test("inside a field block (HEADERS without END_HEADERS until its CONTINUATION) every frame goes to nio-http2")
+    func fieldBlockNotInterleaved() {
+        var machine = Self.machine(.server)
+        var output = Output()
+        Self.feed(&machine, [Self.preface, Self.headers(1)], into: &output)
+        let registered = machine.register(1)
+        #expect(registered)
+        let open = Self.frame(0x1, flags: 0, stream: 3, [0x82])  // no END_HEADERS
+        let data = Self.data(1, [1, 2, 3])
+        let update = Self.frame(0x8, stream: 1, [0, 0, 0, 9])
+        let continuation = Self.frame(0x9, flags: 0x4, stream: 3, [0x84])
+        Self.feed(&machine, [open + data + update + continuation + data], into: &output)
+        #expect(output.forwarded == Self.preface + Self.headers(1) + open + data + update + continuation,
+                "the interleaved frames reach nio-http2, which rejects them (RFC 9113 §4.3)")
+        #expect(output.windowUpdates.isEmpty, "not parsed inside the block")
+        #expect(output.delivered[1] == [1, 2, 3], "after END_HEADERS DATA is taken again")
+    }
+
     @Test("a stream forgotten in the middle of a frame returns the whole frame to the connection and drops its rest")
     func forgetMidFrame() {
         var machine = InboundDataSplicer(role: .client, streamWindow: 1000, connectionWindow: 1000, maximumFrameSize: 1 << 16)

@@ -73,6 +73,22 @@ struct HBONEStateMachineTests {
         #expect(pool.checkout("b") == .connect, "a failed connect lets the next checkout try again")
     }
 
+    @Test("pool: the server's stream limit caps a connection from then on; 0 takes it out of rotation")
+    func poolPeerLimit() {
+        var pool = PoolStateMachine<String>()
+        _ = pool.checkout("a")
+        let id = pool.connected("a", maximumStreams: 100)
+        pool.limit("a", id, maximumStreams: 2)
+        #expect(pool.checkout("a") == .use(id))
+        #expect(pool.checkout("a") == .connect, "two streams is the server's limit")
+        let second = pool.connected("a", maximumStreams: 100)
+        pool.limit("a", second, maximumStreams: 0)
+        #expect(pool.checkout("a") == .connect, "a connection limited to 0 takes no stream")
+        #expect(pool.streamCount(for: "a") == 3, "the streams it carries stay counted")
+        pool.release("a", id, now: .seconds(1))
+        #expect(pool.checkout("a") == .use(id), "room again below the limit")
+    }
+
     @Test("pool: a GOAWAY'd connection is never handed out again")
     func poolRemove() {
         var pool = PoolStateMachine<String>()

@@ -181,7 +181,7 @@ class Connection:
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             codes.INITIAL_WINDOW_SIZE: self.args.stream_window,
             codes.MAX_FRAME_SIZE: self.args.max_frame,
-            codes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            codes.MAX_CONCURRENT_STREAMS: self.args.max_concurrent_streams,
             codes.MAX_HEADER_LIST_SIZE: self.h2.DEFAULT_MAX_HEADER_LIST_SIZE,
         })
         self.h2.max_inbound_frame_size = self.args.max_frame
@@ -611,6 +611,8 @@ def main():
     parser.add_argument("--connection-window", type=int, default=CONNECTION_WINDOW,
                         help="connection receive window; at 65535 no WINDOW_UPDATE opens it at the start")
     parser.add_argument("--max-frame", type=int, default=MAX_FRAME_SIZE, help="SETTINGS_MAX_FRAME_SIZE")
+    parser.add_argument("--max-concurrent-streams", type=int, default=MAX_CONCURRENT_STREAMS,
+                        help="SETTINGS_MAX_CONCURRENT_STREAMS (default ztunnel's 200)")
     parser.add_argument("--overflow-window-after", type=int, metavar="BYTES",
                         help="once per connection, when a stream has sent this many bytes, push its "
                              "send window above 2^31-1 with a raw WINDOW_UPDATE (a broken peer)")

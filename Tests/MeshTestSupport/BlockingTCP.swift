@@ -48,3 +48,53 @@ public enum BlockingTCP {
         return Exchange(received: received, errorNumber: 0)
     }
 }
+
+/// A loopback listener whose accept queue is full and never drained: the kernel drops
+/// further SYNs, so a connect to ``port`` neither succeeds nor fails until the connector's
+/// own timeout (an upstream that is slow to answer, without firewall rules or root).
+public final class StalledListener: Sendable {
+    /// Where connects stall.
+    public let port: Int
+    private let descriptors: [Int32]
+
+    public init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        // Backlog 0: one queued connection fills it.
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && listen(fd, 0) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard bound else {
+            let error = errno
+            Glibc.close(fd)
+            throw StalledListenerError.setup(error)
+        }
+        self.port = Int(UInt16(bigEndian: address.sin_port))
+        // Fill the queue: these connect (the kernel completes them), and are never accepted.
+        var fillers: [Int32] = []
+        for _ in 0..<2 {
+            let filler = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            _ = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(filler, $0, length) }
+            }
+            fillers.append(filler)
+        }
+        self.descriptors = [fd] + fillers
+    }
+
+    /// Closes the listener and the connections that fill it.
+    public func close() {
+        for fd in self.descriptors { Glibc.close(fd) }
+    }
+}
+
+/// Why a ``StalledListener`` could not be set up.
+public enum StalledListenerError: Error {
+    /// socket/bind/listen failed with this errno.
+    case setup(Int32)
+}
