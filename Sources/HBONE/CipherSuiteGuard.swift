@@ -306,9 +306,11 @@ package final class CipherSuiteGuard: ChannelDuplexHandler, RemovableChannelHand
         switch outcome {
         case .suite(let suite) where !self.policy.allows(suite):
             self.refuse(context: context, suite: suite, current: current)
-        case .tooLong:
+        case .tooLong, .needMore:
+            // `.needMore` never gets here (both callers hold the bytes and return first);
+            // were it to, refusing fails closed.
             self.refuse(context: context, suite: nil, current: current)
-        case .suite, .notServerHello, .needMore:
+        case .suite, .notServerHello:
             self.state = .passing
             self.release(context: context, current)
             // A server's first flight comes as writeAndFlush: NIO calls this handler's

@@ -64,13 +64,15 @@ public struct HBONEConfiguration: Sendable, Hashable {
     public var poolIdleTimeout: Duration = .seconds(300)
 
     /// Largest single socket read, on TLS and plain sides alike: NIO's adaptive allocator
-    /// starts at 4 KiB and grows to this under load within a few reads. Default 256 KiB
-    /// (NIO's own maximum is 64 KiB, which caps every DATA frame the pump produces at
-    /// 64 KiB; stack.md §1.1 measured 256 KiB writes against 16 KiB ones at 18.8 vs
-    /// 13.6 Gbit/s). Each channel keeps its last read buffer for the next read, so the
-    /// starting size is what an idle tunnel holds: 4 KiB instead of 16 KiB halved the
+    /// starts at 4 KiB and grows to this under load within a few reads. Default 128 KiB.
+    /// NIO's own maximum, 64 KiB, caps every DATA frame the pump produces at 64 KiB and
+    /// measured 0.90× the throughput of 128 KiB; 256 KiB (the default until the
+    /// thirteenth session) and 1 MiB cost less system time per byte but left the two
+    /// relays waiting on each other, at 0.92× and 0.81× (interleaved rounds,
+    /// Docs/performance.md). Each channel keeps its last read buffer for the next read, so
+    /// the starting size is what an idle tunnel holds: 4 KiB instead of 16 KiB halved the
     /// memory per idle tunnel (about 24 → 11 KiB per process, Docs/performance.md).
-    public var maximumReadSize: Int = 256 << 10
+    public var maximumReadSize: Int = 128 << 10
 
     /// Whether a tunnel's DATA bypasses nio-http2's stream channels in both directions:
     /// inbound payloads go straight from the TLS layer to its TCP side
