@@ -172,7 +172,20 @@ public final class HBONEClient: Sendable {
             nextHop: target.nextHop,
             sourceIP: target.sourceIP, eventLoop: ObjectIdentifier(eventLoop)
         )
-        return self.checkout(key, target: target, on: eventLoop).flatMap { (id, connection) in
+        // RFC 9113 §8.7: a stream reset with REFUSED_STREAM "has not been processed" and
+        // may be retried — a CONNECT that crossed a server's GOAWAY (which took the
+        // connection out of the pool, so the retry gets another) or hit its stream limit.
+        // Once; nothing of the tunnel's bytes was sent before the 200.
+        return self.openStreamOnce(key, target, on: eventLoop).flatMapError { error in
+            guard let closed = error as? NIOHTTP2Errors.StreamClosed, closed.errorCode == .refusedStream else {
+                return eventLoop.makeFailedFuture(error)
+            }
+            return self.openStreamOnce(key, target, on: eventLoop)
+        }
+    }
+
+    private func openStreamOnce(_ key: PoolKey, _ target: HBONETunnelTarget, on eventLoop: any EventLoop) -> EventLoopFuture<OpenedStream> {
+        self.checkout(key, target: target, on: eventLoop).flatMap { (id, connection) in
             let promise = eventLoop.makePromise(of: Void.self)
             // The stream shares the connection's event loop, which is `eventLoop`: every
             // closure below runs there, so the handler never crosses threads.

@@ -159,11 +159,14 @@ public final class HBONEServer: Service, Sendable {
             try sync.addHandler(tls)
             try sync.addHandler(ResumptionGuard(peer: peer, logger: self.logger))
             let configuration = self.configuration.hbone
+            // Stream channels share the connection's event loop, where the drain counts them.
+            let drain = NIOLoopBound(DrainHandler(), eventLoop: channel.eventLoop)
             _ = try HBONEPipeline.configure(sync, role: .server, configuration: configuration) { stream in
                 stream.eventLoop.makeCompletedFuture {
                     guard let peerIdentity = peer.withLockedValue({ $0 }) else {
                         throw IdentityError.missingSPIFFEID
                     }
+                    drain.value.streamOpened(stream)
                     try stream.pipeline.syncOperations.addHandler(
                         HBONEServerStreamHandler(
                             peerIdentity: peerIdentity,
@@ -174,6 +177,7 @@ public final class HBONEServer: Service, Sendable {
                     )
                 }
             }
+            try sync.addHandler(drain.value)
         }
     }
 }
@@ -293,21 +297,19 @@ final class ServerConnections: Sendable {
         for channel in self.beginShutdown() { channel.close(promise: nil) }
     }
 
-    /// Stops taking connections, sends GOAWAY on every open one, and closes whatever is
-    /// still open at the deadline. A connection still in its TLS handshake (no HTTP/2
-    /// handler yet) has nothing to drain and is closed at once: a frame written there would
-    /// reach the socket as is.
+    /// Stops taking connections and drains every open one (``DrainHandler``: GOAWAY, a
+    /// PING round trip, the final GOAWAY, closed when its last stream ends), closing
+    /// whatever is still open at the deadline. A connection still waiting for our
+    /// certificate (no TLS or HTTP/2 handlers yet) has nothing to drain and is closed at
+    /// once: a frame written there would reach the socket as is.
     func drain(deadline: Duration) {
         for channel in self.beginShutdown() {
             channel.eventLoop.execute {
-                guard (try? channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)) != nil else {
+                guard let drain = try? channel.pipeline.syncOperations.handler(type: DrainHandler.self) else {
                     channel.close(promise: nil)
                     return
                 }
-                let goAway = HTTP2Frame(
-                    streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil)
-                )
-                channel.writeAndFlush(goAway, promise: nil)
+                drain.startDrain()
                 channel.eventLoop.scheduleTask(in: deadline.timeAmount) { channel.close(promise: nil) }
             }
         }

@@ -202,10 +202,13 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
         self.logger.debug("HBONE request rejected", metadata: ["status": "\(status)", "reason": "\(reason)"])
         var headers = HPACKHeaders()
         headers.add(name: ":status", value: "\(status.code)")
-        context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
+        context.write(Self.wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
+        // RFC 9113 §8.1: "A server can send a complete response prior to the client
+        // sending an entire request ... the server MAY request that the client abort
+        // transmission of a request without error by sending a RST_STREAM with an error
+        // code of NO_ERROR after sending a complete response", as hyper's h2 (ztunnel)
+        // does. Nothing more of the stream is read; the reset ends it.
+        context.writeAndFlush(Self.wrapOutboundOut(.rstStream(.noError)), promise: nil)
         self.onClosed(HBONETunnelRecord(request: self.request, status: status, reason: reason, bytes: TunnelByteCounts(), duration: self.opened.duration(to: .now)))
-        // What the client still sends is read and dropped (`channelRead` ignores it in .done).
-        TunnelSocketOptions.setAutoRead(context.channel, true)
-        context.read()
     }
 }

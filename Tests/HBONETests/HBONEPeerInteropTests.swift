@@ -71,8 +71,12 @@ struct HBONEPeerInteropTests {
     }
 
     func exchange(_ client: HBONEClient, _ target: HBONETunnelTarget, _ text: String) async throws -> String {
-        let tunnel = try await client.connect(target, on: MultiThreadedEventLoopGroup.singleton.next())
-        return try await tunnel.executeThenClose { inbound, outbound in
+        try await self.echo(client.connect(target, on: MultiThreadedEventLoopGroup.singleton.next()), text)
+    }
+
+    /// Writes `text`, half-closes, and returns everything read until the tunnel ends.
+    func echo(_ tunnel: HBONETunnel, _ text: String) async throws -> String {
+        try await tunnel.executeThenClose { inbound, outbound in
             try await outbound.write(Array(text.utf8))
             outbound.finish()
             var received: [UInt8] = []
@@ -141,14 +145,24 @@ struct HBONEPeerInteropTests {
             #expect(client.pooledConnections(to: target.nextHop) == 2, "\(server.logs)")
             #expect(client.connectionsStarted == 2)
             for (index, tunnel) in tunnels.enumerated() {
-                let answer = try await tunnel.executeThenClose { inbound, outbound in
-                    try await outbound.write(Array("t\(index)".utf8))
-                    outbound.finish()
-                    var received: [UInt8] = []
-                    for try await chunk in inbound { received += chunk }
-                    return String(decoding: received, as: UTF8.self)
-                }
-                #expect(answer == "echo:t\(index)")
+                #expect(try await self.echo(tunnel, "t\(index)") == "echo:t\(index)")
+            }
+        }
+    }
+
+    /// RFC 9113 §8.7: REFUSED_STREAM means "not processed", safe to retry; a CONNECT that
+    /// crosses a server's GOAWAY gets it from nio-http2 and from hyper alike.
+    @Test("a CONNECT refused with REFUSED_STREAM is retried once: one refusal is invisible, two fail the tunnel")
+    func refusedStreamRetried() async throws {
+        try #require(self.available(.python), "Python ssl+h2 peer unavailable (scripts/install-deps installs it)")
+        try await self.withPeerServer(.python, extra: ["--refuse-first", "3"]) { fixture, server, client in
+            let target = self.target(fixture, port: server.port)
+            // Refusals 1 and 2: the retry is refused too, and the error says so.
+            await #expect(throws: (any Error).self) { _ = try await self.exchange(client, target, "twice") }
+            // Refusal 3, then the retry gets its tunnel.
+            #expect(try await self.exchange(client, target, "again") == "echo:again")
+            try await eventually("three refusals logged") {
+                server.logs.components(separatedBy: "refused (REFUSED_STREAM)").count - 1 == 3
             }
         }
     }

@@ -89,6 +89,38 @@ struct HBONEStateMachineTests {
         #expect(pool.checkout("a") == .use(id), "room again below the limit")
     }
 
+    @Test("drain: GOAWAY 2^31-1 and a PING; after its ACK a GOAWAY naming the last stream; closed when the last stream ends")
+    func drain() {
+        var machine = DrainStateMachine()
+        machine.streamOpened(1)
+        machine.streamOpened(5)
+        let whileServing = machine.streamClosed()
+        #expect(whileServing == nil, "serving: a stream ends, nothing else happens")
+        let start = machine.startDrain()
+        #expect(start == [.sendGoAway(lastStreamID: Int32.max), .sendPing(DrainStateMachine.pingPayload)])
+        let again = machine.startDrain()
+        #expect(again.isEmpty, "one drain")
+        machine.streamOpened(7)  // in flight when the first GOAWAY left
+        let keepalive = machine.pingAckReceived(0x4842_4F4E_0000_0001)
+        #expect(keepalive.isEmpty, "keepalive's PING ACK is not the drain's")
+        let roundTrip = machine.pingAckReceived(DrainStateMachine.pingPayload)
+        #expect(roundTrip == [.sendGoAway(lastStreamID: 7)], "streams 5 and 7 still open")
+        let first = machine.streamClosed()
+        let last = machine.streamClosed()
+        let after = machine.streamClosed()
+        #expect(first == nil)
+        #expect(last == .close)
+        #expect(after == nil, "closed once")
+    }
+
+    @Test("drain: a connection without streams closes when the round trip completes")
+    func drainIdle() {
+        var machine = DrainStateMachine()
+        _ = machine.startDrain()
+        let roundTrip = machine.pingAckReceived(DrainStateMachine.pingPayload)
+        #expect(roundTrip == [.sendGoAway(lastStreamID: 0), .close])
+    }
+
     @Test("pool: a GOAWAY'd connection is never handed out again")
     func poolRemove() {
         var pool = PoolStateMachine<String>()

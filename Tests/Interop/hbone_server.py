@@ -45,6 +45,20 @@ TLS_HIGH_WATER = 4 * 1024 * 1024 # stop producing DATA frames when this much awa
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 
+_refusals_lock = threading.Lock()
+_refusals_made = 0
+
+
+def _take_refusal(args):
+    """Whether this request is one of the first --refuse-first, over all connections."""
+    global _refusals_made
+    with _refusals_lock:
+        if _refusals_made >= args.refuse_first:
+            return False
+        _refusals_made += 1
+        return True
+
+
 _log_lock = threading.Lock()
 
 
@@ -311,6 +325,11 @@ class Connection:
         method = pseudo.get(":method")
         authority = pseudo.get(":authority", "")
         stream = Stream(stream_id, authority)
+        if _take_refusal(self.args):
+            # RFC 9113 §8.7: not processed, so the client may retry it.
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            log(f"connection {self.address}: stream {stream_id} refused (REFUSED_STREAM)")
+            return
         if self.args.status is not None:
             return self.reject(stream, self.args.status)
         target = parse_authority(authority)
@@ -611,6 +630,8 @@ def main():
     parser.add_argument("--connection-window", type=int, default=CONNECTION_WINDOW,
                         help="connection receive window; at 65535 no WINDOW_UPDATE opens it at the start")
     parser.add_argument("--max-frame", type=int, default=MAX_FRAME_SIZE, help="SETTINGS_MAX_FRAME_SIZE")
+    parser.add_argument("--refuse-first", type=int, default=0, metavar="N",
+                        help="reset the first N requests (over all connections) with REFUSED_STREAM")
     parser.add_argument("--max-concurrent-streams", type=int, default=MAX_CONCURRENT_STREAMS,
                         help="SETTINGS_MAX_CONCURRENT_STREAMS (default ztunnel's 200)")
     parser.add_argument("--overflow-window-after", type=int, metavar="BYTES",

@@ -36,13 +36,13 @@ public final class BlockingSocket: Sendable {
 
     /// A listening TCP socket on 127.0.0.1 and a free port, as a descriptor the caller
     /// owns (for code that adopts a socket made elsewhere).
-    public static func loopbackListener() throws -> (fd: Int32, port: Int) {
+    public static func loopbackListener(backlog: Int32 = 16) throws -> (fd: Int32, port: Int) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in.loopback(port: 0)
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, $0, &length) == 0
+                bind(fd, $0, length) == 0 && listen(fd, backlog) == 0 && getsockname(fd, $0, &length) == 0
             }
         }
         guard bound else {
@@ -172,6 +172,38 @@ public final class FreezableProxy: Sendable {
 
     /// Stops accepting new connections.
     public func stop() { self.server.stop() }
+}
+
+/// A loopback listener whose accept queue is full and never drained: the kernel drops
+/// further SYNs, so a connect to ``port`` neither succeeds nor fails until the connector's
+/// own timeout (an upstream that is slow to answer, without firewall rules or root).
+public final class StalledListener: Sendable {
+    /// Where connects stall.
+    public let port: Int
+    private let descriptors: [Int32]
+
+    public init() throws {
+        // Backlog 0: one queued connection fills it.
+        let (fd, port) = try BlockingSocket.loopbackListener(backlog: 0)
+        self.port = port
+        var address = sockaddr_in.loopback(port: port)
+        // Fill the queue: the kernel completes these connects, and nothing accepts them.
+        let fillers = (0..<2).map { _ in
+            let filler = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            _ = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(filler, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            return filler
+        }
+        self.descriptors = [fd] + fillers
+    }
+
+    /// Closes the listener and the connections that fill it.
+    public func close() {
+        for fd in self.descriptors { Glibc.close(fd) }
+    }
 }
 
 extension sockaddr_in {
