@@ -91,9 +91,6 @@ final class DrainHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
-    /// Streams the peer opened and are still open, for tests.
-    var openStreams: Int { self.machine.openStreams }
-
     /// A stream of this connection was created; call on the connection's event loop
     /// (stream channels share it).
     func streamOpened(_ stream: any Channel) {

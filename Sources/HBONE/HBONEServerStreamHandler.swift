@@ -59,8 +59,9 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
     /// The stream is read only as far as its HEADERS until the tunnel is spliced: DATA the
     /// client sends before the `200` stays in nio-http2's stream buffer, whose window is
     /// not returned until it is read, so an upstream that is slow to connect (up to
-    /// ``HBONEConfiguration/connectTimeout``) holds at most one stream window per stream,
-    /// as ztunnel does by not reading the request body before it answers.
+    /// ``HBONEConfiguration/connectTimeout``) holds about two stream windows per stream at
+    /// most (nio-http2 may return one window when the client's SETTINGS ACK arrives after
+    /// the stream opened; see D9), as ztunnel does by not reading the request body before it answers.
     func handlerAdded(context: ChannelHandlerContext) {
         try? context.channel.syncOptions?.setOption(.autoRead, value: false)
     }
