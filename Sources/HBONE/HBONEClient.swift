@@ -81,6 +81,14 @@ public final class HBONEClient: Sendable {
         var key: PoolKey
         var channel: any Channel
         var multiplexer: NIOHTTP2Handler.StreamMultiplexer
+        /// Counts the connection's streams and closes it after a GOAWAY.
+        var watcher: NIOLoopBound<PoolConnectionWatcher>
+
+        /// Closes the connection, with a GOAWAY first (idle eviction).
+        func closeGracefully() {
+            let watcher = self.watcher
+            self.channel.eventLoop.execute { watcher.value.closeGracefully() }
+        }
     }
 
     private struct PoolState: Sendable {
@@ -172,15 +180,18 @@ public final class HBONEClient: Sendable {
             nextHop: target.nextHop,
             sourceIP: target.sourceIP, eventLoop: ObjectIdentifier(eventLoop)
         )
-        // RFC 9113 §8.7: a stream reset with REFUSED_STREAM "has not been processed" and
-        // may be retried — a CONNECT that crossed a server's GOAWAY (which took the
-        // connection out of the pool, so the retry gets another) or hit its stream limit.
-        // Once; nothing of the tunnel's bytes was sent before the 200.
+        // Retried once when the server cannot have processed the CONNECT: RFC 9113 §8.7, a
+        // stream reset with REFUSED_STREAM "has not been processed" (a CONNECT that crossed
+        // a server's GOAWAY or hit its stream limit), or the HEADERS never left because the
+        // connection went away or closed after the checkout. The GOAWAY or the close took
+        // that connection out of the pool, so the retry gets another. Nothing of the
+        // tunnel's bytes is sent before the 200.
         return self.openStreamOnce(key, target, on: eventLoop).flatMapError { error in
-            guard let closed = error as? NIOHTTP2Errors.StreamClosed, closed.errorCode == .refusedStream else {
-                return eventLoop.makeFailedFuture(error)
-            }
+            let refused = (error as? NIOHTTP2Errors.StreamClosed)?.errorCode == .refusedStream
+            guard refused || error is RequestNotSent else { return eventLoop.makeFailedFuture(error) }
             return self.openStreamOnce(key, target, on: eventLoop)
+        }.flatMapErrorThrowing { error in
+            throw error is RequestNotSent ? HBONEClientError.closed : error
         }
     }
 
@@ -194,7 +205,10 @@ public final class HBONEClient: Sendable {
                 stream.eventLoop.makeCompletedFuture {
                     try stream.pipeline.syncOperations.addHandler(handler.value)
                 }
+            }.flatMapError { error in
+                eventLoop.makeFailedFuture(RequestNotSent(underlying: error))
             }.flatMap { stream in
+                connection.watcher.value.streamOpened(stream)
                 stream.closeFuture.whenComplete { _ in self.release(key, id) }
                 return promise.futureResult.map {
                     stream.pipeline.syncOperations.removeHandler(handler.value, promise: nil)
@@ -300,7 +314,7 @@ public final class HBONEClient: Sendable {
         let expected = target.expectedIdentities
         let verifyError = NIOLockedValueBox<IdentityError?>(nil)
         let handshake = eventLoop.makePromise(of: Void.self)
-        let multiplexerBox = NIOLockedValueBox<NIOHTTP2Handler.StreamMultiplexer?>(nil)
+        let multiplexerBox = NIOLockedValueBox<(NIOHTTP2Handler.StreamMultiplexer, NIOLoopBound<PoolConnectionWatcher>)?>(nil)
         // The pool ID once the connection is pooled; a GOAWAY or the server's stream limit
         // before that is kept here instead.
         let slot = NIOLockedValueBox<(id: Int?, goneAway: Bool, maximumStreams: Int?)>((nil, false, nil))
@@ -326,8 +340,7 @@ public final class HBONEClient: Sendable {
                         // Servers do not push; refuse any stream the server opens.
                         stream.close()
                     }
-                    multiplexerBox.withLockedValue { $0 = multiplexer }
-                    try sync.addHandler(PoolConnectionWatcher { [weak self] in
+                    let watcher = PoolConnectionWatcher(closeDeadline: configuration.drainDeadline.timeAmount) { [weak self] in
                         let id: Int? = slot.withLockedValue { slot in
                             slot.goneAway = true
                             return slot.id
@@ -341,7 +354,9 @@ public final class HBONEClient: Sendable {
                         if let id, let self {
                             self.pool.withLockedValue { $0.machine.limit(key, id, maximumStreams: min(ownLimit, peerLimit)) }
                         }
-                    })
+                    }
+                    try sync.addHandler(watcher)
+                    multiplexerBox.withLockedValue { $0 = (multiplexer, NIOLoopBound(watcher, eventLoop: channel.eventLoop)) }
                 }
             }
         return bootstrap.connect(to: target.nextHop, from: target.sourceIP, sockets: self.sockets, on: eventLoop)
@@ -357,8 +372,8 @@ public final class HBONEClient: Sendable {
                     }
                     throw HBONEClientError.handshake("\(error)")
                 }.flatMapThrowing { () throws -> (Int, PooledConnection) in
-                    guard let multiplexer = multiplexerBox.withLockedValue({ $0 }) else { throw HBONEClientError.closed }
-                    let connection = PooledConnection(key: key, channel: channel, multiplexer: multiplexer)
+                    guard let (multiplexer, watcher) = multiplexerBox.withLockedValue({ $0 }) else { throw HBONEClientError.closed }
+                    let connection = PooledConnection(key: key, channel: channel, multiplexer: multiplexer, watcher: watcher)
                     // Counted and stored under one lock: a checkout from another thread
                     // that is handed this ID finds the connection.
                     // The slot's lock is held around the pool's, as the watcher's
@@ -408,7 +423,7 @@ public final class HBONEClient: Sendable {
             state.evictionScheduled = next != nil
             return (evicted, next)
         }
-        for connection in evicted { connection.channel.close(promise: nil) }
+        for connection in evicted { connection.closeGracefully() }
         if let loop, let next {
             loop.scheduleTask(in: max(.zero, next - now).timeAmount) { [weak self] in self?.evictIdle(on: loop) }
         }

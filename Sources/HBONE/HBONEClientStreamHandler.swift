@@ -49,7 +49,17 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
         guard !self.sent else { return }
         self.sent = true
         let headers = Self.requestHeaders(for: self.target)
-        context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        written.futureResult.assumeIsolated().whenFailure { error in
+            // The HEADERS never left: nio-http2 refuses a new stream after the server's
+            // GOAWAY, or the connection closed. Nothing was processed; the pool may retry.
+            if !self.answered {
+                self.answered = true
+                self.response.fail(RequestNotSent(underlying: error))
+            }
+            context.close(promise: nil)
+        }
+        context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers))), promise: written)
         // Hold further reads until the tunnel is spliced.
         TunnelSocketOptions.setAutoRead(context.channel, false)
         context.read()
@@ -111,6 +121,12 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
     }
 }
 
+/// A `CONNECT` that never reached the server (its stream was not created, or its HEADERS
+/// were not written), so retrying it cannot repeat anything.
+struct RequestNotSent: Error {
+    var underlying: any Error
+}
+
 /// Completes a promise when the TLS handshake finishes (or fails / the channel closes), then
 /// leaves the pipeline, so later reads do not pass through it.
 final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
@@ -151,27 +167,96 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
+/// When a client connection closes on its own (RFC 9113 §6.8): after the server's GOAWAY
+/// it takes no new streams, and once the last stream it carries has ended it is closed,
+/// as hyper's client does, instead of idling until the server closes it. A value type:
+/// the watcher feeds it events and performs what it returns.
+struct ClientConnectionLifecycle: Sendable {
+    private(set) var streams = 0
+    private(set) var goneAway = false
+    private var closing = false
+
+    /// A stream was opened on the connection.
+    mutating func streamOpened() { self.streams += 1 }
+
+    /// A stream ended. Returns whether the connection should close now.
+    mutating func streamClosed() -> Bool {
+        self.streams = max(0, self.streams - 1)
+        return self.closeIfDone()
+    }
+
+    /// The server sent GOAWAY. Returns whether the connection should close now.
+    mutating func goAwayReceived() -> Bool {
+        self.goneAway = true
+        return self.closeIfDone()
+    }
+
+    /// The pool closes the connection (idle eviction). Returns whether it is not closing yet.
+    mutating func closeRequested() -> Bool {
+        defer { self.closing = true }
+        return !self.closing
+    }
+
+    private mutating func closeIfDone() -> Bool {
+        guard self.goneAway, self.streams == 0, !self.closing else { return false }
+        self.closing = true
+        return true
+    }
+}
+
 /// Tells the pool what a server's connection-level frames mean for a client connection:
 /// GOAWAY takes it out of the pool, and SETTINGS_MAX_CONCURRENT_STREAMS caps the streams
 /// it is given (RFC 9113 §5.1.2: "Endpoints MUST NOT exceed the limit set by their peer").
+/// It counts the connection's streams and closes it once it has gone away and the last
+/// one ended (``ClientConnectionLifecycle``); every close it makes is preceded by a
+/// GOAWAY of its own (§6.8: "Endpoints SHOULD always send a GOAWAY frame before closing a
+/// connection"). It sits after nio-http2, which the spliced data path does not reach.
 final class PoolConnectionWatcher: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
 
     private let onGoAway: @Sendable () -> Void
     private let onMaximumStreams: @Sendable (Int) -> Void
+    private let closeDeadline: TimeAmount
+    private var lifecycle = ClientConnectionLifecycle()
+    private var context: ChannelHandlerContext?
 
     /// `onGoAway` takes the connection out of the pool; streams already open keep running
-    /// (nio-http2 serves those below the GOAWAY's last stream ID and closes the connection
-    /// after the last one ends). `onMaximumStreams` gets each advertised stream limit.
-    init(onGoAway: @escaping @Sendable () -> Void, onMaximumStreams: @escaping @Sendable (Int) -> Void) {
+    /// (nio-http2 serves those below the GOAWAY's last stream ID). `onMaximumStreams` gets
+    /// each advertised stream limit. A close waits at most `closeDeadline` for what was
+    /// written before it.
+    init(
+        closeDeadline: TimeAmount,
+        onGoAway: @escaping @Sendable () -> Void, onMaximumStreams: @escaping @Sendable (Int) -> Void
+    ) {
+        self.closeDeadline = closeDeadline
         self.onGoAway = onGoAway
         self.onMaximumStreams = onMaximumStreams
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// A stream of this connection was created; call on the connection's event loop
+    /// (stream channels share it).
+    func streamOpened(_ stream: any Channel) {
+        self.lifecycle.streamOpened()
+        stream.closeFuture.assumeIsolated().whenComplete { _ in
+            if self.lifecycle.streamClosed() { self.close() }
+        }
+    }
+
+    /// Closes the connection with a GOAWAY first (the pool's idle eviction); call on the
+    /// connection's event loop.
+    func closeGracefully() {
+        if self.lifecycle.closeRequested() { self.close() }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch Self.unwrapInboundIn(data).payload {
         case .goAway:
             self.onGoAway()
+            if self.lifecycle.goAwayReceived() { self.close() }
         case .settings(.settings(let settings)):
             // The last value in a frame wins (§6.5: "processed in the order in which they appear").
             if let limit = settings.last(where: { $0.parameter == .maxConcurrentStreams }) {
@@ -181,5 +266,23 @@ final class PoolConnectionWatcher: ChannelInboundHandler {
             break
         }
         context.fireChannelRead(data)
+    }
+
+    private func close() {
+        guard let context = self.context else { return }
+        // The client opens every stream; it has processed none of the server's.
+        let frame = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .rootStream, errorCode: .noError, opaqueData: nil))
+        // Closed once the GOAWAY is written, and so everything before it: a last stream's
+        // final DATA still queued (in the splicer, or in the socket's pending writes) is
+        // not dropped by the close. Bounded by the drain deadline: DATA held for a window
+        // the server never opens must not keep the connection.
+        let channel = context.channel
+        let written = context.eventLoop.makePromise(of: Void.self)
+        let deadline = context.eventLoop.scheduleTask(in: self.closeDeadline) { channel.close(promise: nil) }
+        written.futureResult.whenComplete { _ in
+            deadline.cancel()
+            channel.close(promise: nil)
+        }
+        context.writeAndFlush(Self.wrapOutboundOut(frame), promise: written)
     }
 }

@@ -129,4 +129,34 @@ struct HBONEStateMachineTests {
         pool.remove("a", id)
         #expect(pool.checkout("a") == .connect)
     }
+
+    @Test("client connection: after the server's GOAWAY it closes when its last stream ends, once; without GOAWAY never on its own")
+    func clientLifecycle() {
+        var connection = ClientConnectionLifecycle()
+        connection.streamOpened()
+        connection.streamOpened()
+        let first = connection.streamClosed()
+        #expect(!first, "no GOAWAY: an idle connection stays for the pool")
+        connection.streamOpened()
+        let goAway = connection.goAwayReceived()
+        #expect(!goAway, "two streams still open")
+        let one = connection.streamClosed()
+        #expect(!one)
+        let last = connection.streamClosed()
+        #expect(last, "the last stream ended after the GOAWAY")
+        let again = connection.goAwayReceived()
+        #expect(!again, "closing already")
+        let evicted = connection.closeRequested()
+        #expect(!evicted, "one close")
+
+        var idle = ClientConnectionLifecycle()
+        let immediately = idle.goAwayReceived()
+        #expect(immediately, "a GOAWAY on an idle connection closes it at once")
+
+        var evictedFirst = ClientConnectionLifecycle()
+        let eviction = evictedFirst.closeRequested()
+        #expect(eviction)
+        let afterEviction = evictedFirst.goAwayReceived()
+        #expect(!afterEviction)
+    }
 }

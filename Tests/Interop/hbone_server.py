@@ -148,6 +148,7 @@ class Connection:
         self.closing = False
         self.overflowed = False    # --overflow-window-after, --protocol-error-after or --fuzz-*: sent on this connection
         self.index = 0             # which accepted connection this is, from 1
+        self.accepted = 0          # requests answered 200 on this connection (--goaway-after)
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -376,6 +377,17 @@ class Connection:
             pass
         self.respond(stream.id, 200, end_stream=False)
         self.write_upstream(stream)  # data the client sent before our 200, if any
+        self.accepted += 1
+        if self.args.goaway_after is not None and self.accepted == self.args.goaway_after:
+            self.go_away(stream.id)
+
+    def go_away(self, last_stream_id):
+        """A GOAWAY(NO_ERROR) naming `last_stream_id`, written as raw bytes so that h2 keeps
+        serving the streams up to it (RFC 9113 §6.8) and the connection stays open: whether
+        the client closes it once its streams are done shows in the log."""
+        self.collect()
+        self.outbuf += struct.pack(">I", 8)[1:] + bytes([0x7, 0x0]) + struct.pack(">III", 0, last_stream_id, 0)
+        log(f"connection {self.address}: sent GOAWAY, last stream {last_stream_id}")
 
     def on_data(self, event):
         stream = self.streams.get(event.stream_id)
@@ -409,7 +421,8 @@ class Connection:
 
     def lingers(self):
         """A broken peer keeps its end open after a GOAWAY and logs when the other end closes."""
-        return self.args.protocol_error_after is not None or self.index <= self.args.fuzz_connections
+        return (self.args.protocol_error_after is not None or self.args.goaway_after is not None
+                or self.index <= self.args.fuzz_connections)
 
     def protocol_error(self):
         """A DATA frame on stream 0, written as raw bytes: RFC 9113 §6.1 "the recipient MUST
@@ -643,6 +656,9 @@ def main():
     parser.add_argument("--fuzz-connections", type=int, default=0, metavar="N",
                         help="the first N connections get mutated raw frames after their first DATA (a hostile peer)")
     parser.add_argument("--fuzz-seed", type=int, default=1)
+    parser.add_argument("--goaway-after", type=int, metavar="N",
+                        help="after answering the Nth request of a connection with 200, send GOAWAY(NO_ERROR) "
+                             "naming it and keep serving (a server that wants the client to move on)")
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
