@@ -83,6 +83,9 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
             // remove this handler, and DATA in the same burst would then fall off the
             // pipeline instead of landing in `early`.
             self.established = true
+            // A 200 that ends the stream (the server has nothing to send): its END_STREAM
+            // is the tunnel's EOF, replayed with the rest.
+            if headers.endStream { self.early.append(payload) }
         } else {
             self.response.fail(HBONEClientError.status(status))
             context.close(promise: nil)
@@ -96,6 +99,10 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
         if self.established, !self.reported {
             self.reported = true
             self.response.succeed()
+        } else if !self.answered {
+            // The read was spent on frames before the response (a stream WINDOW_UPDATE or
+            // PRIORITY may come first): read on, or the response would wait unread.
+            context.read()
         }
         context.fireChannelReadComplete()
     }

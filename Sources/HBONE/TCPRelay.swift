@@ -5,6 +5,11 @@ internal import NIOCore
 /// before it, reads gated on the partner's writability, both closed when both directions
 /// are done or either fails. The channels must have `autoRead` off and
 /// `allowRemoteHalfClosure` on.
+///
+/// A side is shut or closed only once the writes it was given have left: NIO turns a
+/// half-close of a socket whose other half is already shut into a full close, and a full
+/// close drops writes still pending in the channel (a response that arrived with the
+/// upstream's FIN, for a client that already sent its own). Only an error closes at once.
 final class TCPRelay {
     final class Side: ChannelDuplexHandler, RemovableChannelHandler {
         typealias InboundIn = ByteBuffer
@@ -49,12 +54,9 @@ final class TCPRelay {
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
             if let event = event as? ChannelEvent, event == .inputClosed {
                 self.inputDone = true
-                // Everything read before the FIN was written to the partner already; flush,
-                // then half-close its output.
-                if let partner = self.partner?.context {
-                    partner.flush()
-                    partner.channel.close(mode: .output, promise: nil)
-                }
+                // Everything read before the FIN was written to the partner already; its
+                // output is shut once those writes are done.
+                self.partner?.afterPendingWrites(close: .output)
                 self.relay?.directionDone()
                 return
             }
@@ -62,12 +64,22 @@ final class TCPRelay {
         }
 
         func channelInactive(context: ChannelHandlerContext) {
-            self.relay?.abort()
+            // Closed without an error first: the other side still gets what it was given.
+            self.relay?.finish(graceful: true)
             context.fireChannelInactive()
         }
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
-            self.relay?.abort()
+            self.relay?.finish(graceful: false)
+        }
+
+        /// Flushes, and closes (`mode`) once every write made so far has gone to the socket.
+        func afterPendingWrites(close mode: CloseMode) {
+            guard let context = self.context else { return }
+            let channel = context.channel
+            context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
+                channel.close(mode: mode, promise: nil)
+            }
         }
     }
 
@@ -98,22 +110,24 @@ final class TCPRelay {
 
     func directionDone() {
         self.done += 1
-        if self.done == 2 { self.finish() }
+        if self.done == 2 { self.finish(graceful: true) }
     }
 
-    func abort() { self.finish() }
-
-    private func finish() {
+    /// Closes both sides: after their pending writes when `graceful`, else at once (an error).
+    func finish(graceful: Bool) {
         guard !self.finished else { return }
         self.finished = true
-        let client = self.client.context?.channel
-        let upstream = self.upstream.context?.channel
+        if graceful {
+            self.client.afterPendingWrites(close: .all)
+            self.upstream.afterPendingWrites(close: .all)
+        } else {
+            self.client.context?.channel.close(promise: nil)
+            self.upstream.context?.channel.close(promise: nil)
+        }
         self.client.partner = nil
         self.upstream.partner = nil
         self.client.relay = nil
         self.upstream.relay = nil
-        client?.close(promise: nil)
-        upstream?.close(promise: nil)
         self.onClose(self.counts)
     }
 }

@@ -243,7 +243,7 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
                     relay.value.start()
                 case .failure(let error):
                     shared.onClosed(.init(connection: connection, route: "direct", bytes: .init(), error: "connect \(address): \(error)"))
-                    relay.value.abort()
+                    relay.value.finish(graceful: false)
                 }
             }
         }

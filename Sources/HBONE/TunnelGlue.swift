@@ -157,7 +157,12 @@ final class TunnelGlue {
 
         fileprivate var isWritable: Bool { self.context?.channel.isWritable ?? true }
 
+        /// The stream side may have become writable: a held read is issued only if it
+        /// really is (its channel writable and nothing of ours waiting in the splicer for
+        /// window); a writability change of the stream channel alone, which follows the
+        /// shared connection's, must not admit another read burst into the splicer's queue.
         fileprivate func resumeReading() {
+            guard self.glue?.stream.isWritable ?? true else { return }
             if self.gate.partnerBecameWritable() { self.context?.read() }
         }
 

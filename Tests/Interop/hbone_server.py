@@ -331,6 +331,12 @@ class Connection:
             self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             log(f"connection {self.address}: stream {stream_id} refused (REFUSED_STREAM)")
             return
+        if self.args.window_update_first:
+            # Legal on an open stream before any response (RFC 9113 §6.9); a client must
+            # keep reading for its response past it.
+            self.h2.increment_flow_control_window(1024, stream_id=stream_id)
+            self.collect()
+            self.flush_tls()
         if self.args.status is not None:
             return self.reject(stream, self.args.status)
         target = parse_authority(authority)
@@ -656,6 +662,8 @@ def main():
     parser.add_argument("--fuzz-connections", type=int, default=0, metavar="N",
                         help="the first N connections get mutated raw frames after their first DATA (a hostile peer)")
     parser.add_argument("--fuzz-seed", type=int, default=1)
+    parser.add_argument("--window-update-first", action="store_true",
+                        help="send a stream WINDOW_UPDATE before answering each request")
     parser.add_argument("--goaway-after", type=int, metavar="N",
                         help="after answering the Nth request of a connection with 200, send GOAWAY(NO_ERROR) "
                              "naming it and keep serving (a server that wants the client to move on)")
