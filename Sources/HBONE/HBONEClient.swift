@@ -182,16 +182,16 @@ public final class HBONEClient: Sendable {
         )
         // Retried once when the server cannot have processed the CONNECT: RFC 9113 §8.7, a
         // stream reset with REFUSED_STREAM "has not been processed" (a CONNECT that crossed
-        // a server's GOAWAY or hit its stream limit), or the HEADERS never left because the
-        // connection went away or closed after the checkout. The GOAWAY or the close took
+        // a server's GOAWAY or hit its stream limit), or the HEADERS were not sent because
+        // the server's GOAWAY arrived after the checkout. The GOAWAY or the close took
         // that connection out of the pool, so the retry gets another. Nothing of the
         // tunnel's bytes is sent before the 200.
         return self.openStreamOnce(key, target, on: eventLoop).flatMapError { error in
             let refused = (error as? NIOHTTP2Errors.StreamClosed)?.errorCode == .refusedStream
             guard refused || error is RequestNotSent else { return eventLoop.makeFailedFuture(error) }
-            return self.openStreamOnce(key, target, on: eventLoop)
-        }.flatMapErrorThrowing { error in
-            throw error is RequestNotSent ? HBONEClientError.closed : error
+            return self.openStreamOnce(key, target, on: eventLoop).flatMapErrorThrowing { error in
+                throw error is RequestNotSent ? HBONEClientError.closed : error
+            }
         }
     }
 
@@ -200,16 +200,21 @@ public final class HBONEClient: Sendable {
             let promise = eventLoop.makePromise(of: Void.self)
             // The stream shares the connection's event loop, which is `eventLoop`: every
             // closure below runs there, so the handler never crosses threads.
-            let handler = NIOLoopBound(HBONEClientStreamHandler(target: target, response: promise), eventLoop: eventLoop)
+            let handler = NIOLoopBound(
+                HBONEClientStreamHandler(target: target, response: promise, connection: connection.watcher), eventLoop: eventLoop
+            )
             return connection.multiplexer.createStreamChannel { stream in
                 stream.eventLoop.makeCompletedFuture {
                     try stream.pipeline.syncOperations.addHandler(handler.value)
                 }
-            }.flatMapError { error in
-                eventLoop.makeFailedFuture(RequestNotSent(underlying: error))
             }.flatMap { stream in
-                connection.watcher.value.streamOpened(stream)
-                stream.closeFuture.whenComplete { _ in self.release(key, id) }
+                let watcher = connection.watcher
+                watcher.value.streamOpened()
+                // On the stream's event loop, which is the connection's.
+                stream.closeFuture.whenComplete { _ in
+                    watcher.value.streamClosed()
+                    self.release(key, id)
+                }
                 return promise.futureResult.map {
                     stream.pipeline.syncOperations.removeHandler(handler.value, promise: nil)
                     return OpenedStream(channel: stream, early: handler.value.early)

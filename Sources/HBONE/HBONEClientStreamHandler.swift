@@ -14,11 +14,14 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
 
     private let target: HBONETunnelTarget
     private let response: EventLoopPromise<Void>
+    private let connection: NIOLoopBound<PoolConnectionWatcher>
     private var answered = false
 
-    init(target: HBONETunnelTarget, response: EventLoopPromise<Void>) {
+    /// `connection` says whether the server sent GOAWAY (on the same event loop).
+    init(target: HBONETunnelTarget, response: EventLoopPromise<Void>, connection: NIOLoopBound<PoolConnectionWatcher>) {
         self.target = target
         self.response = response
+        self.connection = connection
     }
 
     /// The request headers for `target`.
@@ -48,18 +51,17 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
     private func sendRequest(context: ChannelHandlerContext) {
         guard !self.sent else { return }
         self.sent = true
-        let headers = Self.requestHeaders(for: self.target)
-        let written = context.eventLoop.makePromise(of: Void.self)
-        written.futureResult.assumeIsolated().whenFailure { error in
-            // The HEADERS never left: nio-http2 refuses a new stream after the server's
-            // GOAWAY, or the connection closed. Nothing was processed; the pool may retry.
-            if !self.answered {
-                self.answered = true
-                self.response.fail(RequestNotSent(underlying: error))
-            }
+        if self.connection.value.goneAway {
+            // The server's GOAWAY came after the checkout: nio-http2 would refuse the new
+            // stream as a connection error (which reaches no stream), and the response
+            // would never come. Nothing is sent; the pool retries on another connection.
+            self.answered = true
+            self.response.fail(RequestNotSent())
             context.close(promise: nil)
+            return
         }
-        context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers))), promise: written)
+        let headers = Self.requestHeaders(for: self.target)
+        context.writeAndFlush(Self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
         // Hold further reads until the tunnel is spliced.
         TunnelSocketOptions.setAutoRead(context.channel, false)
         context.read()
@@ -128,11 +130,9 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
     }
 }
 
-/// A `CONNECT` that never reached the server (its stream was not created, or its HEADERS
-/// were not written), so retrying it cannot repeat anything.
-struct RequestNotSent: Error {
-    var underlying: any Error
-}
+/// A `CONNECT` that was not sent (its connection had gone away), so retrying it cannot
+/// repeat anything.
+struct RequestNotSent: Error {}
 
 /// Completes a promise when the TLS handshake finishes (or fails / the channel closes), then
 /// leaves the pipeline, so later reads do not pass through it.
@@ -244,13 +244,16 @@ final class PoolConnectionWatcher: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
+    /// Whether the server sent GOAWAY: the connection takes no new streams.
+    var goneAway: Bool { self.lifecycle.goneAway }
+
     /// A stream of this connection was created; call on the connection's event loop
     /// (stream channels share it).
-    func streamOpened(_ stream: any Channel) {
-        self.lifecycle.streamOpened()
-        stream.closeFuture.assumeIsolated().whenComplete { _ in
-            if self.lifecycle.streamClosed() { self.close() }
-        }
+    func streamOpened() { self.lifecycle.streamOpened() }
+
+    /// A stream of this connection closed; call on the connection's event loop.
+    func streamClosed() {
+        if self.lifecycle.streamClosed() { self.close() }
     }
 
     /// Closes the connection with a GOAWAY first (the pool's idle eviction); call on the
