@@ -238,7 +238,7 @@ public final class HBONEClient: Sendable {
         } catch {
             return tcp.eventLoop.makeFailedFuture(error)
         }
-        return self.openStream(target, on: tcp.eventLoop).flatMapThrowing { opened in
+        let spliced = self.openStream(target, on: tcp.eventLoop).flatMapThrowing { opened in
             let glue = glue.value
             let stream = opened.channel
             try stream.pipeline.syncOperations.addHandler(glue.stream)
@@ -249,6 +249,10 @@ public final class HBONEClient: Sendable {
             tcp.read()
             stream.read()
         }
+        // A tunnel that never came up gets the caller's failure record only, not also an
+        // `onClose` with bytes that went nowhere when the caller closes the TCP side.
+        spliced.whenFailure { _ in glue.value.abandon() }
+        return spliced
     }
 
     // MARK: Pool

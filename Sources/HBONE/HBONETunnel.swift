@@ -94,9 +94,10 @@ extension HBONEClient {
 
     /// Opens a tunnel on a given event loop (the pool keeps connections per loop).
     func connect(_ target: HBONETunnelTarget, on loop: any EventLoop) async throws -> HBONETunnel {
-        let opened = try await self.openStream(target, on: loop).get()
-        let stream = opened.channel
-        return try await stream.eventLoop.submit {
+        // The codec goes in on the event-loop turn that took the client handler out, so
+        // frames that a reset right after the 200 flushes into the pipeline are not lost.
+        try await self.openStream(target, on: loop).flatMapThrowing { opened in
+            let stream = opened.channel
             let codec = StreamByteCodec()
             try stream.pipeline.syncOperations.addHandler(codec)
             let channel = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
@@ -150,6 +151,18 @@ final class StreamByteCodec: ChannelDuplexHandler {
         default:
             break
         }
+    }
+
+    /// RFC 9113 §8.1: a server that has sent its complete response "MAY request that the
+    /// client abort transmission of a request without error by sending a RST_STREAM with an
+    /// error code of NO_ERROR". That ends the tunnel's input in order; other resets are
+    /// errors.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let closed = error as? NIOHTTP2Errors.StreamClosed, closed.errorCode == .noError {
+            self.closeInput(context: context)
+            return
+        }
+        context.fireErrorCaught(error)
     }
 
     private func closeInput(context: ChannelHandlerContext) {
