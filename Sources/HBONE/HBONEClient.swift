@@ -165,6 +165,9 @@ public final class HBONEClient: Sendable {
     struct OpenedStream {
         var channel: any Channel
         var early: [HTTP2Frame.FramePayload]
+        /// The stream closed right after its 200, in the same read burst (a reset, the
+        /// connection lost): a handler added now sees no `channelInactive`.
+        var closed: Bool
     }
 
     /// Opens a `CONNECT` stream for `target` on `eventLoop` and completes once the server
@@ -188,7 +191,10 @@ public final class HBONEClient: Sendable {
         // tunnel's bytes is sent before the 200.
         return self.openStreamOnce(key, target, on: eventLoop).flatMapError { error in
             let refused = (error as? NIOHTTP2Errors.StreamClosed)?.errorCode == .refusedStream
-            guard refused || error is RequestNotSent else { return eventLoop.makeFailedFuture(error) }
+            // The stream could not be created: its connection closed after the checkout
+            // (after a GOAWAY on an idle connection, the client closes it at once).
+            let notCreated = (error as? ChannelError) == .ioOnClosedChannel
+            guard refused || notCreated || error is RequestNotSent else { return eventLoop.makeFailedFuture(error) }
             return self.openStreamOnce(key, target, on: eventLoop).flatMapErrorThrowing { error in
                 throw error is RequestNotSent ? HBONEClientError.closed : error
             }
@@ -217,7 +223,7 @@ public final class HBONEClient: Sendable {
                 }
                 return promise.futureResult.map {
                     stream.pipeline.syncOperations.removeHandler(handler.value, promise: nil)
-                    return OpenedStream(channel: stream, early: handler.value.early)
+                    return OpenedStream(channel: stream, early: handler.value.early, closed: handler.value.closedAfterResponse)
                 }
             }
         }
@@ -243,6 +249,7 @@ public final class HBONEClient: Sendable {
             let stream = opened.channel
             try stream.pipeline.syncOperations.addHandler(glue.stream)
             for payload in opened.early { glue.stream.channelReadDelivered(payload) }
+            if opened.closed { glue.stream.closedBeforeAttached() }
             glue.tcp.flush()
             TunnelSocketOptions.setAutoRead(stream, true)
             TunnelSocketOptions.setAutoRead(tcp, true)

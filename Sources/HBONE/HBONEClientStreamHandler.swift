@@ -96,6 +96,9 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
 
     private var established = false
     private var reported = false
+    /// The stream closed (a reset, the connection lost) in the read burst that carried its
+    /// 200: whoever takes it over sees no `channelInactive` of its own.
+    private(set) var closedAfterResponse = false
 
     func channelReadComplete(context: ChannelHandlerContext) {
         if self.established, !self.reported {
@@ -112,6 +115,7 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
     func channelInactive(context: ChannelHandlerContext) {
         if self.established, !self.reported {
             self.reported = true
+            self.closedAfterResponse = true
             self.response.succeed()
         }
         if !self.answered {

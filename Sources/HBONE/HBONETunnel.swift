@@ -97,6 +97,8 @@ extension HBONEClient {
         // The codec goes in on the event-loop turn that took the client handler out, so
         // frames that a reset right after the 200 flushes into the pipeline are not lost.
         try await self.openStream(target, on: loop).flatMapThrowing { opened in
+            // Reset (or its connection lost) in the read burst of its 200: not a tunnel.
+            guard !opened.closed else { throw HBONEClientError.closed }
             let stream = opened.channel
             let codec = StreamByteCodec()
             try stream.pipeline.syncOperations.addHandler(codec)

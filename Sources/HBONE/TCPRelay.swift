@@ -73,11 +73,14 @@ final class TCPRelay {
             self.relay?.finish(graceful: false)
         }
 
-        /// Flushes, and closes (`mode`) once every write made so far has gone to the socket.
-        func afterPendingWrites(close mode: CloseMode) {
+        /// Flushes, and closes (`mode`) once every write made so far has gone to the socket,
+        /// or at `deadline` (a peer that neither reads nor lets go).
+        func afterPendingWrites(close mode: CloseMode, deadline: TimeAmount? = nil) {
             guard let context = self.context else { return }
             let channel = context.channel
+            let forced = deadline.map { context.eventLoop.scheduleTask(in: $0) { channel.close(promise: nil) } }
             context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
+                forced?.cancel()
                 channel.close(mode: mode, promise: nil)
             }
         }
@@ -89,8 +92,12 @@ final class TCPRelay {
     private var done = 0
     private var finished = false
     private let onClose: (TunnelByteCounts) -> Void
+    private let closeDeadline: TimeAmount
 
-    init(onClose: @escaping (TunnelByteCounts) -> Void) {
+    /// `closeDeadline` bounds the final close's wait for pending writes: a write error
+    /// shows as the other side going inactive, and its peer may neither read nor close.
+    init(closeDeadline: TimeAmount = .seconds(5), onClose: @escaping (TunnelByteCounts) -> Void) {
+        self.closeDeadline = closeDeadline
         self.onClose = onClose
         self.client.relay = self
         self.upstream.relay = self
@@ -118,8 +125,8 @@ final class TCPRelay {
         guard !self.finished else { return }
         self.finished = true
         if graceful {
-            self.client.afterPendingWrites(close: .all)
-            self.upstream.afterPendingWrites(close: .all)
+            self.client.afterPendingWrites(close: .all, deadline: self.closeDeadline)
+            self.upstream.afterPendingWrites(close: .all, deadline: self.closeDeadline)
         } else {
             self.client.context?.channel.close(promise: nil)
             self.upstream.context?.channel.close(promise: nil)

@@ -217,7 +217,8 @@ final class RouteOnActive: ChannelInboundHandler, RemovableChannelHandler {
             // The pump's TCP side is in the pipeline now and keeps early bytes and FIN.
             release()
         case .direct(let address, let source):
-            let relay = NIOLoopBound(TCPRelay { counts in
+            let deadline = shared.client.configuration.drainDeadline.timeAmount
+            let relay = NIOLoopBound(TCPRelay(closeDeadline: deadline) { counts in
                 shared.onClosed(.init(connection: connection, route: "direct", bytes: counts, error: nil))
             }, eventLoop: channel.eventLoop)
             let clientSide = NIOLoopBound(relay.value.client, eventLoop: channel.eventLoop)

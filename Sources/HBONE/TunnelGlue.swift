@@ -283,6 +283,13 @@ final class TunnelGlue {
             self.endStreamWaits = false
         }
 
+        /// The stream closed in the read burst of its 200, before this side was attached
+        /// (after the early frames were replayed): it ends as on `channelInactive`.
+        func closedBeforeAttached() {
+            self.unsplice()
+            self.glue?.streamGone()
+        }
+
         /// A DATA payload the splicer took for this stream.
         func spliceRead(_ buffer: ByteBuffer) {
             if buffer.readableBytes > 0 { self.glue?.streamRead(buffer) }

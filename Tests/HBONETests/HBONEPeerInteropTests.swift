@@ -210,6 +210,39 @@ struct HBONEPeerInteropTests {
         }
     }
 
+    /// A reset that comes with the 200 (one read burst) is an error for the tunnel, never
+    /// a clean end, and a spliced tunnel's app connection is closed instead of waiting.
+    @Test("a stream reset right behind its 200 fails the tunnel, both as HBONETunnel and spliced", .timeLimit(.minutes(1)))
+    func resetBehindResponse() async throws {
+        try #require(self.available(.python), "Python ssl+h2 peer unavailable (scripts/install-deps installs it)")
+        try await self.withPeerServer(.python, extra: ["--reset-after-200"]) { fixture, server, client in
+            let target = self.target(fixture, port: server.port)
+            for _ in 0..<5 {
+                // The error may come from connect (reset in the 200's read burst) or from
+                // the first read (a later burst); a clean end would hide the reset.
+                // Read only: a write would fail on the closed stream and hide a clean end.
+                let clean = try? await client.connect(target, on: MultiThreadedEventLoopGroup.singleton.next()).executeThenClose { inbound, _ in
+                    var received: [UInt8] = []
+                    for try await chunk in inbound { received += chunk }
+                    return received
+                }
+                #expect(clean == nil, "\(server.logs)")
+            }
+            let forwarder = HBONEForwarder(port: 0, client: client, target: target)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await forwarder.run() }
+                defer { group.cancelAll() }
+                let port = try await forwarder.listeningPort
+                for _ in 0..<5 {
+                    let started = ContinuousClock.now
+                    let exchange = try await offload { BlockingTCP.exchange(port: port, payload: Array("x".utf8), timeoutSeconds: 10) }
+                    #expect(exchange.received.isEmpty)
+                    #expect(ContinuousClock.now - started < .seconds(5), "the app's connection ends, it is not left waiting")
+                }
+            }
+        }
+    }
+
     /// A 200 with END_STREAM: the server will send nothing, so the tunnel's inbound side
     /// ends at once (TCP FIN ⇄ END_STREAM), while our side can still send.
     @Test("a 200 that carries END_STREAM ends the tunnel's inbound side at once", .timeLimit(.minutes(1)))

@@ -382,6 +382,11 @@ class Connection:
         except OSError:
             pass
         self.respond(stream.id, 200, end_stream=False)
+        if self.args.reset_after_200:
+            # In the same write as the 200, so the client reads both in one burst.
+            self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
+            self.finish(stream, reset=int(h2.errors.ErrorCodes.CANCEL))
+            return
         self.write_upstream(stream)  # data the client sent before our 200, if any
         self.accepted += 1
         if self.args.goaway_after is not None and self.accepted == self.args.goaway_after:
@@ -662,6 +667,8 @@ def main():
     parser.add_argument("--fuzz-connections", type=int, default=0, metavar="N",
                         help="the first N connections get mutated raw frames after their first DATA (a hostile peer)")
     parser.add_argument("--fuzz-seed", type=int, default=1)
+    parser.add_argument("--reset-after-200", action="store_true",
+                        help="reset every stream with CANCEL right after its 200, in the same write")
     parser.add_argument("--window-update-first", action="store_true",
                         help="send a stream WINDOW_UPDATE before answering each request")
     parser.add_argument("--goaway-after", type=int, metavar="N",
