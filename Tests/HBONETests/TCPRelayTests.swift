@@ -36,19 +36,10 @@ struct TCPRelayTests {
         try await server.close()
     }
 
-    /// Seeded random bytes, made off the Swift concurrency pool: on two cores, a debug
-    /// build's byte-by-byte generation of megabytes would hold one of its two threads for
-    /// seconds, and other suites' tasks (a CA call with a 10 s timeout) wait on them.
-    static func payload(count: Int, seed: UInt64) async throws -> [UInt8] {
-        try await offload {
-            var generator = SeededGenerator(seed: seed)
-            return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        }
-    }
-
     @Test("request, FIN, then a 4 MiB response and FIN to a client that reads late: every byte arrives, the counts match")
     func responseAfterRequestFIN() async throws {
-        let response = try await Self.payload(count: 4 << 20, seed: 3)
+        var generator = SeededGenerator(seed: 3)
+        let response = (0..<(4 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
         let upstream = try BlockingTCPServer { socket in
             // A greeting first, so the client speaks only once the relay is spliced (the
             // listeners in front of a relay keep what arrives earlier; this test has none).
@@ -79,7 +70,8 @@ struct TCPRelayTests {
 
     @Test("the upstream answers and closes first, then the client sends its last bytes and FIN: the upstream gets them all")
     func clientFinishesAfterUpstream() async throws {
-        let upload = try await Self.payload(count: 24 << 20, seed: 4)
+        var generator = SeededGenerator(seed: 4)
+        let upload = (0..<(24 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
         let digest = Records<[UInt8]>()
         let upstream = try BlockingTCPServer { socket in
             _ = socket.send(Array("ready\n".utf8))
