@@ -98,6 +98,7 @@ public struct IstioCAClient: CertificateProvider {
         let context = try NIOSSLContext(configuration: tls)
         let loop = MultiThreadedEventLoopGroup.singleton.any()
         let verifyError = NIOLockedValueBox<IdentityError?>(nil)
+        let multiplexerBox = NIOLockedValueBox<NIOHTTP2Handler.StreamMultiplexer?>(nil)
         let roots = configuration.roots
         let expected = configuration.caIdentity
         let channel = try await ClientBootstrap(group: loop)
@@ -119,6 +120,17 @@ public struct IstioCAClient: CertificateProvider {
                             }
                         }
                     })
+                    // HTTP/2 goes in with TLS, before the connection is active. Added after
+                    // `connect` returned, it could miss the CA's SETTINGS (sent as soon as the
+                    // handshake completes: they reached the pipeline's tail and were dropped),
+                    // and nio-http2, never seeing the server preface, left the call hanging.
+                    let multiplexer = try sync.configureHTTP2Pipeline(
+                        // Small unary messages: nio-http2's default windows are fine for the control plane.
+                        mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
+                    ) { stream in
+                        stream.close()
+                    }
+                    multiplexerBox.withLockedValue { $0 = multiplexer }
                 }
             }
             .connect(host: configuration.host, port: configuration.port)
@@ -128,14 +140,7 @@ public struct IstioCAClient: CertificateProvider {
         do {
             // A refused CA certificate closes the channel: whichever step notices first
             // (stream creation, the call), the verification error is the reason.
-            let multiplexer = try await channel.eventLoop.submit {
-                try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-                    // Small unary messages: nio-http2's default windows are fine for the control plane.
-                    mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
-                ) { stream in
-                    stream.close()
-                }
-            }.get()
+            guard let multiplexer = multiplexerBox.withLockedValue({ $0 }) else { throw ChannelError.ioOnClosedChannel }
             let promise = loop.makePromise(of: [UInt8].self)
             let timeout = loop.scheduleTask(in: Self.timeAmount(configuration.callTimeout)) {
                 promise.fail(IdentityError.providerFailed("CA call timed out after \(configuration.callTimeout)"))
