@@ -73,16 +73,8 @@ final class TCPRelay {
             self.relay?.finish(graceful: false)
         }
 
-        /// Flushes, and closes (`mode`) once every write made so far has gone to the socket,
-        /// or at `deadline` (a peer that neither reads nor lets go).
         func afterPendingWrites(close mode: CloseMode, deadline: TimeAmount? = nil) {
-            guard let context = self.context else { return }
-            let channel = context.channel
-            let forced = deadline.map { context.eventLoop.scheduleTask(in: $0) { channel.close(promise: nil) } }
-            context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
-                forced?.cancel()
-                channel.close(mode: mode, promise: nil)
-            }
+            self.context?.close(mode, afterPendingWrites: deadline)
         }
     }
 

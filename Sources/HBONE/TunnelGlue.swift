@@ -44,8 +44,12 @@ final class TunnelGlue {
     private var streamToTCPDone = false
     private var closed = false
     private let onClose: (TunnelByteCounts) -> Void
+    private let closeDeadline: TimeAmount
 
-    init(onClose: @escaping (TunnelByteCounts) -> Void) {
+    /// `closeDeadline` bounds the TCP side's final close, which waits for pending writes:
+    /// its peer may neither read nor close.
+    init(closeDeadline: TimeAmount, onClose: @escaping (TunnelByteCounts) -> Void) {
+        self.closeDeadline = closeDeadline
         self.onClose = onClose
         self.tcp = TCPSide()
         self.stream = StreamSide()
@@ -108,7 +112,7 @@ final class TunnelGlue {
         if abort { self.stream.close() }
         guard !self.closed else { return }
         self.closed = true
-        self.tcp.closeAfterPendingWrites()
+        self.tcp.closeAfterPendingWrites(deadline: self.closeDeadline)
         self.onClose(self.counts)
         self.tcp.glue = nil
         self.stream.glue = nil
@@ -206,19 +210,12 @@ final class TunnelGlue {
         fileprivate func shutdownOutput() {
             guard let context = self.context, !self.outputShut else { return }
             self.outputShut = true
-            // Writes complete in order: the FIN goes out after every byte before it.
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
-                bound.value.close(mode: .output, promise: nil)
-            }
+            // The FIN goes out after every byte before it.
+            context.close(.output, afterPendingWrites: nil)
         }
 
-        fileprivate func closeAfterPendingWrites() {
-            guard let context = self.context else { return }
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
-                bound.value.close(promise: nil)
-            }
+        fileprivate func closeAfterPendingWrites(deadline: TimeAmount) {
+            self.context?.close(.all, afterPendingWrites: deadline)
         }
     }
 

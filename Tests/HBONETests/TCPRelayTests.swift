@@ -16,14 +16,16 @@ import Testing
 struct TCPRelayTests {
     /// A relay listening on 127.0.0.1 that splices each accepted connection to
     /// 127.0.0.1:`upstreamPort`; `body` gets its port and the records of closed relays.
-    func withRelay(upstreamPort: Int, _ body: (Int, Records<TunnelByteCounts>) async throws -> Void) async throws {
+    func withRelay(
+        upstreamPort: Int, closeDeadline: TimeAmount = .seconds(5), _ body: (Int, Records<TunnelByteCounts>) async throws -> Void
+    ) async throws {
         let closed = Records<TunnelByteCounts>()
         let configuration = HBONEConfiguration()
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try TunnelSocketOptions.applyToTCPSide(channel, configuration)
-                    try channel.pipeline.syncOperations.addHandler(RelayOnActive(upstreamPort: upstreamPort) { closed.append($0) })
+                    try channel.pipeline.syncOperations.addHandler(RelayOnActive(upstreamPort: upstreamPort, closeDeadline: closeDeadline) { closed.append($0) })
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
@@ -104,6 +106,33 @@ struct TCPRelayTests {
             #expect(closed.values.first?.sent == upload.count)
         }
     }
+
+    @Test("both sides finished, and a client that does not read: the relay closes at its close deadline, not never")
+    func closeDeadline() async throws {
+        // The upstream's send completes and its FIN follows while part of the response
+        // still waits in the relay (it holds what it read before the client's socket filled).
+        let response = [UInt8](repeating: 0x5a, count: 4 << 20)
+        let upstream = try BlockingTCPServer { socket in
+            _ = socket.send(Array("ready\n".utf8))
+            _ = socket.receiveAll()
+            _ = socket.send(response)
+        }
+        defer { upstream.stop() }
+        try await self.withRelay(upstreamPort: upstream.port, closeDeadline: .milliseconds(300)) { port, closed in
+            let received = try await offload { () throws -> Int in
+                let socket = try BlockingSocket.connect(port: port)
+                guard socket.receive() == Array("ready\n".utf8) else { return -1 }
+                _ = socket.send(Array("GET / HTTP/1.0\r\n\r\n".utf8))
+                socket.shutdownWrite()
+                // Reads nothing for well past the deadline, then takes what is left.
+                Thread.sleep(forTimeInterval: 2)
+                return socket.receiveAll().count
+            }
+            try await eventually("the relay closed") { closed.values.count == 1 }
+            #expect(received > 0, "what had reached the client's socket is still there")
+            #expect(received < response.count, "the relay gave up on a client that did not read: \(received) bytes")
+        }
+    }
 }
 
 /// Values appended from any thread.
@@ -118,17 +147,19 @@ final class Records<Value: Sendable>: Sendable {
 final class RelayOnActive: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     let upstreamPort: Int
+    let closeDeadline: TimeAmount
     let onClose: @Sendable (TunnelByteCounts) -> Void
 
-    init(upstreamPort: Int, onClose: @escaping @Sendable (TunnelByteCounts) -> Void) {
+    init(upstreamPort: Int, closeDeadline: TimeAmount, onClose: @escaping @Sendable (TunnelByteCounts) -> Void) {
         self.upstreamPort = upstreamPort
+        self.closeDeadline = closeDeadline
         self.onClose = onClose
     }
 
     func channelActive(context: ChannelHandlerContext) {
         let channel = context.channel
         let configuration = HBONEConfiguration()
-        let relay = NIOLoopBound(TCPRelay(onClose: self.onClose), eventLoop: channel.eventLoop)
+        let relay = NIOLoopBound(TCPRelay(closeDeadline: self.closeDeadline, onClose: self.onClose), eventLoop: channel.eventLoop)
         do {
             try channel.pipeline.syncOperations.addHandler(relay.value.client)
             context.pipeline.syncOperations.removeHandler(self, promise: nil)
