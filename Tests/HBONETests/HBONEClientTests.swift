@@ -232,6 +232,66 @@ extension HBONEClientTests {
             }
         }
     }
+
+    @Test("a stalled tunnel's sender stays stalled while another tunnel moves bulk data over the same connection")
+    func stalledTunnelStaysStalledUnderWritabilityFlips() async throws {
+        let counters = Counters()
+        let sink = try BlockingTCPServer { socket in
+            guard let mode = socket.receive(maximum: 1).first else { return }
+            if mode == UInt8(ascii: "S") {
+                while !counters.reading.load(ordering: .acquiring) { usleep(10_000) }
+            }
+            while true {
+                let chunk = socket.receive()
+                if chunk.isEmpty { break }
+                if mode == UInt8(ascii: "R") { counters.received.add(chunk.count, ordering: .relaxed) }
+            }
+        }
+        defer { sink.stop() }
+        let mesh = try TestMesh(upstreamPort: sink.port)
+        try await mesh.run { port in
+            try await mesh.withForwarder(serverPort: port) { local in
+                // Stalled tunnels on every pooled connection (one per event loop), their
+                // senders writing for as long as the tunnel takes bytes.
+                let stalled = (0..<(2 * System.coreCount)).map { _ in
+                    Task {
+                        try await offload { () throws -> Void in
+                            let socket = try BlockingSocket.connect(port: local)
+                            guard socket.send([UInt8(ascii: "S")]) else { return }
+                            let chunk = [UInt8](repeating: 1, count: 16 << 10)
+                            while !counters.reading.load(ordering: .acquiring) {
+                                guard socket.send(chunk) else { return }
+                                counters.written.add(chunk.count, ordering: .relaxed)
+                            }
+                            socket.shutdownWrite()
+                            _ = socket.receiveAll()
+                        }
+                    }
+                }
+                try await pause(.seconds(2))
+                let held = counters.written.load(ordering: .relaxed)
+                // The bulk tunnel fills and drains each connection's socket over and over: the
+                // stream channels' writability follows the connection's, and each flip back
+                // to writable must not let a stalled tunnel's sender in for another read burst
+                // (its bytes wait in the splicer for a window that never opens).
+                let total = 192 << 20
+                let active = try await offload { () throws -> Bool in
+                    let socket = try BlockingSocket.connect(port: local)
+                    guard socket.send([UInt8(ascii: "R")] + [UInt8](repeating: 2, count: total)) else { return false }
+                    socket.shutdownWrite()
+                    return true
+                }
+                #expect(active)
+                try await eventually(timeout: .seconds(60), "the bulk tunnel's bytes at its upstream") {
+                    counters.received.load(ordering: .relaxed) == total
+                }
+                let after = counters.written.load(ordering: .relaxed)
+                #expect(after - held <= 256 << 10, "the stalled senders got \((after - held) >> 10) KiB more in while the bulk tunnel ran")
+                counters.reading.store(true, ordering: .releasing)
+                for task in stalled { try await task.value }
+            }
+        }
+    }
 }
 
 /// Shared between the test, its writer thread and the upstream's thread.
