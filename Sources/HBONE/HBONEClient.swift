@@ -209,11 +209,18 @@ public final class HBONEClient: Sendable {
             let handler = NIOLoopBound(
                 HBONEClientStreamHandler(target: target, response: promise, connection: connection.watcher), eventLoop: eventLoop
             )
-            return connection.multiplexer.createStreamChannel { stream in
+            let created = connection.multiplexer.createStreamChannel { stream in
                 stream.eventLoop.makeCompletedFuture {
                     try stream.pipeline.syncOperations.addHandler(handler.value)
                 }
-            }.flatMap { stream in
+            }
+            created.whenFailure { error in
+                // No stream (its connection closed after the checkout): no handler will
+                // answer the response, and no stream close will release the checkout.
+                promise.fail(error)
+                self.release(key, id)
+            }
+            return created.flatMap { stream in
                 let watcher = connection.watcher
                 watcher.value.streamOpened()
                 // On the stream's event loop, which is the connection's.
@@ -331,9 +338,9 @@ public final class HBONEClient: Sendable {
         let verifyError = NIOLockedValueBox<IdentityError?>(nil)
         let handshake = eventLoop.makePromise(of: Void.self)
         let multiplexerBox = NIOLockedValueBox<(NIOHTTP2Handler.StreamMultiplexer, NIOLoopBound<PoolConnectionWatcher>)?>(nil)
-        // The pool ID once the connection is pooled; a GOAWAY or the server's stream limit
-        // before that is kept here instead.
-        let slot = NIOLockedValueBox<(id: Int?, goneAway: Bool, maximumStreams: Int?)>((nil, false, nil))
+        // The pool ID once the connection is pooled; a retirement (GOAWAY, a close begun) or
+        // the server's stream limit before that is kept here instead.
+        let slot = NIOLockedValueBox<(id: Int?, retired: Bool, maximumStreams: Int?)>((nil, false, nil))
         let ownLimit = configuration.http2.clientMaximumStreamsPerConnection
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout.timeAmount)
@@ -348,17 +355,10 @@ public final class HBONEClient: Sendable {
                             if case .failure(let error) = result { verifyError.withLockedValue { $0 = error } }
                         }
                     }
-                    let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(CipherSuiteGuard(role: .client))
-                    try sync.addHandler(tls)
-                    try sync.addHandler(HandshakeWatcher(promise: handshake))
-                    let multiplexer = try HBONEPipeline.configure(sync, role: .client, configuration: configuration) { stream in
-                        // Servers do not push; refuse any stream the server opens.
-                        stream.close()
-                    }
+                    // Out of the pool on the server's GOAWAY, and as soon as a close begins.
                     let watcher = PoolConnectionWatcher(closeDeadline: configuration.drainDeadline.timeAmount) { [weak self] in
                         let id: Int? = slot.withLockedValue { slot in
-                            slot.goneAway = true
+                            slot.retired = true
                             return slot.id
                         }
                         if let id { self?.discard(key, id) }
@@ -370,6 +370,15 @@ public final class HBONEClient: Sendable {
                         if let id, let self {
                             self.pool.withLockedValue { $0.machine.limit(key, id, maximumStreams: min(ownLimit, peerLimit)) }
                         }
+                    }
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(CipherSuiteGuard(role: .client))
+                    try sync.addHandler(tls)
+                    try sync.addHandler(HandshakeWatcher(promise: handshake))
+                    try sync.addHandler(ConnectionCloseObserver(watcher: watcher))
+                    let multiplexer = try HBONEPipeline.configure(sync, role: .client, configuration: configuration) { stream in
+                        // Servers do not push; refuse any stream the server opens.
+                        stream.close()
                     }
                     try sync.addHandler(watcher)
                     multiplexerBox.withLockedValue { $0 = (multiplexer, NIOLoopBound(watcher, eventLoop: channel.eventLoop)) }
@@ -394,17 +403,17 @@ public final class HBONEClient: Sendable {
                     // that is handed this ID finds the connection.
                     // The slot's lock is held around the pool's, as the watcher's
                     // callbacks never do, so a limit that arrives now is not lost.
-                    let (id, goneAway) = slot.withLockedValue { slot in
+                    let (id, retired) = slot.withLockedValue { slot in
                         let id = self.pool.withLockedValue { state in
                             let id = state.machine.connected(key, maximumStreams: min(ownLimit, slot.maximumStreams ?? ownLimit))
                             state.connections[id] = connection
                             return id
                         }
                         slot.id = id
-                        return (id, slot.goneAway)
+                        return (id, slot.retired)
                     }
                     // Handed to this checkout (its stream was counted), never to later ones.
-                    if goneAway { self.discard(key, id) }
+                    if retired { self.discard(key, id) }
                     return (id, connection)
                 }
             }

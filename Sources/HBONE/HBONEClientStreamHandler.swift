@@ -51,10 +51,11 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
     private func sendRequest(context: ChannelHandlerContext) {
         guard !self.sent else { return }
         self.sent = true
-        if self.connection.value.goneAway {
-            // The server's GOAWAY came after the checkout: nio-http2 would refuse the new
-            // stream as a connection error (which reaches no stream), and the response
-            // would never come. Nothing is sent; the pool retries on another connection.
+        if !self.connection.value.acceptsStreams {
+            // The server's GOAWAY came after the checkout (nio-http2 would refuse the new
+            // stream as a connection error, which reaches no stream, and the response would
+            // never come), or the connection began to close. Nothing is sent; the pool
+            // retries on another connection.
             self.answered = true
             self.response.fail(RequestNotSent())
             context.close(promise: nil)
@@ -208,6 +209,17 @@ struct ClientConnectionLifecycle: Sendable {
         return !self.closing
     }
 
+    /// A close began, ours or another's (keepalive, an error GOAWAY, TLS, the peer).
+    /// Returns whether the connection took new streams until now.
+    mutating func closeStarted() -> Bool {
+        defer { self.closing = true }
+        return self.acceptsStreams
+    }
+
+    /// Whether a new stream may go on the connection: not after the server's GOAWAY, nor
+    /// once a close has begun.
+    var acceptsStreams: Bool { !self.goneAway && !self.closing }
+
     private mutating func closeIfDone() -> Bool {
         guard self.goneAway, self.streams == 0, !self.closing else { return false }
         self.closing = true
@@ -226,30 +238,39 @@ final class PoolConnectionWatcher: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
-    private let onGoAway: @Sendable () -> Void
+    private let onRetired: @Sendable () -> Void
     private let onMaximumStreams: @Sendable (Int) -> Void
     private let closeDeadline: TimeAmount
     private var lifecycle = ClientConnectionLifecycle()
     private var context: ChannelHandlerContext?
 
-    /// `onGoAway` takes the connection out of the pool; streams already open keep running
-    /// (nio-http2 serves those below the GOAWAY's last stream ID). `onMaximumStreams` gets
+    /// `onRetired` takes the connection out of the pool, on the server's GOAWAY (streams
+    /// already open keep running: nio-http2 serves those below its last stream ID) and as
+    /// soon as a close begins. `onMaximumStreams` gets
     /// each advertised stream limit. A close waits at most `closeDeadline` for what was
     /// written before it.
     init(
         closeDeadline: TimeAmount,
-        onGoAway: @escaping @Sendable () -> Void, onMaximumStreams: @escaping @Sendable (Int) -> Void
+        onRetired: @escaping @Sendable () -> Void, onMaximumStreams: @escaping @Sendable (Int) -> Void
     ) {
         self.closeDeadline = closeDeadline
-        self.onGoAway = onGoAway
+        self.onRetired = onRetired
         self.onMaximumStreams = onMaximumStreams
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
-    /// Whether the server sent GOAWAY: the connection takes no new streams.
-    var goneAway: Bool { self.lifecycle.goneAway }
+    /// Whether the connection takes new streams (no GOAWAY from the server, no close begun).
+    var acceptsStreams: Bool { self.lifecycle.acceptsStreams }
+
+    /// A close of the connection began, whoever made it (``ConnectionCloseObserver``, or
+    /// the channel going inactive): the pool hands it out no more. TLS keeps the channel
+    /// active while it waits for the peer's close_notify, and NIO completes the close
+    /// future a loop turn after the channel went inactive.
+    func closeStarted() {
+        if self.lifecycle.closeStarted() { self.onRetired() }
+    }
 
     /// A stream of this connection was created; call on the connection's event loop
     /// (stream channels share it).
@@ -269,7 +290,7 @@ final class PoolConnectionWatcher: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch Self.unwrapInboundIn(data).payload {
         case .goAway:
-            self.onGoAway()
+            self.onRetired()
             if self.lifecycle.goAwayReceived() { self.close() }
         case .settings(.settings(let settings)):
             // The last value in a frame wins (§6.5: "processed in the order in which they appear").
@@ -280,6 +301,11 @@ final class PoolConnectionWatcher: ChannelInboundHandler {
             break
         }
         context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.closeStarted()
+        context.fireChannelInactive()
     }
 
     private func close() {
@@ -298,5 +324,23 @@ final class PoolConnectionWatcher: ChannelInboundHandler {
             channel.close(promise: nil)
         }
         context.writeAndFlush(Self.wrapOutboundOut(frame), promise: written)
+    }
+}
+
+/// Sees every close of a client connection before TLS begins its shutdown, which keeps the
+/// channel active for up to ``HBONETLS/shutdownTimeout`` while it waits for the peer's
+/// close_notify: it sits directly above `NIOSSLHandler`, below the splicer, nio-http2 and
+/// keepalive, so their closes (a dead peer, a GOAWAY for an error) and the pool's pass it.
+/// Outbound only, so reads skip it.
+final class ConnectionCloseObserver: ChannelOutboundHandler {
+    typealias OutboundIn = ByteBuffer
+
+    private let watcher: PoolConnectionWatcher
+
+    init(watcher: PoolConnectionWatcher) { self.watcher = watcher }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .all { self.watcher.closeStarted() }
+        context.close(mode: mode, promise: promise)
     }
 }

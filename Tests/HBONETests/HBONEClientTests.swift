@@ -5,6 +5,7 @@ import MeshIdentity
 import MeshTestSupport
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Testing
 
 /// Our client against our server (the pool and the splice need both ends running); the
@@ -65,6 +66,38 @@ struct HBONEClientTests {
             #expect(mesh.client.pooledConnections(to: target.nextHop) == 0, "closed connections leave the pool at once")
             _ = try await mesh.client.openStream(target, on: loop).get()
             #expect(mesh.client.connectionsStarted == 2, "the next open connects again")
+        }
+    }
+
+    @Test(
+        "a connection leaves the pool as soon as its close begins: an open in the same turn, after keepalive declares it dead or TLS closes it, gets a new one",
+        arguments: [true, false]
+    )
+    func closingConnectionIsNotHandedOut(byKeepalive: Bool) async throws {
+        try await self.withMesh { mesh, port in
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let target = mesh.target(port: port)
+            let first = try await mesh.client.openStream(target, on: loop).get().channel
+            let connection = try #require(first.parent)
+            let second = try await loop.flatSubmit { () -> EventLoopFuture<HBONEClient.OpenedStream> in
+                if byKeepalive {
+                    // What keepalive does on a dead peer: a close from its place in the
+                    // pipeline; TLS then waits for a close_notify that will not come.
+                    let keepalive = try! connection.pipeline.syncOperations.context(handlerType: KeepaliveHandler.self)
+                    keepalive.close(promise: nil)
+                } else {
+                    // A close made below our handlers, as NIOSSL makes on the peer's
+                    // close_notify or an alert: the channel goes inactive in this turn, its
+                    // close future completes on a later one.
+                    let tls = try! connection.pipeline.syncOperations.context(handlerType: NIOSSLClientHandler.self)
+                    tls.close(promise: nil)
+                }
+                return mesh.client.openStream(target, on: loop)
+            }.get()
+            #expect(second.channel.parent !== connection, "the new stream is on another connection")
+            #expect(mesh.client.connectionsStarted == 2)
+            try? await second.channel.close()
+            try? await first.close()
         }
     }
 

@@ -158,5 +158,22 @@ struct HBONEStateMachineTests {
         #expect(eviction)
         let afterEviction = evictedFirst.goAwayReceived()
         #expect(!afterEviction)
+
+        // A close begun elsewhere (keepalive, TLS, the peer): no new streams from then on.
+        var dying = ClientConnectionLifecycle()
+        dying.streamOpened()
+        #expect(dying.acceptsStreams)
+        let retire = dying.closeStarted()
+        #expect(retire, "the first close retires the connection")
+        #expect(!dying.acceptsStreams)
+        let retireAgain = dying.closeStarted()
+        #expect(!retireAgain, "retired once")
+        let closeAfterwards = dying.closeRequested()
+        #expect(!closeAfterwards, "no second close of our own")
+        var goneAway = ClientConnectionLifecycle()
+        goneAway.streamOpened()
+        _ = goneAway.goAwayReceived()
+        let retiredByGoAway = goneAway.closeStarted()
+        #expect(!goneAway.acceptsStreams && !retiredByGoAway, "a GOAWAY retired it already")
     }
 }
