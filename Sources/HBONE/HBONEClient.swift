@@ -185,8 +185,9 @@ public final class HBONEClient: Sendable {
         )
         // Retried once when the server cannot have processed the CONNECT: RFC 9113 §8.7, a
         // stream reset with REFUSED_STREAM "has not been processed" (a CONNECT that crossed
-        // a server's GOAWAY or hit its stream limit), or the HEADERS were not sent because
-        // the server's GOAWAY arrived after the checkout. The GOAWAY or the close took
+        // a server's GOAWAY or hit its stream limit); a stream above the last stream ID of
+        // the server's GOAWAY (§6.8); or the HEADERS were not sent because the server's
+        // GOAWAY arrived, or a close began, after the checkout. The GOAWAY or the close took
         // that connection out of the pool, so the retry gets another. Nothing of the
         // tunnel's bytes is sent before the 200.
         return self.openStreamOnce(key, target, on: eventLoop).flatMapError { error in
@@ -194,9 +195,9 @@ public final class HBONEClient: Sendable {
             // The stream could not be created: its connection closed after the checkout
             // (after a GOAWAY on an idle connection, the client closes it at once).
             let notCreated = (error as? ChannelError) == .ioOnClosedChannel
-            guard refused || notCreated || error is RequestNotSent else { return eventLoop.makeFailedFuture(error) }
+            guard refused || notCreated || error is RequestNotProcessed else { return eventLoop.makeFailedFuture(error) }
             return self.openStreamOnce(key, target, on: eventLoop).flatMapErrorThrowing { error in
-                throw error is RequestNotSent ? HBONEClientError.closed : error
+                throw error is RequestNotProcessed ? HBONEClientError.closed : error
             }
         }
     }

@@ -57,7 +57,7 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
             // never come), or the connection began to close. Nothing is sent; the pool
             // retries on another connection.
             self.answered = true
-            self.response.fail(RequestNotSent())
+            self.response.fail(RequestNotProcessed())
             context.close(promise: nil)
             return
         }
@@ -121,7 +121,7 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
         }
         if !self.answered {
             self.answered = true
-            self.response.fail(HBONEClientError.closed)
+            self.response.fail(self.unanswered(HBONEClientError.closed, context: context))
         }
         context.fireChannelInactive()
     }
@@ -129,15 +129,27 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if !self.answered {
             self.answered = true
-            self.response.fail(error)
+            self.response.fail(self.unanswered(error, context: context))
         }
         context.close(promise: nil)
     }
+
+    /// Why the stream ended before its answer: `error`, unless the server's GOAWAY (which
+    /// the connection's watcher reads before nio-http2 closes the streams it drops) says it
+    /// never processed the stream.
+    private func unanswered(_ error: any Error, context: ChannelHandlerContext) -> any Error {
+        guard let id = try? context.channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID),
+            !self.connection.value.processed(streamID: Int(id))
+        else { return error }
+        return RequestNotProcessed()
+    }
 }
 
-/// A `CONNECT` that was not sent (its connection had gone away), so retrying it cannot
-/// repeat anything.
-struct RequestNotSent: Error {}
+/// A `CONNECT` the server did not process, so retrying it cannot repeat anything: not
+/// sent (its connection had gone away), or above the last stream ID of the server's
+/// GOAWAY (RFC 9113 §6.8: "streams ... with identifiers higher than the included last
+/// stream identifier ... were not processed"; nio-http2 ends those with CANCEL).
+struct RequestNotProcessed: Error {}
 
 /// Completes a promise when the TLS handshake finishes (or fails / the channel closes), then
 /// leaves the pipeline, so later reads do not pass through it.
@@ -186,6 +198,7 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
 struct ClientConnectionLifecycle: Sendable {
     private(set) var streams = 0
     private(set) var goneAway = false
+    private var lastStreamID = Int(Int32.max)
     private var closing = false
 
     /// A stream was opened on the connection.
@@ -197,11 +210,18 @@ struct ClientConnectionLifecycle: Sendable {
         return self.closeIfDone()
     }
 
-    /// The server sent GOAWAY. Returns whether the connection should close now.
-    mutating func goAwayReceived() -> Bool {
+    /// The server sent GOAWAY naming `lastStreamID`. Returns whether the connection should
+    /// close now.
+    mutating func goAwayReceived(lastStreamID: Int = Int(Int32.max)) -> Bool {
         self.goneAway = true
+        // §6.8: "Endpoints MUST NOT increase the value they send in the last stream identifier".
+        self.lastStreamID = min(self.lastStreamID, lastStreamID)
         return self.closeIfDone()
     }
+
+    /// Whether the server may have processed `streamID`: not when a GOAWAY named a lower
+    /// last stream ID (RFC 9113 §6.8).
+    func processed(streamID: Int) -> Bool { streamID <= self.lastStreamID }
 
     /// The pool closes the connection (idle eviction). Returns whether it is not closing yet.
     mutating func closeRequested() -> Bool {
@@ -264,6 +284,9 @@ final class PoolConnectionWatcher: ChannelInboundHandler {
     /// Whether the connection takes new streams (no GOAWAY from the server, no close begun).
     var acceptsStreams: Bool { self.lifecycle.acceptsStreams }
 
+    /// Whether the server may have processed `streamID` (no GOAWAY below it).
+    func processed(streamID: Int) -> Bool { self.lifecycle.processed(streamID: streamID) }
+
     /// A close of the connection began, whoever made it (``ConnectionCloseObserver``, or
     /// the channel going inactive): the pool hands it out no more. TLS keeps the channel
     /// active while it waits for the peer's close_notify, and NIO completes the close
@@ -289,9 +312,9 @@ final class PoolConnectionWatcher: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch Self.unwrapInboundIn(data).payload {
-        case .goAway:
+        case .goAway(let lastStreamID, _, _):
             self.onRetired()
-            if self.lifecycle.goAwayReceived() { self.close() }
+            if self.lifecycle.goAwayReceived(lastStreamID: Int(lastStreamID)) { self.close() }
         case .settings(.settings(let settings)):
             // The last value in a frame wins (§6.5: "processed in the order in which they appear").
             if let limit = settings.last(where: { $0.parameter == .maxConcurrentStreams }) {

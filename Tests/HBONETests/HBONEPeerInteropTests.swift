@@ -196,6 +196,26 @@ struct HBONEPeerInteropTests {
         }
     }
 
+    /// RFC 9113 §6.8: streams above a GOAWAY's last stream ID "were not processed"; §8.7:
+    /// such a request can be retried. nio-http2 ends them with CANCEL; ours go to a new
+    /// connection instead of failing (a server that drains with a single GOAWAY).
+    @Test("a CONNECT above the last stream ID of a server's single GOAWAY is retried on a new connection",
+          .timeLimit(.minutes(1)))
+    func retriedAboveGoAwayLastStream() async throws {
+        try #require(self.available(.python), "Python ssl+h2 peer unavailable (scripts/install-deps installs it)")
+        try await self.withPeerServer(.python, extra: ["--goaway-before", "2"]) { fixture, server, client in
+            let target = self.target(fixture, port: server.port)
+            // One event loop, so one pool key: the second CONNECT goes on the first's connection.
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let first = try await client.connect(target, on: loop)
+            let second = try await client.connect(target, on: loop)
+            #expect(try await self.echo(second, "second") == "echo:second", "\(server.logs)")
+            #expect(client.connectionsStarted == 2)
+            #expect(server.logs.contains("sent GOAWAY, last stream 1"), "\(server.logs)")
+            #expect(try await self.echo(first, "first") == "echo:first", "the tunnel below the last stream ID goes on")
+        }
+    }
+
     /// RFC 9113 §6.9: a stream WINDOW_UPDATE may precede the response; our client reads
     /// on until the response arrives instead of spending its one read on it.
     @Test("a stream WINDOW_UPDATE before the 200 (written separately) does not stall the CONNECT", .timeLimit(.minutes(1)))

@@ -175,5 +175,14 @@ struct HBONEStateMachineTests {
         _ = goneAway.goAwayReceived()
         let retiredByGoAway = goneAway.closeStarted()
         #expect(!goneAway.acceptsStreams && !retiredByGoAway, "a GOAWAY retired it already")
+
+        // RFC 9113 §6.8: streams above the GOAWAY's last stream ID were not processed.
+        var drained = ClientConnectionLifecycle()
+        #expect(drained.processed(streamID: 99), "no GOAWAY: any stream may have been processed")
+        drained.streamOpened()
+        _ = drained.goAwayReceived(lastStreamID: 5)
+        #expect(drained.processed(streamID: 5) && !drained.processed(streamID: 7))
+        _ = drained.goAwayReceived(lastStreamID: 9)
+        #expect(!drained.processed(streamID: 7), "a later GOAWAY cannot raise the last stream ID")
     }
 }

@@ -149,6 +149,7 @@ class Connection:
         self.overflowed = False    # --overflow-window-after, --protocol-error-after or --fuzz-*: sent on this connection
         self.index = 0             # which accepted connection this is, from 1
         self.accepted = 0          # requests answered 200 on this connection (--goaway-after)
+        self.requests = 0          # requests received on this connection (--goaway-before)
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -326,6 +327,13 @@ class Connection:
         method = pseudo.get(":method")
         authority = pseudo.get(":authority", "")
         stream = Stream(stream_id, authority)
+        self.requests += 1
+        if self.args.goaway_before is not None and self.requests == self.args.goaway_before:
+            # RFC 9113 §6.8: one GOAWAY naming the stream before this one, which is left
+            # unprocessed (no upstream, no answer); the client may retry it elsewhere.
+            self.go_away(max(0, stream_id - 2))
+            self.flush_tls()
+            return
         if _take_refusal(self.args):
             # RFC 9113 §8.7: not processed, so the client may retry it.
             self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -433,6 +441,7 @@ class Connection:
     def lingers(self):
         """A broken peer keeps its end open after a GOAWAY and logs when the other end closes."""
         return (self.args.protocol_error_after is not None or self.args.goaway_after is not None
+                or self.args.goaway_before is not None
                 or self.index <= self.args.fuzz_connections)
 
     def protocol_error(self):
@@ -671,6 +680,9 @@ def main():
                         help="reset every stream with CANCEL right after its 200, in the same write")
     parser.add_argument("--window-update-first", action="store_true",
                         help="send a stream WINDOW_UPDATE before answering each request")
+    parser.add_argument("--goaway-before", type=int, metavar="N",
+                        help="answer the Nth request of a connection with only a GOAWAY(NO_ERROR) naming the "
+                             "stream before it: that request is not processed (a server that drains in one step)")
     parser.add_argument("--goaway-after", type=int, metavar="N",
                         help="after answering the Nth request of a connection with 200, send GOAWAY(NO_ERROR) "
                              "naming it and keep serving (a server that wants the client to move on)")
