@@ -91,7 +91,17 @@ final class HBONEClientStreamHandler: ChannelInboundHandler, RemovableChannelHan
             if headers.endStream { self.early.append(payload) }
         } else {
             self.response.fail(HBONEClientError.status(status))
-            context.close(promise: nil)
+            if headers.endStream {
+                // The answer is complete (RFC 9113 §8.1): our side ends with END_STREAM, not
+                // a reset, which a server counts against its reset limit (nio-http2: 200 in
+                // 30 s, then GOAWAY for the whole connection and every tunnel on it). Ours
+                // and hyper's follow the answer with RST_STREAM(NO_ERROR), which usually
+                // closes the stream first; then nothing is sent.
+                let end = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
+                context.writeAndFlush(Self.wrapOutboundOut(end), promise: nil)
+            } else {
+                context.close(promise: nil)
+            }
         }
     }
 

@@ -50,7 +50,7 @@ package enum HBONEPipeline {
         let multiplexer = try pipeline.configureHTTP2Pipeline(
             mode: role == .server ? .server : .client,
             connectionConfiguration: Self.connectionConfiguration(configuration, server: role == .server),
-            streamConfiguration: Self.streamConfiguration(configuration),
+            streamConfiguration: Self.streamConfiguration(configuration, server: role == .server),
             inboundStreamInitializer: streamInitializer
         )
         try pipeline.addHandler(ConnectionWindowOpener(target: configuration.http2.connectionWindow))
@@ -58,12 +58,21 @@ package enum HBONEPipeline {
         return multiplexer
     }
 
-    /// Per-stream window and write watermarks.
-    static func streamConfiguration(_ configuration: HBONEConfiguration) -> NIOHTTP2Handler.StreamConfiguration {
+    /// Per-stream window and write watermarks; on a client, no limit on inbound resets.
+    ///
+    /// nio-http2 answers more than 200 RST_STREAM frames in 30 s with GOAWAY
+    /// ENHANCE_YOUR_CALM, a server's defence against "rapid reset" clients, which it keeps.
+    /// On a client every reset ends a stream the client opened (servers do not push), so
+    /// the limit protects nothing there, and a server's rejections would trip it: each
+    /// 400/401/503 ends with RST_STREAM(NO_ERROR) (RFC 9113 §8.1, as ours and hyper's
+    /// send), and the 201st in 30 s would tear down every tunnel on the pooled connection.
+    /// The client's limit is 200 resets within one microsecond: none in practice.
+    static func streamConfiguration(_ configuration: HBONEConfiguration, server: Bool) -> NIOHTTP2Handler.StreamConfiguration {
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = configuration.http2.streamWindow
         stream.outboundBufferSizeHighWatermark = configuration.http2.streamHighWatermark
         stream.outboundBufferSizeLowWatermark = configuration.http2.streamLowWatermark
+        if !server { stream.streamResetFrameRateLimit.windowLength = .microseconds(1) }
         return stream
     }
 }

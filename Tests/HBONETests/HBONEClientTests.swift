@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 @testable import HBONE
+import InternetAddress
 import MeshIdentity
 import MeshTestSupport
 import NIOCore
@@ -135,6 +136,52 @@ struct HBONEClientTests {
             }
             #expect(mesh.client.pooledConnections(to: target.nextHop) == 0)
         }
+    }
+
+    @Test("250 rejections on one pooled connection (each ends with the server's RST_STREAM) leave it and its live tunnel up")
+    func rejectionsKeepTheConnection() async throws {
+        let upstream = try await EchoUntilEOFServer()
+        let mesh = try TestMesh(upstreamPort: upstream.port)
+        var configuration = HBONEServer.Configuration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        let upstreamPort = UInt16(upstream.port)
+        // Port 9 is denied; everything else goes to the echo upstream.
+        let server = HBONEServer(configuration: configuration, identity: mesh.serverIdentity, certificates: mesh.manager) { request in
+            request.target.port == 9
+                ? .reject(.unauthorized, reason: "policy") : .forward(to: HBONEAddress(ip: .v4(127, 0, 0, 1), port: upstreamPort))
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await mesh.manager.run() }
+            group.addTask { try await server.run() }
+            defer { group.cancelAll() }
+            let port = try await server.listeningAddress.port
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let allowed = mesh.target(port: port)
+            var denied = allowed
+            denied.authority = HBONEAddress(ip: .v4(127, 0, 0, 1), port: 9)
+            let held = try await mesh.client.connect(allowed, on: loop)
+            // More than nio-http2's default limit of 200 inbound resets per 30 s.
+            var refusals = 0
+            for _ in 0..<250 {
+                do {
+                    _ = try await mesh.client.openStream(denied, on: loop).get()
+                } catch {
+                    if (error as? HBONEClientError) == .status(401) { refusals += 1 } else { Issue.record("\(error)") }
+                }
+            }
+            #expect(refusals == 250)
+            #expect(mesh.client.connectionsStarted == 1, "one pooled connection throughout")
+            let answer = try await held.executeThenClose { inbound, outbound in
+                try await outbound.write(Array("held".utf8))
+                outbound.finish()
+                var received: [UInt8] = []
+                for try await chunk in inbound { received += chunk }
+                return String(decoding: received, as: UTF8.self)
+            }
+            #expect(answer == "echo:held", "the live tunnel outlived the rejections")
+        }
+        await upstream.close()
     }
 
     @Test("a non-200 answer fails the tunnel with the status")
