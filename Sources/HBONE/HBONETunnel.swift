@@ -97,8 +97,9 @@ extension HBONEClient {
         // The codec goes in on the event-loop turn that took the client handler out, so
         // frames that a reset right after the 200 flushes into the pipeline are not lost.
         try await self.openStream(target, on: loop).flatMapThrowing { opened in
-            // Reset (or its connection lost) in the read burst of its 200: not a tunnel.
-            guard !opened.closed else { throw HBONEClientError.closed }
+            // Reset (or its connection lost) in the read burst of its 200, or closed by now:
+            // not a tunnel.
+            guard !opened.closed, opened.channel.isActive else { throw HBONEClientError.closed }
             let stream = opened.channel
             let codec = StreamByteCodec()
             try stream.pipeline.syncOperations.addHandler(codec)
@@ -126,6 +127,7 @@ final class StreamByteCodec: ChannelDuplexHandler {
 
     private var context: ChannelHandlerContext?
     private var inputClosed = false
+    private var failed = false
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -164,7 +166,19 @@ final class StreamByteCodec: ChannelDuplexHandler {
             self.closeInput(context: context)
             return
         }
+        self.failed = true
         context.fireErrorCaught(error)
+    }
+
+    /// A stream ends with END_STREAM or RST_STREAM (RFC 9113 §5.1). Gone without either
+    /// reaching this handler (its connection lost, or closed before the tunnel took it
+    /// over), it did not end cleanly: the tunnel's reader gets an error, not an EOF.
+    func channelInactive(context: ChannelHandlerContext) {
+        if !self.inputClosed, !self.failed {
+            self.failed = true
+            context.fireErrorCaught(HBONEClientError.closed)
+        }
+        context.fireChannelInactive()
     }
 
     private func closeInput(context: ChannelHandlerContext) {
