@@ -261,12 +261,10 @@ struct HBONEClientTests {
 }
 
 extension HBONEClientTests {
-    @Test("tunnels whose upstreams stop reading do not stall the other tunnels on their connection")
-    func stalledTunnelsDoNotBlockOthers() async throws {
-        let counters = Counters()
-        // The first byte of each connection says what the upstream does: 'S' stalls (reads
-        // nothing more until released), 'R' reads everything.
-        let sink = try BlockingTCPServer { socket in
+    /// An upstream whose connections say what it does by their first byte: 'S' stalls
+    /// (reads nothing more until `counters.reading`), 'R' reads everything and counts it.
+    fileprivate static func modeSink(_ counters: Counters) throws -> BlockingTCPServer {
+        try BlockingTCPServer { socket in
             guard let mode = socket.receive(maximum: 1).first else { return }
             if mode == UInt8(ascii: "S") {
                 while !counters.reading.load(ordering: .acquiring) { usleep(10_000) }
@@ -277,6 +275,12 @@ extension HBONEClientTests {
                 if mode == UInt8(ascii: "R") { counters.received.add(chunk.count, ordering: .relaxed) }
             }
         }
+    }
+
+    @Test("tunnels whose upstreams stop reading do not stall the other tunnels on their connection")
+    func stalledTunnelsDoNotBlockOthers() async throws {
+        let counters = Counters()
+        let sink = try Self.modeSink(counters)
         defer { sink.stop() }
         let mesh = try TestMesh(upstreamPort: sink.port)
         try await mesh.run { port in
@@ -316,17 +320,7 @@ extension HBONEClientTests {
     @Test("a stalled tunnel's sender stays stalled while another tunnel moves bulk data over the same connection")
     func stalledTunnelStaysStalledUnderWritabilityFlips() async throws {
         let counters = Counters()
-        let sink = try BlockingTCPServer { socket in
-            guard let mode = socket.receive(maximum: 1).first else { return }
-            if mode == UInt8(ascii: "S") {
-                while !counters.reading.load(ordering: .acquiring) { usleep(10_000) }
-            }
-            while true {
-                let chunk = socket.receive()
-                if chunk.isEmpty { break }
-                if mode == UInt8(ascii: "R") { counters.received.add(chunk.count, ordering: .relaxed) }
-            }
-        }
+        let sink = try Self.modeSink(counters)
         defer { sink.stop() }
         let mesh = try TestMesh(upstreamPort: sink.port)
         try await mesh.run { port in
