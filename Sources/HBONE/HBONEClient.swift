@@ -246,7 +246,7 @@ public final class HBONEClient: Sendable {
     func splice(
         tcp: any Channel, target: HBONETunnelTarget, onClose: @escaping @Sendable (TunnelByteCounts) -> Void
     ) -> EventLoopFuture<Void> {
-        let glue = NIOLoopBound(TunnelGlue(closeDeadline: self.configuration.drainDeadline.timeAmount, onClose: onClose), eventLoop: tcp.eventLoop)
+        let glue = NIOLoopBound(TunnelGlue(onClose: onClose), eventLoop: tcp.eventLoop)
         do {
             try tcp.pipeline.syncOperations.addHandler(glue.value.tcp)
         } catch {

@@ -132,7 +132,7 @@ final class HBONEServerStreamHandler: ChannelInboundHandler, RemovableChannelHan
             let request = self.request
             let onClosed = self.onClosed
             let opened = self.opened
-            let glue = TunnelGlue(closeDeadline: self.configuration.drainDeadline.timeAmount) { counts in
+            let glue = TunnelGlue { counts in
                 onClosed(HBONETunnelRecord(request: request, status: .ok, reason: nil, bytes: counts, duration: opened.duration(to: .now)))
             }
             let tcpSide = NIOLoopBound(glue.tcp, eventLoop: context.eventLoop)

@@ -44,12 +44,11 @@ final class TunnelGlue {
     private var streamToTCPDone = false
     private var closed = false
     private let onClose: (TunnelByteCounts) -> Void
-    private let closeDeadline: TimeAmount
 
-    /// `closeDeadline` bounds the TCP side's final close, which waits for pending writes:
-    /// its peer may neither read nor close.
-    init(closeDeadline: TimeAmount, onClose: @escaping (TunnelByteCounts) -> Void) {
-        self.closeDeadline = closeDeadline
+    /// The TCP side's final close waits for its pending writes without a deadline (unlike
+    /// ``TCPRelay``'s): a scheduled task per tunnel cost 12 mallocs per pooled stream, over
+    /// the malloc guard. A peer that neither reads nor closes keeps its socket until it does.
+    init(onClose: @escaping (TunnelByteCounts) -> Void) {
         self.onClose = onClose
         self.tcp = TCPSide()
         self.stream = StreamSide()
@@ -112,7 +111,7 @@ final class TunnelGlue {
         if abort { self.stream.close() }
         guard !self.closed else { return }
         self.closed = true
-        self.tcp.closeAfterPendingWrites(deadline: self.closeDeadline)
+        self.tcp.closeAfterPendingWrites()
         self.onClose(self.counts)
         self.tcp.glue = nil
         self.stream.glue = nil
@@ -214,8 +213,8 @@ final class TunnelGlue {
             context.close(.output, afterPendingWrites: nil)
         }
 
-        fileprivate func closeAfterPendingWrites(deadline: TimeAmount) {
-            self.context?.close(.all, afterPendingWrites: deadline)
+        fileprivate func closeAfterPendingWrites() {
+            self.context?.close(.all, afterPendingWrites: nil)
         }
     }
 
