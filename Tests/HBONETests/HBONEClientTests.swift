@@ -277,6 +277,21 @@ extension HBONEClientTests {
         }
     }
 
+    /// Sends `total` bytes through the forwarder on `port` to ``modeSink(_:)``'s reading
+    /// mode ('R'), and waits until the upstream has them all.
+    fileprivate static func sendToReadingUpstream(_ total: Int, port: Int, _ counters: Counters, timeout: Duration) async throws {
+        let sent = try await offload { () throws -> Bool in
+            let socket = try BlockingSocket.connect(port: port)
+            guard socket.send([UInt8(ascii: "R")] + [UInt8](repeating: 2, count: total)) else { return false }
+            socket.shutdownWrite()
+            return true
+        }
+        #expect(sent)
+        try await eventually(timeout: timeout, "all \(total >> 20) MiB at the reading upstream") {
+            counters.received.load(ordering: .relaxed) == total
+        }
+    }
+
     @Test("tunnels whose upstreams stop reading do not stall the other tunnels on their connection")
     func stalledTunnelsDoNotBlockOthers() async throws {
         let counters = Counters()
@@ -299,17 +314,7 @@ extension HBONEClientTests {
                     }
                 }
                 try await pause(.seconds(2))
-                let total = 32 << 20
-                let active = try await offload { () throws -> Bool in
-                    let socket = try BlockingSocket.connect(port: local)
-                    guard socket.send([UInt8(ascii: "R")] + [UInt8](repeating: 2, count: total)) else { return false }
-                    socket.shutdownWrite()
-                    return true
-                }
-                #expect(active)
-                try await eventually(timeout: .seconds(30), "the active tunnel's bytes at its upstream") {
-                    counters.received.load(ordering: .relaxed) == total
-                }
+                try await Self.sendToReadingUpstream(32 << 20, port: local, counters, timeout: .seconds(30))
                 #expect(mesh.client.connectionsStarted <= System.coreCount, "the tunnels shared pooled connections")
                 counters.reading.store(true, ordering: .releasing)
                 for task in stalled { try await task.value }
@@ -348,17 +353,7 @@ extension HBONEClientTests {
                 // stream channels' writability follows the connection's, and each flip back
                 // to writable must not let a stalled tunnel's sender in for another read burst
                 // (its bytes wait in the splicer for a window that never opens).
-                let total = 192 << 20
-                let active = try await offload { () throws -> Bool in
-                    let socket = try BlockingSocket.connect(port: local)
-                    guard socket.send([UInt8(ascii: "R")] + [UInt8](repeating: 2, count: total)) else { return false }
-                    socket.shutdownWrite()
-                    return true
-                }
-                #expect(active)
-                try await eventually(timeout: .seconds(60), "the bulk tunnel's bytes at its upstream") {
-                    counters.received.load(ordering: .relaxed) == total
-                }
+                try await Self.sendToReadingUpstream(192 << 20, port: local, counters, timeout: .seconds(60))
                 let after = counters.written.load(ordering: .relaxed)
                 #expect(after - held <= 256 << 10, "the stalled senders got \((after - held) >> 10) KiB more in while the bulk tunnel ran")
                 counters.reading.store(true, ordering: .releasing)
